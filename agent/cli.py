@@ -1,0 +1,187 @@
+"""The ``loupe`` command line.
+
+Commands (a contract other issues and checks rely on):
+
+- ``loupe info PATH... [--json] [--modality M]`` — study summary; JSON keys include
+  ``modality, rows, columns, frames, photometric, pixel_spacing_mm, window, body_part``.
+- ``loupe view PATH... --out FILE.png [--frame N] [--window PRESET | --window C,W]`` — the
+  display image at native resolution.
+- ``loupe serve [--port N]`` — the app on 127.0.0.1.
+
+Any error: exit code 2 and one line ``error: <message>`` on stderr, never a traceback
+(``LOUPE_DEBUG=1`` re-raises unexpected ones for developers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from agent.settings import LoupeSettings
+from tools.errors import LoupeError
+from tools.study import Study, open_study
+
+EXIT_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract instead of usage + message."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(message)
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_ERROR)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="loupe", description="Loupe, a clinician's imaging assistant.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    info = commands.add_parser("info", help="Summarise a study (DICOM file, folder, .zip, PNG/JPEG).")
+    info.add_argument("paths", nargs="+", metavar="PATH")
+    info.add_argument("--json", action="store_true", help="Print JSON instead of text.")
+    info.add_argument("--modality", help="Modality of a PNG/JPEG image (DICOM headers win).")
+
+    view = commands.add_parser("view", help="Write the display image of a frame as PNG.")
+    view.add_argument("paths", nargs="+", metavar="PATH")
+    view.add_argument("--out", required=True, type=Path, help="PNG file to write.")
+    view.add_argument("--frame", type=int, default=0, help="Frame index from 0 (default 0).")
+    view.add_argument("--window", help="Preset (lung, soft_tissue, brain, bone) or centre,width.")
+    view.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+
+    serve = commands.add_parser("serve", help="Start the app on 127.0.0.1.")
+    serve.add_argument("--port", type=int, help="Port (default from LOUPE_PORT, else 8501).")
+    return parser
+
+
+def study_summary(study: Study) -> dict[str, Any]:
+    """The JSON summary of ``loupe info``: safe metadata only, never PHI."""
+    safe = study.safe
+    rendered = study.render(0)
+    return {
+        "study_id": study.id,
+        "kind": safe.kind,
+        "modality": safe.modality,
+        "body_part": safe.body_part,
+        "rows": safe.rows,
+        "columns": safe.columns,
+        "frames": safe.frames,
+        "photometric": safe.photometric,
+        "samples_per_pixel": safe.samples_per_pixel,
+        "bits_stored": safe.bits_stored,
+        "pixel_spacing_mm": list(safe.pixel_spacing_mm) if safe.pixel_spacing_mm else None,
+        "spacing_source": safe.spacing_source,
+        "slice_thickness_mm": safe.slice_thickness_mm,
+        "spacing_between_slices_mm": safe.spacing_between_slices_mm,
+        "window": {"center": safe.window.center, "width": safe.window.width} if safe.window else None,
+        "display_window": (
+            {"center": rendered.window.center, "width": rendered.window.width, "source": rendered.window.name}
+            if rendered.window else None
+        ),
+        "window_presets": sorted(study.window_presets()),
+        "physical_unit": safe.physical_unit,
+        "transfer_syntax": safe.transfer_syntax,
+        "sop_class": safe.sop_class,
+        "image_format": safe.image_format,
+        "burned_in_annotation": safe.burned_in_annotation,
+    }
+
+
+def _print_text(summary: dict[str, Any]) -> None:
+    spacing = summary["pixel_spacing_mm"]
+    lines = [
+        f"modality      {summary['modality'] or 'unknown'}" + (f" ({summary['body_part']})" if summary["body_part"] else ""),
+        f"size          {summary['columns']} x {summary['rows']} px, {summary['frames']} frame(s)",
+        f"photometric   {summary['photometric']}",
+        "spacing       " + (f"{spacing[0]:.4g} x {spacing[1]:.4g} mm (row x column, {summary['spacing_source']})"
+                            if spacing else "unknown (measurements in px)"),
+    ]
+    if summary["window"]:
+        lines.append(f"window        {summary['window']['center']:g} / {summary['window']['width']:g} (header)")
+    if summary["window_presets"]:
+        lines.append(f"presets       {', '.join(summary['window_presets'])}")
+    if summary["transfer_syntax"]:
+        lines.append(f"encoding      {summary['transfer_syntax']}")
+    print("\n".join(lines))
+
+
+def _source(paths: Sequence[str]) -> str | list[str]:
+    return paths[0] if len(paths) == 1 else list(paths)
+
+
+def _info(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    with open_study(_source(args.paths), limits=settings.study_limits(), modality=args.modality) as study:
+        summary = study_summary(study)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_text(summary)
+
+
+def _view(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    if args.out.suffix.lower() != ".png":
+        _fail(f"the output file must end in .png (got '{args.out.name}')")
+    from tools.png import encode_png
+
+    with open_study(_source(args.paths), limits=settings.study_limits(), modality=args.modality) as study:
+        data = encode_png(study.display(study.check_frame(args.frame), args.window))
+    tmp = args.out.with_name(args.out.name + ".part")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(args.out)  # never leave a half-written PNG behind
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        _fail(f"cannot write '{args.out}': {error.strerror or error}")
+
+
+def _serve(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    app = Path(__file__).resolve().parent.parent / "ui" / "app.py"
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", settings.host,
+        "--server.port", str(args.port or settings.port),
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]
+    raise SystemExit(subprocess.call(command))
+
+
+def _join_negative_window(argv: list[str]) -> list[str]:
+    """Let ``--window -600,1500`` work: argparse would read '-600,1500' as an option."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        if argv[index] == "--window" and index + 1 < len(argv) and argv[index + 1].startswith("-"):
+            joined.append(f"--window={argv[index + 1]}")
+            index += 2
+            continue
+        joined.append(argv[index])
+        index += 1
+    return joined
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
+    args = _build_parser().parse_args(arguments)
+    handlers = {"info": _info, "view": _view, "serve": _serve}
+    try:
+        handlers[args.command](args, LoupeSettings())
+    except LoupeError as error:
+        _fail(error.message)
+    except Exception as error:  # the contract: one line, no traceback, even for our own bugs
+        if os.environ.get("LOUPE_DEBUG"):
+            raise
+        _fail(f"unexpected internal error ({type(error).__name__}: {error}); set LOUPE_DEBUG=1 for details")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""What every tool receives: the open studies, the clinician's current view, limits.
+
+Tools never reach for module-level state; the agent owns one ``ToolContext`` per session and
+passes it as the first argument. A ``StudyView`` is what the clinician is looking at: a study,
+a frame and a window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.errors import NoStudyOpenError, UnreadableStudyError
+from tools.study import Study, StudyLimits, Window
+
+
+class Artifact(BaseModel):
+    """An image (or other file) a tool produced for the clinician and possibly the model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Short file-like name, e.g. 'display-frame0.png'.")
+    mime_type: str = "image/png"
+    data: bytes = Field(repr=False)
+    caption: str = ""
+    for_model: bool = Field(default=False, description="Send to the vision model as well.")
+
+
+@dataclass
+class ToolResult:
+    """A tool's typed output plus the artifacts it rendered."""
+
+    output: BaseModel
+    artifacts: list[Artifact] = field(default_factory=list)
+
+
+@dataclass
+class StudyView:
+    """One open study and how the clinician is viewing it."""
+
+    study: Study
+    frame: int = 0
+    window: Window | None = None
+
+
+@dataclass
+class ToolContext:
+    """Per-session state shared by the tools.
+
+    ``allowed_roots``, when set, confines ``load_study`` paths to those folders: a model must
+    not be able to open arbitrary files on the server.
+    """
+
+    limits: StudyLimits = field(default_factory=StudyLimits)
+    allowed_roots: tuple[Path, ...] | None = None
+    views: dict[str, StudyView] = field(default_factory=dict)
+    current_study_id: str | None = None
+
+    def add_study(self, study: Study) -> StudyView:
+        """Make ``study`` the current one (re-opening the same content keeps one view)."""
+        existing = self.views.get(study.id)
+        if existing is not None and existing.study is not study:
+            study.close()
+            study = existing.study
+        view = existing or StudyView(study)
+        self.views[study.id] = view
+        self.current_study_id = study.id
+        return view
+
+    def view(self, study_id: str | None = None) -> StudyView:
+        """The view of ``study_id``, or of the current study when omitted."""
+        key = study_id or self.current_study_id
+        if key is None:
+            raise NoStudyOpenError("No study is open yet; open a DICOM, PNG or JPEG study first.")
+        if key not in self.views:
+            raise NoStudyOpenError(f"There is no open study with id '{key}'.")
+        return self.views[key]
+
+    def check_path(self, path: Path) -> Path:
+        """Refuse paths outside ``allowed_roots`` (when configured)."""
+        if self.allowed_roots is None:
+            return path
+        resolved = path.resolve()
+        if any(resolved.is_relative_to(root.resolve()) for root in self.allowed_roots):
+            return path
+        raise UnreadableStudyError("That file is outside the folders Loupe may open.")
+
+    def close(self) -> None:
+        for view in self.views.values():
+            view.study.close()
+        self.views.clear()
+        self.current_study_id = None

@@ -1,0 +1,357 @@
+"""A loaded study: frames, physical values, display images, geometry and metadata.
+
+``open_study`` is the one entry point: it accepts a file, a folder, a list of files or a .zip
+(DICOM or PNG/JPEG), decodes the first frame to prove the study is readable, and returns a
+``Study``. Frames are decoded lazily and a handful are kept in a small cache so that window
+changes and frame scrubbing do not decode again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydicom.uid import UID
+
+from tools.errors import FrameOutOfRangeError, NotAnImageError, UnsupportedStudyError
+from tools.study.dicom import DicomFile
+from tools.study.display import RenderedFrame, render_colour, render_grey
+from tools.study.geometry import positive_float, ultrasound_regions
+from tools.study.model import (
+    FrameGeometry,
+    IdentifyingMetadata,
+    SafeMetadata,
+    StudyLimits,
+)
+from tools.study.raster import RasterImage, read_raster
+from tools.study.series import order_series
+from tools.study.sources import ResolvedSource, resolve_source
+from tools.study.windowing import Window, apply_window, parse_window, percentile_window, presets_for, to_uint8
+
+StudySource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+_FRAME_CACHE_SIZE = 8
+
+
+class Study(ABC):
+    """What the clinician opened, ready to display and measure.
+
+    Attributes
+    ----------
+    id:
+        ``st-`` + the first 16 hex digits of a SHA-256 over the pixel-bearing files' bytes;
+        stable for the same content, carries no PHI.
+    safe:
+        Technical metadata on the allow-list.
+    identifying:
+        Header PHI, kept apart; never sent to a model.
+    """
+
+    def __init__(self, *, study_id: str, safe: SafeMetadata, identifying: IdentifyingMetadata,
+                 source: ResolvedSource) -> None:
+        self.id = study_id
+        self.safe = safe
+        self.identifying = identifying
+        self._source = source
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    # -- frames -------------------------------------------------------------------------------
+    @property
+    def frame_count(self) -> int:
+        return self.safe.frames
+
+    @property
+    def modality(self) -> str | None:
+        return self.safe.modality
+
+    def check_frame(self, frame: int) -> int:
+        if not 0 <= frame < self.frame_count:
+            raise FrameOutOfRangeError(
+                f"Frame {frame} does not exist; this study has frames 0 to {self.frame_count - 1}."
+            )
+        return frame
+
+    def physical(self, frame: int = 0) -> np.ndarray:
+        """Physical values of a frame as float32 (HU for CT; grey or RGB values otherwise)."""
+        self.check_frame(frame)
+        if frame in self._cache:
+            self._cache.move_to_end(frame)
+            return self._cache[frame]
+        values = self._decode_physical(frame)
+        values.setflags(write=False)  # shared with callers: nobody may alter the cache
+        self._cache[frame] = values
+        if len(self._cache) > _FRAME_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return values
+
+    @abstractmethod
+    def _decode_physical(self, frame: int) -> np.ndarray: ...
+
+    @abstractmethod
+    def render(self, frame: int = 0, window: Window | str | None = None) -> RenderedFrame:
+        """The display image of a frame (uint8), with ``window`` overriding the default."""
+
+    def display(self, frame: int = 0, window: Window | str | None = None) -> np.ndarray:
+        return self.render(frame, window).pixels
+
+    @abstractmethod
+    def geometry(self, frame: int = 0) -> FrameGeometry: ...
+
+    def pixel_spacing_mm(self, frame: int = 0) -> tuple[float, float] | None:
+        return self.geometry(frame).pixel_spacing_mm
+
+    # -- windows ------------------------------------------------------------------------------
+    def window_presets(self) -> dict[str, Window]:
+        """Named windows that make sense for this study (CT: lung, soft tissue, brain, bone)."""
+        if self.safe.samples_per_pixel != 1 or self.safe.photometric == "PALETTE COLOR":
+            return {}
+        return presets_for(self.modality) if self.safe.kind == "dicom" else {}
+
+    def resolve_window(self, window: Window | str | None) -> Window | None:
+        if window is None or isinstance(window, Window):
+            return window
+        if self.safe.kind == "dicom":
+            return parse_window(window, self.modality if self.window_presets() else None)
+        return parse_window(window, None)
+
+    def close(self) -> None:
+        """Release cached frames and any files extracted from an archive."""
+        self._cache.clear()
+        self._source.cleanup()
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DicomStudy(Study):
+    """One DICOM file (single or multi-frame) or one series of single-frame files."""
+
+    def __init__(self, files: list[DicomFile], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.files = files
+
+    def _locate(self, frame: int) -> tuple[DicomFile, int]:
+        self.check_frame(frame)
+        return (self.files[0], frame) if len(self.files) == 1 else (self.files[frame], 0)
+
+    def _decode_physical(self, frame: int) -> np.ndarray:
+        file, index = self._locate(frame)
+        stored = file.decode(index)
+        if stored.ndim == 3 or file.photometric == "PALETTE COLOR":
+            # Colour has no physical unit; measure on the luma of what the clinician sees.
+            rgb = render_colour(stored, file.header).pixels.astype(np.float32)
+            return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return file.modality_lut(stored, index)
+
+    def render(self, frame: int = 0, window: Window | str | None = None) -> RenderedFrame:
+        file, index = self._locate(frame)
+        override = self.resolve_window(window)
+        if file.samples_per_pixel == 3 or file.photometric == "PALETTE COLOR":
+            return render_colour(file.decode(index), file.header)
+        return render_grey(
+            self.physical(frame),
+            header=None if file.is_enhanced else file.header,
+            modality=self.modality,
+            header_window=file.window(index),
+            override=override,
+            monochrome1=file.photometric == "MONOCHROME1",
+        )
+
+    def geometry(self, frame: int = 0) -> FrameGeometry:
+        file, index = self._locate(frame)
+        return file.geometry(index)
+
+
+class RasterStudy(Study):
+    """A PNG or JPEG image: one frame, values as saved, no physical units."""
+
+    def __init__(self, image: RasterImage, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.image = image
+
+    def _decode_physical(self, frame: int) -> np.ndarray:
+        return self.image.pixels.astype(np.float32)
+
+    def render(self, frame: int = 0, window: Window | str | None = None) -> RenderedFrame:
+        self.check_frame(frame)
+        override = self.resolve_window(window)
+        pixels = self.image.pixels
+        if self.image.is_colour:
+            return RenderedFrame(pixels, None)
+        if override is not None:
+            return RenderedFrame(to_uint8(apply_window(self.physical(frame), override)), override)
+        if pixels.dtype == np.uint8:
+            return RenderedFrame(pixels, None)  # already a display image
+        window = percentile_window(pixels)
+        return RenderedFrame(to_uint8(apply_window(self.physical(frame), window)), window)
+
+    def geometry(self, frame: int = 0) -> FrameGeometry:
+        self.check_frame(frame)
+        return FrameGeometry()
+
+
+def open_study(source: StudySource, *, limits: StudyLimits | None = None,
+               modality: str | None = None) -> Study:
+    """Open a DICOM file, series (folder, list or .zip) or a PNG/JPEG image.
+
+    Parameters
+    ----------
+    source:
+        A path, or a list of paths, to files, folders or .zip archives.
+    limits:
+        Size guards; defaults to ``StudyLimits()``.
+    modality:
+        For PNG/JPEG only: the modality the caller knows (DICOM headers win otherwise).
+
+    Raises
+    ------
+    StudyError
+        One of its subclasses, with a sentence for the clinician.
+    """
+    limits = limits or StudyLimits()
+    resolved = resolve_source(source, limits)
+    try:
+        if resolved.dicom_files and resolved.raster_files:
+            raise UnsupportedStudyError(
+                "What was opened mixes DICOM files and PNG/JPEG images; open them separately."
+            )
+        study = _open_raster(resolved, limits, modality) if resolved.raster_files else _open_dicom(resolved, limits)
+        study.render(0)  # decode the first frame now, so a damaged file fails at open
+        return study
+    except BaseException:
+        resolved.cleanup()
+        raise
+
+
+def _content_id(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return "st-" + digest.hexdigest()[:16]
+
+
+def _open_raster(resolved: ResolvedSource, limits: StudyLimits, modality: str | None) -> RasterStudy:
+    if len(resolved.raster_files) > 1:
+        raise UnsupportedStudyError(
+            f"What was opened holds {len(resolved.raster_files)} separate images; open one at a time."
+        )
+    path = resolved.raster_files[0]
+    image = read_raster(path, limits)
+    safe = SafeMetadata(
+        kind="raster",
+        modality=modality.upper() if modality else None,
+        rows=image.pixels.shape[0],
+        columns=image.pixels.shape[1],
+        frames=1,
+        photometric="RGB" if image.is_colour else "MONOCHROME2",
+        samples_per_pixel=3 if image.is_colour else 1,
+        bits_stored=image.bits,
+        image_format=image.image_format,
+    )
+    identifying = IdentifyingMetadata(source_names=tuple(resolved.original_names))
+    return RasterStudy(image, study_id=_content_id([path]), safe=safe, identifying=identifying,
+                       source=resolved)
+
+
+def _open_dicom(resolved: ResolvedSource, limits: StudyLimits) -> DicomStudy:
+    files, first_refusal = [], None
+    several = len(resolved.dicom_files) > 1
+    for path in resolved.dicom_files:
+        try:
+            files.append(DicomFile(path, limits))
+        except NotAnImageError as refusal:
+            # In a folder or zip, reports, plans and DICOMDIR indexes sit beside the images.
+            if not several:
+                raise
+            first_refusal = first_refusal or refusal
+    if not files:
+        raise first_refusal or NotAnImageError("No image was found among the DICOM files opened.")
+    files, slice_spacing = order_series(files)
+    first = files[0]
+    header = first.header
+    geometry = first.geometry(0)
+    modality = _text(header.get("Modality"))
+    regions = ultrasound_regions(header) if not first.is_enhanced else ()
+    safe = SafeMetadata(
+        kind="dicom",
+        modality=modality,
+        body_part=_text(header.get("BodyPartExamined")),
+        rows=int(header.Rows),
+        columns=int(header.Columns),
+        frames=first.frame_count if len(files) == 1 else len(files),
+        photometric=first.photometric,
+        samples_per_pixel=first.samples_per_pixel,
+        bits_stored=_int(header.get("BitsStored")),
+        pixel_spacing_mm=geometry.pixel_spacing_mm,
+        spacing_source=geometry.spacing_source,
+        slice_thickness_mm=geometry.slice_thickness_mm,
+        spacing_between_slices_mm=slice_spacing or positive_float(header.get("SpacingBetweenSlices")),
+        window=first.window(0),
+        physical_unit=_physical_unit(header, modality),
+        transfer_syntax=_uid_name(first.transfer_syntax),
+        sop_class=_uid_name(header.get("SOPClassUID")),
+        burned_in_annotation=_text(header.get("BurnedInAnnotation")),
+        ultrasound_regions=regions,
+    )
+    return DicomStudy(
+        files,
+        study_id=_content_id([f.path for f in files]),
+        safe=safe,
+        identifying=_identifying(header, resolved.original_names),
+        source=resolved,
+    )
+
+
+def _identifying(header, names: Sequence[str]) -> IdentifyingMetadata:
+    fields = {
+        "patient_name": "PatientName", "patient_id": "PatientID",
+        "patient_birth_date": "PatientBirthDate", "patient_sex": "PatientSex",
+        "patient_age": "PatientAge", "study_date": "StudyDate",
+        "accession_number": "AccessionNumber", "institution_name": "InstitutionName",
+        "referring_physician": "ReferringPhysicianName", "study_description": "StudyDescription",
+        "series_description": "SeriesDescription", "study_instance_uid": "StudyInstanceUID",
+        "series_instance_uid": "SeriesInstanceUID",
+    }
+    values = {key: _text(header.get(keyword)) for key, keyword in fields.items()}
+    return IdentifyingMetadata(**values, source_names=tuple(names))
+
+
+def _physical_unit(header, modality: str | None) -> str | None:
+    rescale_type = _text(header.get("RescaleType"))
+    if rescale_type and rescale_type.upper() != "US":  # "US" = unspecified
+        return rescale_type
+    if modality == "CT":
+        return "HU"
+    if modality == "RTDOSE":
+        return _text(header.get("DoseUnits"))
+    return None
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _uid_name(value: object) -> str | None:
+    if not value:
+        return None
+    uid = UID(str(value))
+    return uid.name if uid.name else str(uid)
