@@ -25,6 +25,12 @@ _VIDEO_OR_NON_IMAGE = {
     "1.2.840.10008.1.2.4.108": "HEVC video",
 }
 
+_UNKNOWN_TO_PYDICOM = {
+    "1.2.840.10008.1.2.4.110": "JPEG XL Lossless",
+    "1.2.840.10008.1.2.4.111": "JPEG XL JPEG Recompression",
+    "1.2.840.10008.1.2.4.112": "JPEG XL",
+}
+
 #: What would decode a transfer syntax when no installed plugin does.
 _INSTALL_HINTS = {
     "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (GPL-3 licensed, not bundled with Loupe)",
@@ -65,15 +71,21 @@ def ensure_decodable(transfer_syntax: UID, bits_stored: int | None) -> None:
     Native (uncompressed) and deflated syntaxes always pass; pydicom decodes them itself.
     """
     uid = UID(str(transfer_syntax))
+    hint = _INSTALL_HINTS.get(str(uid))
+    if not uid.is_transfer_syntax:
+        name = _UNKNOWN_TO_PYDICOM.get(str(uid), str(uid))
+        raise MissingCodecError(
+            f"The image is encoded as '{name}', a transfer syntax Loupe has no decoder for.",
+            transfer_syntax=str(uid), install_hint=hint,
+        )
     if not uid.is_compressed:
         return
-    name = uid.name if uid.is_valid and uid.name != str(uid) else str(uid)
+    name = uid.name
     if str(uid) in _VIDEO_OR_NON_IMAGE:
         raise MissingCodecError(
             f"This file holds {_VIDEO_OR_NON_IMAGE[str(uid)]}; Loupe opens still images only.",
             transfer_syntax=str(uid), install_hint=None,
         )
-    hint = _INSTALL_HINTS.get(str(uid))
     try:
         decoder = get_decoder(uid)
     except NotImplementedError as error:

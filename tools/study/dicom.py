@@ -95,7 +95,10 @@ class DicomFile:
     # -- header facts -------------------------------------------------------------------------
     def _validate(self, limits: StudyLimits) -> None:
         ds = self.header
-        if not ds.keys() and not getattr(ds, "file_meta", None):
+        meta = getattr(ds, "file_meta", None)
+        sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+        if not sop_class and "Rows" not in ds:
+            # What pydicom parses out of random bytes after a 'DICM' marker: no object at all.
             raise UnreadableStudyError("This file is not a readable DICOM file.")
         if str(ds.get("SOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
             raise NotAnImageError(

@@ -96,7 +96,10 @@ def _apply_voi_lut_sequence(physical: np.ndarray, header: Dataset) -> np.ndarray
     lut_data = np.asarray(item.get("LUTData", []), dtype=np.float64)
     if lut_data.size == 0:
         return None
-    out = apply_voi_lut(physical, header, index=0, prefer_lut=True).astype(np.float32)
+    # A LUT is indexed by integers: round the modality output instead of letting pydicom
+    # guess with floats.
+    indices = np.rint(physical).astype(np.int64)
+    out = apply_voi_lut(indices, header, index=0, prefer_lut=True).astype(np.float32)
     low, high = float(lut_data.min()), float(lut_data.max())
     if high <= low:
         return None

@@ -13,6 +13,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -156,7 +157,7 @@ def _add_zip(path: Path, resolved: ResolvedSource, limits: StudyLimits) -> None:
             try:
                 with archive.open(info) as src, target.open("wb") as dst:
                     _copy_limited(src, dst, info.file_size)
-            except (zipfile.BadZipFile, OSError, EOFError) as error:
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as error:
                 raise UnreadableStudyError(
                     f"The archive '{path.name}' is damaged and cannot be extracted."
                 ) from error

@@ -12,8 +12,9 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydicom.uid import UID
@@ -33,9 +34,12 @@ from tools.study.series import order_series
 from tools.study.sources import ResolvedSource, resolve_source
 from tools.study.windowing import Window, apply_window, parse_window, percentile_window, presets_for, to_uint8
 
+T = TypeVar("T")
+
 StudySource = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
-_FRAME_CACHE_SIZE = 8
+# Decoded, physical and rendered arrays of the last few frames (a frame uses up to three).
+_CACHE_ENTRIES = 24
 
 
 class Study(ABC):
@@ -58,7 +62,7 @@ class Study(ABC):
         self.safe = safe
         self.identifying = identifying
         self._source = source
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache: OrderedDict[tuple, object] = OrderedDict()
 
     # -- frames -------------------------------------------------------------------------------
     @property
@@ -76,25 +80,36 @@ class Study(ABC):
             )
         return frame
 
-    def physical(self, frame: int = 0) -> np.ndarray:
-        """Physical values of a frame as float32 (HU for CT; grey or RGB values otherwise)."""
-        self.check_frame(frame)
-        if frame in self._cache:
-            self._cache.move_to_end(frame)
-            return self._cache[frame]
-        values = self._decode_physical(frame)
-        values.setflags(write=False)  # shared with callers: nobody may alter the cache
-        self._cache[frame] = values
-        if len(self._cache) > _FRAME_CACHE_SIZE:
+    def _memo(self, key: tuple, compute: Callable[[], T]) -> T:
+        """Keep the last few decoded / rendered results; arrays come back read-only."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        value = compute()
+        for array in (value, getattr(value, "pixels", None)):
+            if isinstance(array, np.ndarray):
+                array.setflags(write=False)  # shared with callers: nobody may alter the cache
+        self._cache[key] = value
+        if len(self._cache) > _CACHE_ENTRIES:
             self._cache.popitem(last=False)
-        return values
+        return value
+
+    def physical(self, frame: int = 0) -> np.ndarray:
+        """Physical values of a frame as float32 (HU for CT; grey or RGB luma otherwise)."""
+        self.check_frame(frame)
+        return self._memo(("physical", frame), lambda: self._decode_physical(frame))
 
     @abstractmethod
     def _decode_physical(self, frame: int) -> np.ndarray: ...
 
-    @abstractmethod
     def render(self, frame: int = 0, window: Window | str | None = None) -> RenderedFrame:
         """The display image of a frame (uint8), with ``window`` overriding the default."""
+        self.check_frame(frame)
+        override = self.resolve_window(window)
+        return self._memo(("render", frame, override), lambda: self._render(frame, override))
+
+    @abstractmethod
+    def _render(self, frame: int, override: Window | None) -> RenderedFrame: ...
 
     def display(self, frame: int = 0, window: Window | str | None = None) -> np.ndarray:
         return self.render(frame, window).pixels
@@ -142,20 +157,25 @@ class DicomStudy(Study):
         self.check_frame(frame)
         return (self.files[0], frame) if len(self.files) == 1 else (self.files[frame], 0)
 
+    def _stored(self, frame: int) -> np.ndarray:
+        file, index = self._locate(frame)
+        return self._memo(("stored", frame), lambda: file.decode(index))
+
+    def _is_colour(self, file: DicomFile) -> bool:
+        return file.samples_per_pixel == 3 or file.photometric == "PALETTE COLOR"
+
     def _decode_physical(self, frame: int) -> np.ndarray:
         file, index = self._locate(frame)
-        stored = file.decode(index)
-        if stored.ndim == 3 or file.photometric == "PALETTE COLOR":
+        if self._is_colour(file):
             # Colour has no physical unit; measure on the luma of what the clinician sees.
-            rgb = render_colour(stored, file.header).pixels.astype(np.float32)
+            rgb = self.render(frame).pixels.astype(np.float32)
             return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        return file.modality_lut(stored, index)
+        return file.modality_lut(self._stored(frame), index)
 
-    def render(self, frame: int = 0, window: Window | str | None = None) -> RenderedFrame:
+    def _render(self, frame: int, override: Window | None) -> RenderedFrame:
         file, index = self._locate(frame)
-        override = self.resolve_window(window)
-        if file.samples_per_pixel == 3 or file.photometric == "PALETTE COLOR":
-            return render_colour(file.decode(index), file.header)
+        if self._is_colour(file):
+            return render_colour(self._stored(frame), file.header)
         return render_grey(
             self.physical(frame),
             header=None if file.is_enhanced else file.header,
@@ -180,9 +200,7 @@ class RasterStudy(Study):
     def _decode_physical(self, frame: int) -> np.ndarray:
         return self.image.pixels.astype(np.float32)
 
-    def render(self, frame: int = 0, window: Window | str | None = None) -> RenderedFrame:
-        self.check_frame(frame)
-        override = self.resolve_window(window)
+    def _render(self, frame: int, override: Window | None) -> RenderedFrame:
         pixels = self.image.pixels
         if self.image.is_colour:
             return RenderedFrame(pixels, None)

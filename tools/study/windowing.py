@@ -99,12 +99,13 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     v = values.astype(np.float32, copy=False)
     c, w = float(window.center), float(window.width)
     if window.function == "SIGMOID":
-        return (1.0 / (1.0 + np.exp(-4.0 * (v - c) / w))).astype(np.float32)
+        exponent = np.clip(-4.0 * (v - c) / w, -80.0, 80.0)  # exp(80) fits a float32
+        return (1.0 / (1.0 + np.exp(exponent))).astype(np.float32)
     if window.function == "LINEAR_EXACT":
         low, span = c - w / 2.0, w
     else:
-        if w < 1:
-            # PS3.3 requires width >= 1 for LINEAR; a sub-unit width is a hard threshold.
+        if w <= 1:
+            # PS3.3 requires width >= 1 for LINEAR, and width 1 is a hard threshold.
             return (v > c - 0.5).astype(np.float32)
         low, span = (c - 0.5) - (w - 1) / 2.0, w - 1
     return np.clip((v - low) / span, 0.0, 1.0).astype(np.float32)
