@@ -218,11 +218,6 @@ def test_png_upload_then_clear_returns_to_sample(app, media, data_dir):
     assert "484 × 300" in facts(app)
 
 
-@pytest.mark.xfail(
-    reason="ui/app.py calls st.image(png_bytes) without output_format='PNG'; Streamlit's 'auto' "
-    "re-encodes greyscale/RGB images without alpha as JPEG, so the display is lossy",
-    strict=False,
-)
 def test_display_image_reaches_browser_losslessly(app, media):
     choose_sample(app, "ct-small")
     shown, mimetype, _ = shown_image(app, media)

@@ -269,7 +269,9 @@ def _error_case(name: str, tmp_path: Path) -> tuple[list, str]:
     if name == "zero-width-window":
         return ["view", ct, "--out", out, "--window", "-600,0"], "width"
     if name == "colour-window-preset":
-        return ["view", pydicom_file("color3d_jpeg_baseline.dcm"), "--out", out, "--window", "lung"], "lung"
+        return ["view", pydicom_file("color3d_jpeg_baseline.dcm"), "--out", out, "--window", "lung"], "colour"
+    if name == "colour-window-custom":
+        return ["view", pydicom_file("color3d_jpeg_baseline.dcm"), "--out", out, "--window", "100,200"], "colour"
     if name == "not-png":
         return ["view", ct, "--out", tmp_path / "out.jpg"], ".png"
     if name == "unknown-subcommand":
@@ -287,7 +289,7 @@ def _error_case(name: str, tmp_path: Path) -> tuple[list, str]:
 
 ERROR_CASES = [
     "nonexistent", "zero-byte", "random-bytes", "truncated", "jpeg-12-bit", "structured-report",
-    "view-random-bytes", "unknown-window", "zero-width-window", "colour-window-preset", "not-png",
+    "view-random-bytes", "unknown-window", "zero-width-window", "colour-window-preset", "colour-window-custom", "not-png",
     "unknown-subcommand", "no-arguments", "info-without-path", "view-without-out", "bad-frame-number",
 ]
 

@@ -45,6 +45,7 @@ def _open(arguments: dict, key: str) -> None:
         state.loaded_from, state.error = key, None
     except LoupeError as error:
         state.error = error.message
+        state.result = None  # never show the previous study under an error about the new one
         state.loaded_from = key  # do not retry the same failing input on every rerun
 
 
@@ -89,7 +90,7 @@ def _viewer() -> None:
     state.shown = wanted
     image = state.result.artifacts[0]
     left, right = st.columns([3, 1])
-    left.image(image.data, caption=image.caption)
+    left.image(image.data, caption=image.caption, output_format="PNG")  # lossless, as rendered
     spacing = output.pixel_spacing_mm
     facts = [
         f"**Modality** {summary.modality or 'unknown'}",

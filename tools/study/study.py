@@ -19,7 +19,7 @@ from typing import TypeVar
 import numpy as np
 from pydicom.uid import UID
 
-from tools.errors import FrameOutOfRangeError, NotAnImageError, UnsupportedStudyError
+from tools.errors import FrameOutOfRangeError, InvalidWindowError, NotAnImageError, UnsupportedStudyError
 from tools.study.dicom import DicomFile
 from tools.study.display import RenderedFrame, render_colour, render_grey
 from tools.study.geometry import positive_float, ultrasound_regions
@@ -128,7 +128,11 @@ class Study(ABC):
         return presets_for(self.modality) if self.safe.kind == "dicom" else {}
 
     def resolve_window(self, window: Window | str | None) -> Window | None:
-        if window is None or isinstance(window, Window):
+        if window is None:
+            return None
+        if self.safe.samples_per_pixel != 1 or self.safe.photometric in ("PALETTE COLOR", "RGB"):
+            raise InvalidWindowError("A display window applies to greyscale images; this image is in colour.")
+        if isinstance(window, Window):
             return window
         if self.safe.kind == "dicom":
             return parse_window(window, self.modality if self.window_presets() else None)

@@ -83,10 +83,8 @@ def parse_window(text: str, modality: str | None) -> Window:
     available = presets_for(modality)
     if key not in available:
         names = ", ".join(available) or "none (only centre,width)"
-        raise InvalidWindowError(
-            f"There is no '{text}' window for {modality or 'this'} images; available presets: "
-            f"{names}."
-        )
+        subject = f"{modality} images" if modality else "this image"
+        raise InvalidWindowError(f"There is no '{text}' window for {subject}; available presets: {names}.")
     return available[key]
 
 
