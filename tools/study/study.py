@@ -121,22 +121,29 @@ class Study(ABC):
         return self.geometry(frame).pixel_spacing_mm
 
     # -- windows ------------------------------------------------------------------------------
+    @property
+    def is_colour(self) -> bool:
+        """Shown in colour (RGB, decoded YBR or PALETTE COLOR): no windowing applies."""
+        return self.safe.samples_per_pixel != 1 or self.safe.photometric == "PALETTE COLOR"
+
     def window_presets(self) -> dict[str, Window]:
-        """Named windows that make sense for this study (CT: lung, soft tissue, brain, bone)."""
-        if self.safe.samples_per_pixel != 1 or self.safe.photometric == "PALETTE COLOR":
+        """Named windows that make sense for this study (CT: lung, soft tissue, brain, bone).
+
+        Only DICOM greyscale studies have them: a CT saved as PNG holds grey levels, not HU.
+        """
+        if self.is_colour or self.safe.kind != "dicom":
             return {}
-        return presets_for(self.modality) if self.safe.kind == "dicom" else {}
+        return presets_for(self.modality)
 
     def resolve_window(self, window: Window | str | None) -> Window | None:
+        """A Window from a preset name or 'centre,width' (None keeps the default window)."""
         if window is None:
             return None
-        if self.safe.samples_per_pixel != 1 or self.safe.photometric in ("PALETTE COLOR", "RGB"):
+        if self.is_colour:
             raise InvalidWindowError("A display window applies to greyscale images; this image is in colour.")
         if isinstance(window, Window):
             return window
-        if self.safe.kind == "dicom":
-            return parse_window(window, self.modality if self.window_presets() else None)
-        return parse_window(window, None)
+        return parse_window(window, self.modality if self.window_presets() else None)
 
     def close(self) -> None:
         """Release cached frames and any files extracted from an archive."""
@@ -165,12 +172,9 @@ class DicomStudy(Study):
         file, index = self._locate(frame)
         return self._memo(("stored", frame), lambda: file.decode(index))
 
-    def _is_colour(self, file: DicomFile) -> bool:
-        return file.samples_per_pixel == 3 or file.photometric == "PALETTE COLOR"
-
     def _decode_physical(self, frame: int) -> np.ndarray:
         file, index = self._locate(frame)
-        if self._is_colour(file):
+        if self.is_colour:
             # Colour has no physical unit; measure on the luma of what the clinician sees.
             rgb = self.render(frame).pixels.astype(np.float32)
             return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -178,7 +182,7 @@ class DicomStudy(Study):
 
     def _render(self, frame: int, override: Window | None) -> RenderedFrame:
         file, index = self._locate(frame)
-        if self._is_colour(file):
+        if self.is_colour:
             return render_colour(self._stored(frame), file.header)
         return render_grey(
             self.physical(frame),
