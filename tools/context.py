@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import NoStudyOpenError, UnreadableStudyError
+from tools.findings import Finding
 from tools.study import Study, StudyLimits, Window
 
 
@@ -26,6 +28,27 @@ class Artifact(BaseModel):
     data: bytes = Field(repr=False)
     caption: str = ""
     for_model: bool = Field(default=False, description="Send to the vision model as well.")
+
+
+class VisionProposal(BaseModel):
+    """One location a vision model proposes, in its own convention (see tools.coordinates)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    box_2d: list[float] = Field(min_length=4, max_length=4, description="[ymin, xmin, ymax, xmax], 0–1000.")
+    label: str = ""
+    sample: int = Field(default=0, ge=0, description="Which of several repeated samples proposed it.")
+
+
+class VisionProposer(Protocol):
+    """A vision model that proposes anomaly locations on an image (Gemini, or a test double).
+
+    ``image_png`` is exactly the image the model sees; the boxes it returns are relative to it.
+    """
+
+    name: str
+
+    def propose(self, image_png: bytes, *, modality: str | None, samples: int) -> list[VisionProposal]: ...
 
 
 @dataclass
@@ -57,6 +80,18 @@ class ToolContext:
     allowed_roots: tuple[Path, ...] | None = None
     views: dict[str, StudyView] = field(default_factory=dict)
     current_study_id: str | None = None
+    vision: VisionProposer | None = None
+    model_image_max_side: int = 1024
+    findings: dict[str, Finding] = field(default_factory=dict)
+    _finding_counter: int = 0
+
+    def next_finding_id(self) -> str:
+        """F1, F2, ... never reused within a session, even after findings are replaced."""
+        self._finding_counter += 1
+        return f"F{self._finding_counter}"
+
+    def study_findings(self, study_id: str) -> list[Finding]:
+        return [f for f in self.findings.values() if f.study_id == study_id]
 
     def add_study(self, study: Study) -> StudyView:
         """Make ``study`` the current one (re-opening the same content keeps one view)."""
