@@ -6,6 +6,10 @@ Commands (a contract other issues and checks rely on):
   ``modality, rows, columns, frames, photometric, pixel_spacing_mm, window, body_part``.
 - ``loupe view PATH... --out FILE.png [--frame N] [--window PRESET | --window C,W]`` — the
   display image at native resolution.
+- ``loupe analyze STUDY --out DIR [--backend offline|gemini] [--json]`` — load, detect,
+  verify, fit, render; writes ``DIR/overlay.png`` and ``DIR/findings.json``.
+- ``loupe verify STUDY --box-2d YMIN,XMIN,YMAX,XMAX [--json]`` — verdict on a proposed box.
+- ``loupe eval MANIFEST.csv [--backend offline] [--json OUT] [--simulate-proposals SIGMA_PCT]``.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
 
 Any error: exit code 2 and one line ``error: <message>`` on stderr, never a traceback
@@ -57,6 +61,27 @@ def _build_parser() -> argparse.ArgumentParser:
     view.add_argument("--frame", type=int, default=0, help="Frame index from 0 (default 0).")
     view.add_argument("--window", help="Preset (lung, soft_tissue, brain, bone) or centre,width.")
     view.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+
+    analyze = commands.add_parser("analyze", help="Detect, verify, measure and draw the findings of a study.")
+    analyze.add_argument("paths", nargs="+", metavar="STUDY")
+    analyze.add_argument("--out", required=True, type=Path, help="Folder for overlay.png and findings.json.")
+    analyze.add_argument("--backend", choices=["offline", "gemini"], default="offline")
+    analyze.add_argument("--json", action="store_true", help="Print the findings as JSON.")
+    analyze.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+
+    verify = commands.add_parser("verify", help="Verify a proposed box (Gemini's box_2d convention).")
+    verify.add_argument("paths", nargs="+", metavar="STUDY")
+    verify.add_argument("--box-2d", required=True, dest="box_2d", help="YMIN,XMIN,YMAX,XMAX in 0–1000.")
+    verify.add_argument("--frame", type=int, default=0)
+    verify.add_argument("--json", action="store_true")
+    verify.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+
+    evaluate = commands.add_parser("eval", help="Score localisation on a manifest of lesion boxes.")
+    evaluate.add_argument("manifest", type=Path, metavar="MANIFEST.csv")
+    evaluate.add_argument("--backend", choices=["offline", "gemini"], default="offline")
+    evaluate.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="Also write the scores as JSON.")
+    evaluate.add_argument("--simulate-proposals", type=float, metavar="SIGMA_PCT",
+                          help="Verify simulated proposals shifted by this σ (% of the diagonal).")
 
     serve = commands.add_parser("serve", help="Start the app on 127.0.0.1.")
     serve.add_argument("--port", type=int, help="Port (default from LOUPE_PORT, else 8501).")
@@ -143,6 +168,63 @@ def _view(args: argparse.Namespace, settings: LoupeSettings) -> None:
         _fail(f"cannot write '{args.out}': {error.strerror or error}")
 
 
+def _analyze(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.analysis import analyze
+
+    result = analyze(_source(args.paths), args.out, settings=settings, backend=args.backend, modality=args.modality)
+    if args.json:
+        print(json.dumps(result.model_dump(), indent=2))
+        return
+    print(result.summary)
+    for finding in result.findings:
+        size = finding["size_mm"]
+        size_text = f"{size[0]:.1f} x {size[1]:.1f} mm" if size else "size in px only"
+        x, y = finding["center_px"]
+        print(f"  {finding['id']}  {finding['label']}  at ({x:.0f}, {y:.0f}) px, frame {finding['frame']}, "
+              f"{size_text}, confidence {finding['confidence']:.2f}, {finding['verification']['status']}")
+    print(f"wrote {', '.join(result.files)} to {args.out}")
+
+
+def _parse_box_2d(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        _fail(f"--box-2d needs four numbers YMIN,XMIN,YMAX,XMAX (got '{text}')")
+    if len(values) != 4:
+        _fail(f"--box-2d needs four numbers YMIN,XMIN,YMAX,XMAX (got {len(values)})")
+    return values
+
+
+def _verify(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.toolbox import new_context, run_tool
+
+    box_2d = _parse_box_2d(args.box_2d)
+    ctx = new_context(settings)
+    try:
+        run_tool(ctx, "load_study", {"path": _source(args.paths), "modality": args.modality})
+        output = run_tool(ctx, "verify_coordinates", {"box_2d": box_2d, "frame": args.frame}).output
+    finally:
+        ctx.close()
+    if args.json:
+        print(json.dumps(output.model_dump(), indent=2))
+        return
+    x, y = output.center_px
+    print(f"{output.status}: centre ({x:.1f}, {y:.1f}) px, box {[round(v, 1) for v in output.bbox_px]}")
+    for reason in output.reasons:
+        print(f"  - {reason}")
+
+
+def _eval(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.eval_command import run_eval
+
+    if args.backend == "gemini":
+        _fail("the Gemini backend is not available in this version; use --backend offline")
+    report = run_eval(args.manifest, limits=settings.study_limits(), simulate_sigma_pct=args.simulate_proposals)
+    print(report.text)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report.data, indent=2))
+
+
 def _serve(args: argparse.Namespace, settings: LoupeSettings) -> None:
     app = Path(__file__).resolve().parent.parent / "ui" / "app.py"
     command = [
@@ -172,7 +254,8 @@ def _join_negative_window(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
     args = _build_parser().parse_args(arguments)
-    handlers = {"info": _info, "view": _view, "serve": _serve}
+    handlers = {"info": _info, "view": _view, "analyze": _analyze, "verify": _verify, "eval": _eval,
+                "serve": _serve}
     try:
         handlers[args.command](args, LoupeSettings())
     except LoupeError as error:

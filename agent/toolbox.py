@@ -34,12 +34,14 @@ def run_tool(ctx: ToolContext, name: str, arguments: dict[str, Any]) -> ToolResu
     if tool is None:
         raise ToolCallError(f"There is no tool called '{name}'; available: {', '.join(sorted(TOOLS))}.")
     try:
-        return tool.run(ctx, arguments)
+        validated = tool.validate(arguments)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in issue['loc']) or 'arguments'}: {issue['msg']}" for issue in error.errors()
         )
         raise ToolCallError(f"The arguments for {name} are invalid ({problems}).") from error
+    # Outside the try: a validation error raised inside the tool is a bug, not the caller's fault.
+    return tool.function(ctx, validated)
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")

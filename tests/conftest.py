@@ -32,3 +32,23 @@ def eval_dir() -> Path:
             pytest.fail(f"the shared evaluation data is missing at {EVAL_DIR}")
         pytest.skip(f"shared evaluation data not found at {EVAL_DIR}")
     return EVAL_DIR
+
+
+@pytest.fixture
+def isolated_cli(monkeypatch, tmp_path):
+    """No developer re-raise, and no stray ``.env`` from the caller's working directory."""
+    monkeypatch.delenv("LOUPE_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run ``loupe ARGS`` in-process; return (exit code, stdout, stderr)."""
+    from agent.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

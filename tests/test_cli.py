@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 
-from agent.cli import main
+from tests.conftest import pydicom_file, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,30 +28,7 @@ JSON_KEYS = {"modality", "rows", "columns", "frames", "photometric", "pixel_spac
 # -- helpers and fixtures ----------------------------------------------------------------------
 
 
-def pydicom_file(name: str) -> Path:
-    """A pydicom test file, never downloaded; skip when it is not installed."""
-    found = get_testdata_file(name, download=False)
-    if found is None:
-        pytest.skip(f"{name} is not installed (pydicom-data missing?)")
-    return Path(found)
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    """No developer re-raise, and no stray ``.env`` from the caller's working directory."""
-    monkeypatch.delenv("LOUPE_DEBUG", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    """Run ``loupe ARGS`` in-process; return (exit code, stdout, stderr)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+pytestmark = pytest.mark.usefixtures("isolated_cli")
 
 
 def _command() -> list[str]:

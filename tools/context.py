@@ -7,9 +7,11 @@ a frame and a window.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +70,11 @@ class StudyView:
     window: Window | None = None
 
 
+T = TypeVar("T")
+
+_DERIVED_ENTRIES = 4
+
+
 @dataclass
 class ToolContext:
     """Per-session state shared by the tools.
@@ -84,6 +91,19 @@ class ToolContext:
     model_image_max_side: int = 1024
     findings: dict[str, Finding] = field(default_factory=dict)
     _finding_counter: int = 0
+    _derived: OrderedDict[tuple, object] = field(default_factory=OrderedDict, repr=False)
+
+    def derived(self, key: tuple, compute: Callable[[], T]) -> T:
+        """Per-session cache of expensive derived data (e.g. a frame's detection working
+        image), so that detect, verify and fit on the same frame compute it once."""
+        if key in self._derived:
+            self._derived.move_to_end(key)
+            return self._derived[key]  # type: ignore[return-value]
+        value = compute()
+        self._derived[key] = value
+        while len(self._derived) > _DERIVED_ENTRIES:
+            self._derived.popitem(last=False)
+        return value
 
     def next_finding_id(self) -> str:
         """F1, F2, ... never reused within a session, even after findings are replaced."""
@@ -126,4 +146,5 @@ class ToolContext:
         for view in self.views.values():
             view.study.close()
         self.views.clear()
+        self._derived.clear()
         self.current_study_id = None

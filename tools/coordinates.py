@@ -14,6 +14,7 @@ resize and padding. ``SentImage`` records that resize/padding; every conversion 
 
 from __future__ import annotations
 
+from numbers import Real
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,8 +27,10 @@ NORMALISED = 1000.0
 class SentImage(BaseModel):
     """How the native frame was placed into the image sent to a model.
 
-    ``scale`` = sent pixels per native pixel; the native image occupies
-    ``[pad_left, pad_left + native_width * scale]`` horizontally in the sent image.
+    ``scale`` = sent pixels per native pixel along x (``scale_y`` along y, default the same);
+    the native image occupies ``[pad_left, pad_left + native_width * scale]`` horizontally in
+    the sent image. A resize to whole pixels generally scales the two axes slightly
+    differently, so ``fit_long_side`` records both.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -37,8 +40,13 @@ class SentImage(BaseModel):
     sent_width: int = Field(gt=0)
     sent_height: int = Field(gt=0)
     scale: float = Field(gt=0)
+    scale_y: float | None = Field(default=None, gt=0)
     pad_left: float = 0.0
     pad_top: float = 0.0
+
+    @property
+    def y_scale(self) -> float:
+        return self.scale if self.scale_y is None else self.scale_y
 
     @classmethod
     def identity(cls, width: int, height: int) -> SentImage:
@@ -48,8 +56,9 @@ class SentImage(BaseModel):
     def fit_long_side(cls, width: int, height: int, max_side: int) -> SentImage:
         """Downscale (never upscale) so the long side is at most ``max_side``; no padding."""
         scale = min(1.0, max_side / max(width, height))
-        return cls(native_width=width, native_height=height, sent_width=max(1, round(width * scale)),
-                   sent_height=max(1, round(height * scale)), scale=scale)
+        sent_width, sent_height = max(1, round(width * scale)), max(1, round(height * scale))
+        return cls(native_width=width, native_height=height, sent_width=sent_width, sent_height=sent_height,
+                   scale=sent_width / width, scale_y=sent_height / height)
 
 
 class BoxPx(BaseModel):
@@ -92,7 +101,8 @@ class BoxPx(BaseModel):
 
     @classmethod
     def around(cls, x: float, y: float, width: float, height: float) -> BoxPx:
-        """A box of ``width`` x ``height`` pixels centred on (x, y)."""
+        """A box of ``width`` x ``height`` pixels centred on (x, y); at least one pixel each way."""
+        width, height = max(width, 1.0), max(height, 1.0)
         return cls(x0=x - (width - 1) / 2, y0=y - (height - 1) / 2, x1=x + (width - 1) / 2, y1=y + (height - 1) / 2)
 
 
@@ -112,10 +122,10 @@ def _check_numbers(values: Sequence[float], count: int, what: str) -> list[float
         raise InvalidCoordinatesError(f"A {what} needs {count} numbers, got {len(values)}.")
     numbers = []
     for value in values:
-        try:
-            number = float(value)
-        except (TypeError, ValueError) as error:
-            raise InvalidCoordinatesError(f"The {what} contains a non-number ({value!r}).") from error
+        # Model output is JSON: a number must arrive as a number, not a string or a boolean.
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise InvalidCoordinatesError(f"The {what} contains a non-number ({value!r}).")
+        number = float(value)
         if not 0.0 <= number <= NORMALISED:
             raise InvalidCoordinatesError(f"The {what} values must lie between 0 and 1000 (got {number:g}).")
         numbers.append(number)
@@ -136,8 +146,8 @@ def box_2d_to_px(box_2d: Sequence[float], sent: SentImage) -> BoxPx:
     # Edges -> the centres of the first and last pixels inside: +0.5 px in, -0.5 px in.
     left = from_sent_edge(xmin, sent.scale, sent.pad_left, sent.sent_width)
     right = from_sent_edge(xmax, sent.scale, sent.pad_left, sent.sent_width)
-    top = from_sent_edge(ymin, sent.scale, sent.pad_top, sent.sent_height)
-    bottom = from_sent_edge(ymax, sent.scale, sent.pad_top, sent.sent_height)
+    top = from_sent_edge(ymin, sent.y_scale, sent.pad_top, sent.sent_height)
+    bottom = from_sent_edge(ymax, sent.y_scale, sent.pad_top, sent.sent_height)
     x0, x1 = left + 0.5, max(left + 0.5, right - 0.5)
     y0, y1 = top + 0.5, max(top + 0.5, bottom - 0.5)
     return BoxPx(x0=x0, y0=y0, x1=x1, y1=y1)
@@ -146,9 +156,9 @@ def box_2d_to_px(box_2d: Sequence[float], sent: SentImage) -> BoxPx:
 def px_to_box_2d(box: BoxPx, sent: SentImage) -> list[float]:
     """Inclusive native box -> Gemini ``[ymin, xmin, ymax, xmax]`` (inverse of box_2d_to_px)."""
     return [
-        to_sent_edge(box.y0 - 0.5, sent.scale, sent.pad_top, sent.sent_height),
+        to_sent_edge(box.y0 - 0.5, sent.y_scale, sent.pad_top, sent.sent_height),
         to_sent_edge(box.x0 - 0.5, sent.scale, sent.pad_left, sent.sent_width),
-        to_sent_edge(box.y1 + 0.5, sent.scale, sent.pad_top, sent.sent_height),
+        to_sent_edge(box.y1 + 0.5, sent.y_scale, sent.pad_top, sent.sent_height),
         to_sent_edge(box.x1 + 0.5, sent.scale, sent.pad_left, sent.sent_width),
     ]
 
@@ -157,10 +167,10 @@ def point_to_px(point: Sequence[float], sent: SentImage) -> tuple[float, float]:
     """Gemini ``[y, x]`` (0–1000) -> native (x, y) pixel-centre coordinates."""
     y, x = _check_numbers(point, 2, "point")
     return (from_sent_edge(x, sent.scale, sent.pad_left, sent.sent_width),
-            from_sent_edge(y, sent.scale, sent.pad_top, sent.sent_height))
+            from_sent_edge(y, sent.y_scale, sent.pad_top, sent.sent_height))
 
 
 def px_to_point(x: float, y: float, sent: SentImage) -> list[float]:
     """Native (x, y) -> Gemini ``[y, x]`` (inverse of point_to_px)."""
-    return [to_sent_edge(y, sent.scale, sent.pad_top, sent.sent_height),
+    return [to_sent_edge(y, sent.y_scale, sent.pad_top, sent.sent_height),
             to_sent_edge(x, sent.scale, sent.pad_left, sent.sent_width)]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tools import load_study
+from tools import detect_anomalies, fit_gaussian, load_study, render_overlay, verify_coordinates
 from tools.context import ToolContext, ToolResult
 
 
@@ -40,14 +40,25 @@ class Tool:
             "parameters": self.input_model.model_json_schema(),
         }
 
+    def validate(self, arguments: dict[str, Any]) -> BaseModel:
+        """The arguments as the input model (pydantic.ValidationError if they are invalid)."""
+        return self.input_model.model_validate(arguments)
+
     def run(self, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
-        """Validate ``arguments`` with the input model (pydantic.ValidationError if bad) and run."""
-        return self.function(ctx, self.input_model.model_validate(arguments))
+        """Validate ``arguments`` and run the tool."""
+        return self.function(ctx, self.validate(arguments))
 
 
 TOOLS: dict[str, Tool] = {
     tool.name: tool
     for tool in (
         Tool("load_study", load_study.LoadStudyInput, load_study.LoadStudyOutput, load_study.load_study),
+        Tool("detect_anomalies", detect_anomalies.DetectAnomaliesInput, detect_anomalies.DetectAnomaliesOutput,
+             detect_anomalies.detect_anomalies),
+        Tool("verify_coordinates", verify_coordinates.VerifyCoordinatesInput,
+             verify_coordinates.VerifyCoordinatesOutput, verify_coordinates.verify_coordinates),
+        Tool("fit_gaussian", fit_gaussian.FitGaussianInput, fit_gaussian.FitGaussianOutput, fit_gaussian.fit_gaussian),
+        Tool("render_overlay", render_overlay.RenderOverlayInput, render_overlay.RenderOverlayOutput,
+             render_overlay.render_overlay),
     )
 }

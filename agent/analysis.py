@@ -1,0 +1,107 @@
+"""One-shot analysis of a study: load, detect, verify, fit, render — the ``loupe analyze`` path.
+
+It drives the registered tools through ``agent.toolbox.run_tool`` exactly as the agent will,
+so the command line exercises the same code as a conversation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.settings import LoupeSettings
+from agent.toolbox import new_context, run_tool
+from tools.context import Artifact, ToolContext
+from tools.errors import ModelUnavailableError
+from tools.findings import Finding
+
+FIGURE_LAYERS = ["annotated", "heatmap", "comparison"]
+PER_FINDING_LAYERS = ["crops", "statistics"]
+
+
+class AnalysisResult(BaseModel):
+    """What ``loupe analyze`` reports (the JSON printed with --json and saved as findings.json)."""
+
+    study_id: str
+    modality: str | None
+    frame: int
+    anomaly_found: bool
+    threshold: float
+    summary: str
+    findings: list[dict[str, Any]]
+    files: list[str]
+
+
+def finding_json(finding: Finding) -> dict[str, Any]:
+    """A finding in the ``loupe analyze --json`` contract."""
+    verification = finding.verification
+    return {
+        "id": finding.id,
+        "label": finding.label,
+        "frame": finding.frame,
+        "center_px": [round(v, 2) for v in finding.center_px],
+        "bbox_px": [round(v, 2) for v in finding.bbox_px.as_list()],
+        "confidence": finding.confidence,
+        "source": finding.source,
+        "verification": None if verification is None else verification.model_dump(),
+        "gaussian": None if finding.gaussian is None else finding.gaussian.model_dump(),
+        "size_mm": None if finding.size_mm is None else [round(v, 2) for v in finding.size_mm],
+        "size_px": None if finding.size_px is None else [round(v, 2) for v in finding.size_px],
+    }
+
+
+def _context(settings: LoupeSettings, backend: str) -> ToolContext:
+    if backend == "gemini":
+        # The Gemini vision proposer arrives with the agent; until then say so plainly.
+        raise ModelUnavailableError("The Gemini backend is not available in this version; use --backend offline.")
+    return new_context(settings)
+
+
+def _write(out_dir: Path, artifact: Artifact, name: str | None = None) -> str:
+    target = out_dir / (name or artifact.name)
+    partial = target.with_name(target.name + ".part")
+    partial.write_bytes(artifact.data)
+    partial.replace(target)
+    return target.name
+
+
+def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, backend: str = "offline",
+            modality: str | None = None) -> AnalysisResult:
+    """Run the whole pipeline on a study and write overlay.png, the other layers and findings.json."""
+    ctx = _context(settings, backend)
+    try:
+        loaded = run_tool(ctx, "load_study", {"path": source, "modality": modality}).output
+        volume = loaded.summary.frames > 1 and loaded.summary.modality in ("CT", "MR")
+        detected = run_tool(ctx, "detect_anomalies", {"all_frames": volume}).output
+        view = ctx.view()
+        if detected.findings:
+            view.frame = detected.findings[0].frame  # show the slice of the strongest finding
+        run_tool(ctx, "fit_gaussian", {})
+        artifacts = run_tool(ctx, "render_overlay", {"layers": FIGURE_LAYERS}).artifacts
+        # Zoomed crops and statistics for the findings worth a closer look (at least the top one).
+        ranked = [f for f in detected.findings if f.frame == view.frame]
+        closer = [f.id for f in ranked if f.confidence >= detected.threshold] or [f.id for f in ranked[:1]]
+        if closer:
+            artifacts += run_tool(ctx, "render_overlay", {"layers": PER_FINDING_LAYERS, "finding_ids": closer}).artifacts
+        findings = sorted(ctx.study_findings(loaded.study_id), key=lambda f: -f.confidence)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = []
+        for artifact in artifacts:
+            files.append(_write(out_dir, artifact))
+            if artifact.name == "overlay-annotated.png":
+                files.append(_write(out_dir, artifact, "overlay.png"))
+        result = AnalysisResult(
+            study_id=loaded.study_id, modality=loaded.summary.modality, frame=view.frame,
+            anomaly_found=detected.anomaly_found, threshold=detected.threshold, summary=detected.summary,
+            findings=[finding_json(f) for f in findings], files=sorted(files + ["findings.json"]),
+        )
+        findings_file = out_dir / "findings.json"
+        partial = findings_file.with_name("findings.json.part")
+        partial.write_text(json.dumps(result.model_dump(), indent=2))
+        partial.replace(findings_file)
+        return result
+    finally:
+        ctx.close()

@@ -1,0 +1,115 @@
+"""Latency of the imaging tools per image size: what a clinician waits for in ``loupe analyze``.
+
+For each image, every tool runs through ``agent.toolbox.run_tool`` as the agent calls it:
+load_study, detect_anomalies, verify_coordinates (one box_2d proposal around the top
+finding), fit_gaussian (all findings), render_overlay (all layers: annotated, heatmap,
+comparison, crops, statistics), and "analyze" = the sum of the last four (detect + verify + fit
++ render, the issue's latency target; loading is reported apart). Medians over ``--runs`` runs
+after one warm-up; the baseline row per image is a bare ``scipy.ndimage.gaussian_filter`` of
+the frame (σ = 2), a fixed unit of work measured in the same process so that ratios are
+comparable across machines.
+
+Run: ``.venv/bin/python bench/bench_tools.py [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.settings import LoupeSettings  # noqa: E402
+from agent.toolbox import new_context, run_tool  # noqa: E402
+from tools.coordinates import SentImage, px_to_box_2d  # noqa: E402
+
+EVAL = ROOT.parent / "shared" / "data" / "eval"
+TOOLS = ("load_study", "detect_anomalies", "verify_coordinates", "fit_gaussian", "render_overlay")
+LAYERS = ["annotated", "heatmap", "comparison", "crops", "statistics"]
+
+
+def _images(folder: Path) -> list[tuple[str, Path, str]]:
+    cxr = EVAL / "nih_cxr14" / "00010103_014.png"
+    big = folder / "cxr_2048.png"
+    Image.open(cxr).convert("L").resize((2048, 2048), Image.Resampling.BICUBIC).save(big)
+    return [
+        ("MR 512² (JPEG)", EVAL / "figshare_brain_mri" / "glioma_2294.jpg", "MR"),
+        ("CT 512² (DICOM)", EVAL / "lidc_ct" / "LIDC-IDRI-0002" / "z-0094.50.dcm", "CT"),
+        ("US ~560×460 (PNG)", EVAL / "busi" / "benign_030.png", "US"),
+        ("DX 1024² (PNG)", cxr, "DX"),
+        ("DX 2048² (PNG, upscaled)", big, "DX"),
+    ]
+
+
+def _one_run(path: Path, modality: str) -> dict[str, float]:
+    ctx = new_context(LoupeSettings())
+    times: dict[str, float] = {}
+
+    def timed(name: str, call: Callable[[], object]) -> object:
+        start = time.perf_counter()
+        result = call()
+        times[name] = time.perf_counter() - start
+        return result
+
+    try:
+        loaded = timed("load_study", lambda: run_tool(ctx, "load_study", {"path": str(path), "modality": modality}))
+        detected = timed("detect_anomalies", lambda: run_tool(ctx, "detect_anomalies", {})).output
+        summary = loaded.output.summary
+        top = detected.findings[0].bbox_px if detected.findings else None
+        sent = SentImage.fit_long_side(summary.columns, summary.rows, ctx.model_image_max_side)
+        box_2d = px_to_box_2d(top, sent) if top else [400, 400, 600, 600]
+        timed("verify_coordinates", lambda: run_tool(ctx, "verify_coordinates", {"box_2d": box_2d}))
+        timed("fit_gaussian", lambda: run_tool(ctx, "fit_gaussian", {}))
+        timed("render_overlay", lambda: run_tool(ctx, "render_overlay", {"layers": LAYERS}))
+    finally:
+        ctx.close()
+    times["analyze"] = sum(times[t] for t in TOOLS[1:])
+    return times
+
+
+def _baseline(path: Path) -> float:
+    image = np.asarray(Image.open(path).convert("F")) if path.suffix != ".dcm" else None
+    if image is None:
+        from tools.study import open_study
+
+        with open_study(path) as study:
+            image = np.asarray(study.physical(0))
+    start = time.perf_counter()
+    ndi.gaussian_filter(image, 2.0)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        rows = []
+        for label, path, modality in _images(Path(folder)):
+            print(f"  timing {label} ...", file=sys.stderr)
+            _one_run(path, modality)  # warm-up
+            runs = [_one_run(path, modality) for _ in range(args.runs)]
+            baseline = statistics.median(_baseline(path) for _ in range(args.runs))
+            medians = {name: statistics.median(r[name] for r in runs) for name in (*TOOLS, "analyze")}
+            rows.append((label, medians, baseline))
+    header = "| image | " + " | ".join(f"{t} ms" for t in (*TOOLS, "analyze")) + " | baseline ms | analyze / baseline |"
+    print(f"\nTool latency, median of {args.runs} runs after a warm-up (analyze = detect + verify + fit + render)\n")
+    print(header)
+    print("|---" * (len(TOOLS) + 4) + "|")
+    for label, medians, baseline in rows:
+        cells = " | ".join(f"{medians[t] * 1000:.0f}" for t in (*TOOLS, "analyze"))
+        print(f"| {label} | {cells} | {baseline * 1000:.1f} | {medians['analyze'] / baseline:.0f}× |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""The offline classical detector (tools.detection): synthetic images per modality, masks,
+series, hostile inputs, and the real evaluation set against the centre-guess baseline.
+
+The synthetic-image helpers here are reused by tests/test_verify.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from scipy import ndimage as ndi
+
+from agent.eval_command import run_eval
+from tests.conftest import pydicom_file
+from tools.detection import masks
+from tools.detection.detector import Detection, detect_frame, detect_on_work, detect_volume
+from tools.detection.scoring import ANOMALY_THRESHOLD
+from tools.detection.working import WORKING_SIDE, prepare
+from tools.study import StudyLimits, open_study
+
+# -- synthetic images -------------------------------------------------------------------------------
+CT_SIZE = 512
+CT_BODY = (256, 256, 220)  # centre x, y, radius of the body disk
+CT_LUNGS = ((170, 250, 70, 120), (342, 250, 70, 120))  # centre x, y, semi-axes a, b
+CT_NODULE = (170, 250)  # inside the right (image-left) lung
+CT_NODULE_RADIUS = 6  # a 12-px round nodule
+
+
+def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return np.mgrid[0:shape[0], 0:shape[1]]
+
+
+def ct_slice(size: int = CT_SIZE, nodule: tuple[float, float] | None = CT_NODULE, radius: float = CT_NODULE_RADIUS,
+             noise_hu: float = 10.0, seed: int = 0) -> np.ndarray:
+    """An axial chest CT in HU: air -1000, body disk 40 HU, two lungs -850 HU, a +30 HU nodule.
+
+    Geometry is given for 512 px and scaled to ``size``.
+    """
+    f = size / CT_SIZE
+    yy, xx = _grid((size, size))
+    hu = np.full((size, size), -1000.0)
+    bx, by, br = (v * f for v in CT_BODY)
+    hu[(xx - bx) ** 2 + (yy - by) ** 2 <= br**2] = 40.0
+    for cx, cy, a, b in CT_LUNGS:
+        hu[((xx - cx * f) / (a * f)) ** 2 + ((yy - cy * f) / (b * f)) ** 2 <= 1] = -850.0
+    if nodule is not None and radius > 0:
+        hu[(xx - nodule[0] * f) ** 2 + (yy - nodule[1] * f) ** 2 <= (radius * f) ** 2] = 30.0
+    rng = np.random.default_rng(seed)
+    return (hu + rng.normal(0.0, noise_hu, hu.shape)).astype(np.float32)
+
+
+def ct_masks(size: int = CT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth (body, lungs) masks of ``ct_slice``."""
+    f = size / CT_SIZE
+    yy, xx = _grid((size, size))
+    bx, by, br = (v * f for v in CT_BODY)
+    body = (xx - bx) ** 2 + (yy - by) ** 2 <= br**2
+    lungs = np.zeros_like(body)
+    for cx, cy, a, b in CT_LUNGS:
+        lungs |= ((xx - cx * f) / (a * f)) ** 2 + ((yy - cy * f) / (b * f)) ** 2 <= 1
+    return body, lungs
+
+
+US_SHAPE = (480, 560)
+US_LESION = (330, 210)  # x, y
+US_LESION_RADIUS = 30  # a 60-px round hypoechoic lesion
+
+
+def us_image(lesion: tuple[float, float] | None = US_LESION, radius: float = US_LESION_RADIUS, seed: int = 0,
+             shape: tuple[int, int] = US_SHAPE) -> np.ndarray:
+    """An ultrasound-like image: Rayleigh speckle on grey tissue, black margins, a dark round lesion."""
+    rng = np.random.default_rng(seed)
+    yy, xx = _grid(shape)
+    echo = np.full(shape, 120.0)
+    if lesion is not None:
+        echo[(xx - lesion[0]) ** 2 + (yy - lesion[1]) ** 2 <= radius**2] = 25.0
+    image = echo * rng.rayleigh(1.0, shape) / 1.25
+    image[:, :30] = 0  # black margins where scanners put text
+    image[:, -30:] = 0
+    image[:20, :] = 0
+    return np.clip(image, 0, 255).astype(np.float32)
+
+
+def mr_head(lesion: tuple[float, float] | None = (300, 220), radius: float = 14, seed: int = 0) -> np.ndarray:
+    """A post-contrast T1-like axial head: skull ring, grey brain, a bright enhancing lesion."""
+    rng = np.random.default_rng(seed)
+    yy, xx = _grid((512, 512))
+    r = np.hypot((xx - 256) / 190.0, (yy - 256) / 230.0)
+    image = np.zeros((512, 512))
+    image[r <= 1.0] = 180.0  # scalp / skull
+    image[r <= 0.92] = 90.0  # brain
+    if lesion is not None:
+        image[(xx - lesion[0]) ** 2 + (yy - lesion[1]) ** 2 <= radius**2] = 200.0
+    return (image + rng.normal(0.0, 6.0, image.shape)).clip(0).astype(np.float32)
+
+
+def inside(detection: Detection, centre: tuple[float, float], radius: float, slack: float = 1.0) -> bool:
+    return math.hypot(detection.x - centre[0], detection.y - centre[1]) <= radius + slack
+
+
+def _check_sane(detections: list[Detection], shape: tuple[int, int]) -> None:
+    rows, cols = shape
+    for d in detections:
+        assert math.isfinite(d.confidence) and 0.0 <= d.confidence <= 1.0
+        assert math.isfinite(d.score) and d.score >= 0.0
+        assert math.isfinite(d.x) and math.isfinite(d.y) and d.radius_px > 0
+        assert -0.5 <= d.x <= cols - 0.5 and -0.5 <= d.y <= rows - 0.5
+        assert 0 <= d.box.x0 <= d.box.x1 <= cols - 1 and 0 <= d.box.y0 <= d.box.y1 <= rows - 1
+    assert [d.score for d in detections] == sorted((d.score for d in detections), reverse=True)
+
+
+# -- per modality ---------------------------------------------------------------------------------
+def test_ct_nodule_is_the_top_detection():
+    work = prepare(ct_slice(), "CT")
+    assert (work.organ, work.polarity, work.scale) == ("lungs", "bright", 1.0)
+    detections = detect_on_work(work)
+    _check_sane(detections, (CT_SIZE, CT_SIZE))
+    top = detections[0]
+    assert inside(top, CT_NODULE, CT_NODULE_RADIUS), top
+    assert top.confidence >= ANOMALY_THRESHOLD
+    assert 3 <= top.radius_px <= 12  # the size of a 12-px nodule, roughly
+    assert top.box.contains(*CT_NODULE)
+    assert top.label == "focal nodular opacity in the lung field"
+
+
+def test_ct_without_nodule_is_not_an_anomaly():
+    detections = detect_on_work(prepare(ct_slice(nodule=None), "CT"))
+    assert max((d.confidence for d in detections), default=0.0) < ANOMALY_THRESHOLD
+
+
+def test_ct_nodule_found_after_downscaling():
+    """A 1024² slice is searched at 512 px; the detection comes back in native pixels."""
+    work = prepare(ct_slice(size=1024), "CT")
+    assert work.scale == pytest.approx(WORKING_SIDE / 1024) and work.image.shape == (512, 512)
+    top = detect_on_work(work)[0]
+    assert inside(top, (CT_NODULE[0] * 2, CT_NODULE[1] * 2), CT_NODULE_RADIUS * 2, slack=2.0), top
+
+
+def test_ultrasound_dark_lesion_is_the_top_detection():
+    work = prepare(us_image(), "US")
+    assert (work.organ, work.polarity) == ("sector", "dark")
+    detections = detect_on_work(work)
+    _check_sane(detections, US_SHAPE)
+    top = detections[0]
+    assert inside(top, US_LESION, US_LESION_RADIUS, slack=0.0), top
+    assert top.label == "hypoechoic mass"
+    # The lesion stands out from the speckle maxima by a wide margin.
+    assert top.confidence > 10 * detections[1].confidence
+
+
+def test_ultrasound_lesion_is_more_confident_than_speckle_alone():
+    with_lesion = detect_on_work(prepare(us_image(), "US"))[0].confidence
+    speckle = max((d.confidence for d in detect_on_work(prepare(us_image(lesion=None), "US"))), default=0.0)
+    assert speckle < ANOMALY_THRESHOLD
+    assert with_lesion > speckle + 0.2
+
+
+def test_mr_enhancing_lesion_is_the_top_detection():
+    work = prepare(mr_head(), "MR")
+    assert work.organ == "brain"
+    top = detect_on_work(work)[0]
+    assert inside(top, (300, 220), 14), top
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "US", "DX", None])
+@pytest.mark.parametrize("kind", ["uniform", "noise"])
+def test_uniform_or_noise_only_is_not_an_anomaly(modality, kind):
+    rng = np.random.default_rng(3)
+    base = -700.0 if modality == "CT" else 100.0
+    image = np.full((300, 340), base) if kind == "uniform" else rng.normal(base, 10.0, (300, 340))
+    detections = detect_on_work(prepare(image.astype(np.float32), modality))
+    _check_sane(detections, (300, 340))
+    assert max((d.confidence for d in detections), default=0.0) < ANOMALY_THRESHOLD
+
+
+# -- masks -----------------------------------------------------------------------------------------
+def test_ct_lung_mask_covers_lungs_and_excludes_outside_air():
+    body, lungs = ct_masks()
+    work = prepare(ct_slice(), "CT")
+    search = work.search
+    covered = (search & lungs).sum() / lungs.sum()
+    assert covered >= 0.95
+    assert not (search & ~body).any(), "the lung mask must not include the air around the body"
+    # Mostly the lungs: little of the soft tissue between them.
+    assert (search & ~lungs).sum() <= 0.05 * lungs.sum()
+    # The nodule (bright, excluded by the air threshold) is filled into the lung mask.
+    assert search[CT_NODULE[1], CT_NODULE[0]]
+    # The body mask is the body disk.
+    assert (work.body & body).sum() / body.sum() >= 0.98
+    assert (work.body & ~body).sum() <= 0.02 * body.sum()
+
+
+def test_ct_lung_mask_on_hu_directly():
+    body, lungs = ct_masks()
+    mask = masks.ct_lung_mask(ct_slice(nodule=None))
+    assert (mask & lungs).sum() / lungs.sum() >= 0.95 and not (mask & ~body).any()
+    assert ndi.label(mask)[1] == 2  # two separate lungs
+
+
+def test_ct_lung_mask_of_airless_slice_is_empty_and_search_falls_back_to_body():
+    hu = np.full((256, 256), -1000.0, np.float32)
+    hu[40:216, 40:216] = 40.0  # abdomen-like: no lungs
+    assert not masks.ct_lung_mask(hu).any()
+    work = prepare(hu, "CT")
+    assert work.organ == "body" and work.search.any()
+
+
+def test_ultrasound_mask_excludes_black_margins_and_borders():
+    work = prepare(us_image(), "US")
+    # Coarse by design (smoothing and closing may bleed a few px into the black bands), but the
+    # bands themselves and the image border stay out.
+    # (The mask is at working resolution: 512 px wide here.)
+    assert work.scale == pytest.approx(512 / US_SHAPE[1])
+    rows, cols = work.search.shape
+    band, top, bleed = round(30 * work.scale), round(20 * work.scale), 8
+    assert not work.search[:, :band - bleed].any() and not work.search[:, cols - band + bleed:].any()
+    assert not work.search[:top - bleed].any() and not work.search[rows - rows // 20:].any()
+    middle = work.search[rows // 4: 3 * rows // 4, cols // 4: 3 * cols // 4]
+    assert middle.all()
+
+
+def test_brain_mask_is_inside_the_head():
+    work = prepare(mr_head(lesion=None), "MR")
+    yy, xx = _grid((512, 512))
+    head = np.hypot((xx - 256) / 190.0, (yy - 256) / 230.0) <= 1.0
+    assert not (work.search & ~head).any()
+    assert work.search[256, 256] and not work.search[256, 256 + 189]  # the skull edge is dropped
+    assert work.search.sum() >= 0.6 * head.sum()
+
+
+def test_foreground_mask_of_blank_image_does_not_fail():
+    for image in (np.zeros((64, 64), np.float32), np.ones((64, 64), np.float32)):
+        mask = masks.foreground_mask(image)
+        assert mask.shape == image.shape and mask.dtype == bool
+
+
+# -- series ----------------------------------------------------------------------------------------
+NODULE_RADII = [0, 3, 5, 8, 5, 2]  # per slice, superior to inferior; largest on slice 3
+
+
+def _write_ct_series(folder: Path, size: int = 256) -> None:
+    """CT_small as template: 256² slices along z, shuffled instance numbers and file names."""
+    template = pydicom.dcmread(pydicom_file("CT_small.dcm"))
+    series_uid = generate_uid()
+    z0 = float(template.ImagePositionPatient[2])
+    folder.mkdir(parents=True)
+    order = [4, 0, 5, 2, 1, 3]
+    for file_index, i in enumerate(order):
+        ds = template.copy()
+        ds.SOPInstanceUID = generate_uid()
+        ds.SeriesInstanceUID = series_uid
+        ds.InstanceNumber = len(NODULE_RADII) - i  # reversed: ordering must follow geometry
+        ds.ImagePositionPatient = [template.ImagePositionPatient[0], template.ImagePositionPatient[1], z0 + 2.5 * i]
+        ds.Rows = ds.Columns = size
+        # Nodule radius in 512-px units: size/512 scales it back to this slice's pixels.
+        radius = NODULE_RADII[i] * CT_SIZE / size
+        hu = ct_slice(size=size, radius=radius, seed=i)
+        stored = np.round(hu - float(template.RescaleIntercept)).astype(np.int16)
+        ds.PixelData = stored.tobytes()
+        ds.save_as(folder / f"IM{file_index:04d}", enforce_file_format=True)
+
+
+def test_detect_volume_reports_the_slice_where_the_nodule_is_largest(tmp_path):
+    _write_ct_series(tmp_path / "series")
+    with open_study(tmp_path / "series") as study:
+        assert study.frame_count == len(NODULE_RADII) and study.modality == "CT"
+        # Which frame holds the largest nodule, measured on the loaded pixels (not assumed).
+        cx, cy = CT_NODULE[0] / 2, CT_NODULE[1] / 2
+        window = (slice(int(cy) - 12, int(cy) + 13), slice(int(cx) - 12, int(cx) + 13))
+        areas = [int((study.physical(f)[window] > -400).sum()) for f in range(study.frame_count)]
+        largest = int(np.argmax(areas))
+        assert areas[largest] > areas[(largest + 1) % len(areas)]
+        detections = detect_volume(study)
+        top = detections[0]
+        assert top.frame == largest, (top, areas)
+        assert inside(top, (cx, cy), 4, slack=1.5), top
+        assert top.confidence >= ANOMALY_THRESHOLD
+        # The same nodule on neighbouring slices is merged into the one detection.
+        near = [d for d in detections if math.hypot(d.x - cx, d.y - cy) <= 4 and abs(d.frame - largest) <= 3]
+        assert near == [top]
+        # The nodule-free slice alone is not called anomalous.
+        empty = areas.index(min(areas))
+        assert max((d.confidence for d in detect_frame(study, empty)), default=0.0) < ANOMALY_THRESHOLD
+
+
+# -- hostile inputs ---------------------------------------------------------------------------------
+def _spike() -> np.ndarray:
+    image = np.zeros((200, 200), np.float32)
+    image[100, 100] = 1e9
+    image[10, 190] = -1e9
+    return image
+
+
+HOSTILE = {
+    "all-zero": lambda: np.zeros((128, 128), np.float32),
+    "constant": lambda: np.full((100, 140), 7.0, np.float32),
+    "constant-negative": lambda: np.full((64, 64), -3000.0, np.float32),
+    "tiny-8x8": lambda: np.random.default_rng(0).normal(0, 50, (8, 8)).astype(np.float32),
+    "tiny-constant-8x8": lambda: np.ones((8, 8), np.float32),
+    "one-pixel": lambda: np.ones((1, 1), np.float32),
+    "thin-strip": lambda: np.random.default_rng(1).normal(0, 1, (3, 600)).astype(np.float32),
+    "contrast-spike": _spike,
+    "huge-values": lambda: np.full((64, 64), 1e30, np.float32),
+}
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "US", "DX", None])
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_inputs_do_not_raise(name, modality):
+    image = HOSTILE[name]()
+    work = prepare(image, modality)
+    assert np.isfinite(work.image).all() and work.image.min() >= 0 and work.image.max() <= 1
+    assert work.search.shape == work.image.shape
+    detections = detect_on_work(work)
+    _check_sane(detections, image.shape)
+
+
+def test_small_images_never_crash():
+    """Below ~120 px (CT), ~72 px (MR/DX), ~36 px (US) the finest blob scale is under a pixel
+    across; the detector's boxes must still be valid (at least one pixel)."""
+    for modality in ("CT", "MR", "US", "DX"):
+        for size in (8, 24, 48, 64, 119):
+            for seed in range(2):
+                image = np.random.default_rng(seed).normal(0, 50, (size, size)).astype(np.float32)
+                _check_sane(detect_on_work(prepare(image, modality)), image.shape)
+
+
+# -- real data -------------------------------------------------------------------------------------
+def _overall(rows: list[dict]) -> dict:
+    return next(r for r in rows if r["group"] == "all")
+
+
+@pytest.mark.slow
+def test_detector_beats_centre_guess_on_eval_set(eval_dir):
+    report = run_eval(eval_dir / "manifest.csv", limits=StudyLimits())
+    detector, baseline = _overall(report.data["detector"]), _overall(report.data["baseline"])
+    assert report.data["unreadable"] == []
+    assert detector["n"] == baseline["n"] >= 100
+    assert detector["hit_at_1"] >= baseline["hit_at_1"] + 0.15, report.text
+    assert detector["hit_at_3"] >= detector["hit_at_1"]
+    assert detector["median_dev_pct"] < baseline["median_dev_pct"], report.text
+    # The detector's confidences are honest on normal ultrasound: few flagged.
+    assert detector["false_positive_rate"] is not None and detector["false_positive_rate"] <= 0.5
+    # The baseline numbers of evaluation.md: centre guess hit@1 .16–.18 overall.
+    assert 0.1 <= baseline["hit_at_1"] <= 0.25
+    per_group = {r["group"]: r for r in report.data["detector"]}
+    assert per_group["busi"]["hit_at_1"] >= 0.5 and per_group["figshare_brain_mri"]["hit_at_1"] >= 0.4

@@ -1,0 +1,187 @@
+"""detect_anomalies: find candidate lesions with the classical detector and, when available, a
+vision model; verify the model's proposals and merge both into findings F1, F2, ...
+
+The vision model (``ctx.vision``) sees the display image downscaled so that its long side is at
+most ``ctx.model_image_max_side``; its boxes come back in Gemini's ``box_2d`` convention
+relative to that image and are converted with ``tools.coordinates``. Repeated samples of the
+same lesion are grouped; each group is verified once against the pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from tools.context import ToolContext, ToolResult, VisionProposal
+from tools.coordinates import BoxPx, SentImage, box_2d_to_px
+from tools.detection.detector import Detection, detect_volume, frame_analysis, label_for
+from tools.detection.scoring import ANOMALY_THRESHOLD
+from tools.errors import InvalidCoordinatesError
+from tools.findings import Finding, Verification
+from tools.png import encode_png
+from tools.study import Study
+from tools.verify_coordinates import verify_location
+
+
+class DetectAnomaliesInput(BaseModel):
+    """Arguments of ``detect_anomalies``."""
+
+    study_id: str | None = Field(default=None, description="Which open study; default the current one.")
+    frame: int | None = Field(default=None, ge=0, description="Frame to search; default the one shown.")
+    all_frames: bool = Field(
+        default=False, description="On a CT/MR series or multi-frame study, search every slice and report each finding's slice."
+    )
+    max_findings: int = Field(default=5, ge=1, le=20, description="Most findings to report.")
+    use_vision_model: bool = Field(default=True, description="Also ask the vision model for proposals, if one is configured.")
+    samples: int = Field(default=3, ge=1, le=5, description="How many times to ask the vision model (consistency check).")
+
+
+class DetectAnomaliesOutput(BaseModel):
+    study_id: str
+    frames_searched: list[int]
+    findings: list[Finding]
+    anomaly_found: bool = Field(description="True when any finding reaches the anomaly threshold.")
+    threshold: float
+    summary: str
+    vision_model: str | None = Field(description="Name of the vision model consulted, if any.")
+
+
+@dataclass(frozen=True)
+class _Proposal:
+    """A group of vision-model samples for one lesion, in native pixels."""
+
+    box: BoxPx
+    label: str
+    centres: tuple[tuple[float, float], ...]
+
+
+def group_proposals(boxes: Sequence[tuple[BoxPx, str]]) -> list[_Proposal]:
+    """Group boxes whose centres fall inside each other's box (samples of the same lesion)."""
+    groups: list[list[tuple[BoxPx, str]]] = []
+    for box, label in boxes:
+        for group in groups:
+            anchor = group[0][0]
+            if anchor.contains(*box.center) or box.contains(*anchor.center):
+                group.append((box, label))
+                break
+        else:
+            groups.append([(box, label)])
+    proposals = []
+    for group in groups:
+        corners = np.array([b.as_list() for b, _ in group])
+        x0, y0, x1, y1 = np.median(corners, axis=0)
+        proposals.append(_Proposal(BoxPx(x0=x0, y0=y0, x1=max(x1, x0), y1=max(y1, y0)),
+                                   group[0][1], tuple(b.center for b, _ in group)))
+    return proposals
+
+
+def _vision_proposals(ctx: ToolContext, study: Study, frame: int, window, samples: int) -> list[_Proposal]:
+    display = study.render(frame, window).pixels
+    sent = SentImage.fit_long_side(display.shape[1], display.shape[0], ctx.model_image_max_side)
+    image = Image.fromarray(display)
+    if sent.scale < 1.0:
+        image = image.resize((sent.sent_width, sent.sent_height), Image.Resampling.LANCZOS)
+    raw: list[VisionProposal] = ctx.vision.propose(encode_png(np.asarray(image)), modality=study.modality, samples=samples)
+    boxes = []
+    for proposal in raw:
+        try:
+            boxes.append((box_2d_to_px(proposal.box_2d, sent), proposal.label))
+        except InvalidCoordinatesError:
+            continue  # a malformed or hallucinated box: ignore it, the rest still count
+    return group_proposals(boxes)
+
+
+def _finding(ctx: ToolContext, study: Study, detection: Detection, *, source: str, confidence: float,
+             verification: Verification | None, label: str | None = None, box: BoxPx | None = None) -> Finding:
+    box = box or detection.box
+    return Finding(id=ctx.next_finding_id(), study_id=study.id, label=label or detection.label, frame=detection.frame,
+                   center_px=(round(detection.x, 2), round(detection.y, 2)), bbox_px=box,
+                   confidence=round(min(max(confidence, 0.0), 1.0), 4), source=source, verification=verification)
+
+
+def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult:
+    """Find focal anomalies on the current frame (or every slice) and list them as findings.
+
+    Uses the offline classical detector, plus the vision model's proposals when available
+    (verified against the pixels). "No significant anomaly" is a valid answer.
+    """
+    view = ctx.view(args.study_id)
+    study = view.study
+    frame = study.check_frame(view.frame if args.frame is None else args.frame)
+    if args.all_frames and study.frame_count > 1:
+        detections = detect_volume(study, limit=args.max_findings)
+        searched = list(range(study.frame_count))
+    else:
+        analysis = frame_analysis(ctx, study, frame)
+        detections = analysis.detections[: max(args.max_findings, 10)]
+        searched = [frame]
+    findings: list[Finding] = []
+    vision_name = None
+    used: set[int] = set()
+    if args.use_vision_model and ctx.vision is not None:
+        vision_name = ctx.vision.name
+        analysis = frame_analysis(ctx, study, frame)
+        for proposal in _vision_proposals(ctx, study, frame, view.window, args.samples):
+            result = verify_location(analysis.work, proposal.box, spacing_mm=study.pixel_spacing_mm(frame),
+                                     candidates=analysis.detections, sample_centres=proposal.centres,
+                                     space=analysis.space)
+            if result.verification.status == "rejected":
+                continue
+            agreeing = [i for i, d in enumerate(detections) if result.box.contains(d.x, d.y) and d.frame == frame]
+            used.update(agreeing)
+            agreement = max((detections[i].confidence for i in agreeing), default=0.0)
+            # The model's proposal, confirmed by the pixels: at least as sure as the evidence.
+            score = max(result.verification.evidence or 0.0, agreement, 0.5 if agreeing else 0.35)
+            anchor = Detection(frame=frame, x=result.center[0], y=result.center[1], box=result.box,
+                               radius_px=max(result.box.width, result.box.height) / 2, score=score,
+                               confidence=score, label=proposal.label or label_for(study.modality))
+            findings.append(_finding(ctx, study, anchor, source="vlm", confidence=score,
+                                     verification=result.verification, label=anchor.label))
+    for index, detection in enumerate(detections):
+        if index in used or len(findings) >= args.max_findings:
+            continue
+        verification = _classical_verification(detection)
+        findings.append(_finding(ctx, study, detection, source="classical", confidence=detection.confidence,
+                                 verification=verification))
+    findings.sort(key=lambda f: -f.confidence)
+    findings = findings[: args.max_findings]
+    _replace_findings(ctx, study.id, searched, findings)
+    anomaly = any(f.confidence >= ANOMALY_THRESHOLD for f in findings)
+    summary = (_describe(findings) if anomaly else
+               "No significant anomaly: no candidate reached the confidence threshold "
+               f"({ANOMALY_THRESHOLD:.2f}); the strongest candidates are listed for review.")
+    output = DetectAnomaliesOutput(study_id=study.id, frames_searched=searched, findings=findings,
+                                   anomaly_found=anomaly, threshold=ANOMALY_THRESHOLD, summary=summary,
+                                   vision_model=vision_name)
+    return ToolResult(output=output)
+
+
+def _classical_verification(detection: Detection) -> Verification:
+    """The detector's own evidence is its check: strong enough to call, or only worth a look."""
+    if detection.confidence >= ANOMALY_THRESHOLD:
+        return Verification(status="confirmed", evidence=round(detection.confidence, 3),
+                            reasons=[f"lesion-like contrast found by the classical detector (confidence {detection.confidence:.2f})"])
+    return Verification(status="unverified", evidence=round(detection.confidence, 3),
+                        reasons=[f"weak evidence (confidence {detection.confidence:.2f}), below the "
+                                 f"{ANOMALY_THRESHOLD:.2f} at which Loupe calls an anomaly"])
+
+
+def _describe(findings: Sequence[Finding]) -> str:
+    strong = [f for f in findings if f.confidence >= ANOMALY_THRESHOLD]
+    parts = [f"{f.id} ({f.label}, confidence {f.confidence:.2f})" for f in strong]
+    return f"{len(strong)} possible anomal{'y' if len(strong) == 1 else 'ies'}: " + "; ".join(parts) + "."
+
+
+def _replace_findings(ctx: ToolContext, study_id: str, frames: Sequence[int], findings: Sequence[Finding]) -> None:
+    """A new detection replaces earlier automatic findings on those frames; the clinician's stay."""
+    stale = [fid for fid, f in ctx.findings.items()
+             if f.study_id == study_id and f.frame in frames and f.source != "clinician"]
+    for fid in stale:
+        del ctx.findings[fid]
+    for finding in findings:
+        ctx.findings[finding.id] = finding
+

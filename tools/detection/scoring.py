@@ -1,0 +1,71 @@
+"""Ranking candidates and turning their score into a calibrated confidence.
+
+Each modality has a small, interpretable score built from the candidate's evidence, chosen on
+the development set (``../shared/data/eval``) among a handful of alternatives and checked by
+cross-validation against a logistic model over all features (which over-fitted 30–46 images
+per modality). The score is mapped to a probability with a one-feature logistic calibration,
+``P(lesion) = 1 / (1 + exp(-(a·ln(score) + b)))``, fitted on the top five candidates of every
+dev image; ``bench/calibrate_detector.py`` reproduces the constants.
+
+Scores (σ in units of a 512-px image, positions as fractions of the image):
+- US: contrast·√σ — large, dark, well-contrasted blobs (hypoechoic masses).
+- MR: contrast·σ, damped near the edge of the brain mask and away from the image centre
+  (scalp and orbits are bright on post-contrast T1).
+- CT: contrast-to-noise·σ — solid nodules in the lung fields beat thin vessels.
+- CR/DX: contrast-to-noise·√σ — focal opacities in the lung fields.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tools.detection.candidates import Candidate
+from tools.detection.working import WorkingImage
+
+#: (a, b) of the logistic calibration per modality; "other" for unknown modalities.
+CALIBRATION: dict[str, tuple[float, float]] = {
+    "US": (2.666, -0.706),
+    "MR": (0.602, -1.790),
+    "CT": (2.999, -12.439),
+    "DX": (2.242, -6.087),
+    "other": (0.602, -1.790),
+}
+
+#: The confidence at which Loupe calls a candidate an anomaly (and below which it says
+#: "no significant anomaly"). Normal dev ultrasound images peaked at 0.18–0.49.
+ANOMALY_THRESHOLD = 0.5
+
+_RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
+
+
+def _family(modality: str | None) -> str:
+    modality = (modality or "").upper()
+    if modality in _RADIOGRAPHY:
+        return "DX"
+    return modality if modality in ("US", "MR", "CT") else "other"
+
+
+def score(candidate: Candidate, work: WorkingImage) -> float:
+    """The modality's ranking score (>= 0)."""
+    evidence = candidate.evidence
+    sigma = candidate.sigma / (max(work.image.shape) / 512.0)
+    rows, cols = work.image.shape
+    cx, cy = candidate.x / max(cols - 1, 1), candidate.y / max(rows - 1, 1)
+    family = _family(work.modality)
+    if family == "US":
+        value = evidence.contrast * math.sqrt(sigma)
+    elif family == "CT":
+        value = evidence.cnr * sigma
+    elif family == "DX":
+        value = evidence.cnr * math.sqrt(sigma)
+    else:
+        centrality = max(0.0, 1 - 2 * abs(cx - 0.5)) * max(0.0, 1 - 2 * abs(cy - 0.5))
+        value = min(evidence.border, 2.0) * evidence.contrast * sigma * centrality
+    return max(value, 0.0)
+
+
+def confidence(value: float, modality: str | None) -> float:
+    """Calibrated probability that a candidate with this score is a lesion."""
+    a, b = CALIBRATION[_family(modality)]
+    logit = a * math.log(max(value, 1e-6)) + b
+    return 1.0 / (1.0 + math.exp(-max(min(logit, 40.0), -40.0)))

@@ -1,0 +1,105 @@
+"""The working image the detector and the verifier look at, with its masks and polarity.
+
+Detection runs at a reduced resolution (long side at most ``WORKING_SIDE`` px) on a greyscale
+float image in [0, 1]: HU clipped to [-1000, 400] for CT, robust percentiles of the foreground
+otherwise. Each modality has an expected *polarity* — the sign of a lesion's contrast: bright
+nodules in CT lung fields and enhancing MR lesions, focal opacities on chest radiographs, dark
+hypoechoic lesions on ultrasound — and a search mask (lungs, brain, imaged sector).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from tools.detection import masks
+from tools.study import Study
+
+Polarity = Literal["bright", "dark"]
+WORKING_SIDE = 512
+
+_CHEST_RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
+
+
+def expected_polarity(modality: str | None) -> Polarity:
+    """The sign of a typical lesion's contrast in this modality."""
+    return "dark" if (modality or "").upper() == "US" else "bright"
+
+
+@dataclass
+class WorkingImage:
+    """A frame prepared for detection: image, masks, and the scale back to native pixels."""
+
+    image: np.ndarray  # float32 in [0, 1], working resolution
+    scale: float  # working px per native px
+    modality: str | None
+    polarity: Polarity
+    body: np.ndarray  # bool, the imaged body / sector
+    search: np.ndarray  # bool, where lesions are looked for (organ mask, or body)
+    organ: str  # what ``search`` is: "lungs", "brain", "sector", "body"
+    native_shape: tuple[int, int]
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.polarity == "bright" else -1.0
+
+    def to_native(self, x: float, y: float) -> tuple[float, float]:
+        """Working pixel-centre coordinates -> native pixel-centre coordinates."""
+        return (x + 0.5) / self.scale - 0.5, (y + 0.5) / self.scale - 0.5
+
+    def to_working(self, x: float, y: float) -> tuple[float, float]:
+        return (x + 0.5) * self.scale - 0.5, (y + 0.5) * self.scale - 0.5
+
+
+def _normalise(values: np.ndarray, modality: str | None) -> np.ndarray:
+    if (modality or "").upper() == "CT":
+        return np.clip((values + 1000.0) / 1400.0, 0.0, 1.0).astype(np.float32)
+    low, high = np.percentile(values, [1.0, 99.5])
+    if high <= low:
+        return np.zeros_like(values, dtype=np.float32)
+    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _resize(values: np.ndarray, scale: float) -> np.ndarray:
+    if scale >= 1.0:
+        return values.astype(np.float32)
+    # Anti-alias before sampling: sigma ~ 0.4 / scale px of the source.
+    smoothed = ndi.gaussian_filter(values.astype(np.float32), 0.4 / scale)
+    return ndi.zoom(smoothed, scale, order=1, grid_mode=True, mode="nearest").astype(np.float32)
+
+
+def prepare(values: np.ndarray, modality: str | None) -> WorkingImage:
+    """Build the working image from a frame's physical (or grey) values."""
+    rows, cols = values.shape
+    scale = min(1.0, WORKING_SIDE / max(rows, cols))
+    modality = (modality or "").upper() or None
+    if modality == "CT":
+        hu = _resize(values, scale)
+        image = _normalise(hu, modality)
+        body = masks.foreground_mask(image)
+        search, organ = masks.ct_lung_mask(hu), "lungs"
+    else:
+        image = _normalise(_resize(values, scale), modality)
+        if modality == "US":
+            body = masks.ultrasound_mask(image)
+            search, organ = body, "sector"
+        else:
+            body = masks.foreground_mask(image)
+            if modality == "MR":
+                search, organ = masks.brain_mask(image, body), "brain"
+            elif modality in _CHEST_RADIOGRAPHY:
+                search, organ = masks.chest_lung_mask(image, body), "lungs"
+            else:
+                search, organ = body, "body"
+    if search.sum() < 0.01 * search.size:  # the organ mask failed: fall back to the body
+        search, organ = body, "body"
+    return WorkingImage(image=image, scale=scale, modality=modality, polarity=expected_polarity(modality),
+                        body=body, search=search, organ=organ, native_shape=(rows, cols))
+
+
+def prepare_study_frame(study: Study, frame: int) -> WorkingImage:
+    """The working image of one frame of an open study."""
+    return prepare(np.asarray(study.physical(frame), dtype=np.float32), study.modality)
