@@ -95,12 +95,48 @@ def _vision_proposals(ctx: ToolContext, study: Study, frame: int, window, sample
     return group_proposals(boxes)
 
 
-def _finding(ctx: ToolContext, study: Study, detection: Detection, *, source: str, confidence: float,
-             verification: Verification | None, label: str | None = None, box: BoxPx | None = None) -> Finding:
-    box = box or detection.box
-    return Finding(id=ctx.next_finding_id(), study_id=study.id, label=label or detection.label, frame=detection.frame,
-                   center_px=(round(detection.x, 2), round(detection.y, 2)), bbox_px=box,
-                   confidence=round(min(max(confidence, 0.0), 1.0), 4), source=source, verification=verification)
+@dataclass(frozen=True)
+class _Draft:
+    """A finding before it gets its id (ids are given only to what is kept)."""
+
+    detection: Detection
+    source: str
+    verification: Verification
+
+
+def _vision_drafts(ctx: ToolContext, study: Study, frame: int, window, samples: int,
+                   detections: Sequence[Detection], used: set[int]) -> list[_Draft]:
+    """The vision model's proposals, verified against the pixels; rejected ones are dropped.
+
+    Detector candidates inside a verified proposal are marked in ``used`` so that the same
+    lesion is not listed twice.
+    """
+    analysis = frame_analysis(ctx, study, frame)
+    drafts = []
+    for proposal in _vision_proposals(ctx, study, frame, window, samples):
+        result = verify_location(analysis.work, proposal.box, spacing_mm=study.pixel_spacing_mm(frame),
+                                 candidates=analysis.detections, sample_centres=proposal.centres,
+                                 space=analysis.space)
+        if result.verification.status == "rejected":
+            continue
+        agreeing = [i for i, d in enumerate(detections) if result.box.contains(d.x, d.y) and d.frame == frame]
+        used.update(agreeing)
+        agreement = max((detections[i].confidence for i in agreeing), default=0.0)
+        # A proposal the pixels support is at least as likely as the evidence and the detector say.
+        confidence = max(result.verification.evidence or 0.0, agreement, 0.5 if agreeing else 0.35)
+        anchor = Detection(frame=frame, x=result.center[0], y=result.center[1], box=result.box,
+                           radius_px=max(result.box.width, result.box.height) / 2, score=confidence,
+                           confidence=confidence, label=proposal.label or label_for(study.modality))
+        drafts.append(_Draft(anchor, "vlm", result.verification))
+    return drafts
+
+
+def _to_finding(ctx: ToolContext, study: Study, draft: _Draft) -> Finding:
+    detection = draft.detection
+    return Finding(id=ctx.next_finding_id(), study_id=study.id, label=detection.label, frame=detection.frame,
+                   center_px=(round(detection.x, 2), round(detection.y, 2)), bbox_px=detection.box,
+                   confidence=round(min(max(detection.confidence, 0.0), 1.0), 4), source=draft.source,
+                   verification=draft.verification)
 
 
 def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult:
@@ -116,39 +152,17 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         detections = detect_volume(study, limit=args.max_findings)
         searched = list(range(study.frame_count))
     else:
-        analysis = frame_analysis(ctx, study, frame)
-        detections = analysis.detections[: max(args.max_findings, 10)]
+        detections = frame_analysis(ctx, study, frame).detections[: max(args.max_findings, 10)]
         searched = [frame]
-    findings: list[Finding] = []
-    vision_name = None
     used: set[int] = set()
+    drafts: list[_Draft] = []
+    vision_name = None
     if args.use_vision_model and ctx.vision is not None:
         vision_name = ctx.vision.name
-        analysis = frame_analysis(ctx, study, frame)
-        for proposal in _vision_proposals(ctx, study, frame, view.window, args.samples):
-            result = verify_location(analysis.work, proposal.box, spacing_mm=study.pixel_spacing_mm(frame),
-                                     candidates=analysis.detections, sample_centres=proposal.centres,
-                                     space=analysis.space)
-            if result.verification.status == "rejected":
-                continue
-            agreeing = [i for i, d in enumerate(detections) if result.box.contains(d.x, d.y) and d.frame == frame]
-            used.update(agreeing)
-            agreement = max((detections[i].confidence for i in agreeing), default=0.0)
-            # The model's proposal, confirmed by the pixels: at least as sure as the evidence.
-            score = max(result.verification.evidence or 0.0, agreement, 0.5 if agreeing else 0.35)
-            anchor = Detection(frame=frame, x=result.center[0], y=result.center[1], box=result.box,
-                               radius_px=max(result.box.width, result.box.height) / 2, score=score,
-                               confidence=score, label=proposal.label or label_for(study.modality))
-            findings.append(_finding(ctx, study, anchor, source="vlm", confidence=score,
-                                     verification=result.verification, label=anchor.label))
-    for index, detection in enumerate(detections):
-        if index in used or len(findings) >= args.max_findings:
-            continue
-        verification = _classical_verification(detection)
-        findings.append(_finding(ctx, study, detection, source="classical", confidence=detection.confidence,
-                                 verification=verification))
-    findings.sort(key=lambda f: -f.confidence)
-    findings = findings[: args.max_findings]
+        drafts += _vision_drafts(ctx, study, frame, view.window, args.samples, detections, used)
+    drafts += [_Draft(d, "classical", _classical_verification(d)) for i, d in enumerate(detections) if i not in used]
+    drafts.sort(key=lambda draft: -draft.detection.confidence)
+    findings = [_to_finding(ctx, study, draft) for draft in drafts[: args.max_findings]]
     _replace_findings(ctx, study.id, searched, findings)
     anomaly = any(f.confidence >= ANOMALY_THRESHOLD for f in findings)
     summary = (_describe(findings) if anomaly else
