@@ -53,6 +53,17 @@ def finding_json(finding: Finding) -> dict[str, Any]:
     }
 
 
+def render_layers(ctx: ToolContext, findings: list[Finding], frame: int, threshold: float) -> list[Artifact]:
+    """All figure layers for every finding on ``frame``; zoomed crops and statistics panels only
+    for the findings worth a closer look (those at the anomaly threshold, else the top one)."""
+    artifacts = run_tool(ctx, "render_overlay", {"layers": FIGURE_LAYERS}).artifacts
+    ranked = [f for f in findings if f.frame == frame]
+    closer = [f.id for f in ranked if f.confidence >= threshold] or [f.id for f in ranked[:1]]
+    if closer:
+        artifacts += run_tool(ctx, "render_overlay", {"layers": PER_FINDING_LAYERS, "finding_ids": closer}).artifacts
+    return artifacts
+
+
 def _context(settings: LoupeSettings, backend: str) -> ToolContext:
     if backend == "gemini":
         # The Gemini vision proposer arrives with the agent; until then say so plainly.
@@ -80,12 +91,7 @@ def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, 
         if detected.findings:
             view.frame = detected.findings[0].frame  # show the slice of the strongest finding
         run_tool(ctx, "fit_gaussian", {})
-        artifacts = run_tool(ctx, "render_overlay", {"layers": FIGURE_LAYERS}).artifacts
-        # Zoomed crops and statistics for the findings worth a closer look (at least the top one).
-        ranked = [f for f in detected.findings if f.frame == view.frame]
-        closer = [f.id for f in ranked if f.confidence >= detected.threshold] or [f.id for f in ranked[:1]]
-        if closer:
-            artifacts += run_tool(ctx, "render_overlay", {"layers": PER_FINDING_LAYERS, "finding_ids": closer}).artifacts
+        artifacts = render_layers(ctx, detected.findings, view.frame, detected.threshold)
         findings = sorted(ctx.study_findings(loaded.study_id), key=lambda f: -f.confidence)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []

@@ -260,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         handlers[args.command](args, LoupeSettings())
     except LoupeError as error:
         _fail(error.message)
+    except BrokenPipeError:
+        # The reader went away (e.g. `loupe analyze ... | head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     except Exception as error:  # the contract: one line, no traceback, even for our own bugs
         if os.environ.get("LOUPE_DEBUG"):
             raise

@@ -2,8 +2,9 @@
 
 For each image, every tool runs through ``agent.toolbox.run_tool`` as the agent calls it:
 load_study, detect_anomalies, verify_coordinates (one box_2d proposal around the top
-finding), fit_gaussian (all findings), render_overlay (all layers: annotated, heatmap,
-comparison, crops, statistics), and "analyze" = the sum of the last four (detect + verify + fit
+finding), fit_gaussian (all findings), render_overlay (as ``loupe analyze`` renders: annotated, heatmap
+and comparison with every finding; a zoomed crop and a statistics panel for each finding at the
+anomaly threshold, else for the top one), and "analyze" = the sum of the last four (detect + verify + fit
 + render, the issue's latency target; loading is reported apart). Medians over ``--runs`` runs
 after one warm-up; the baseline row per image is a bare ``scipy.ndimage.gaussian_filter`` of
 the frame (σ = 2), a fixed unit of work measured in the same process so that ratios are
@@ -29,13 +30,13 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.analysis import render_layers  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
 from agent.toolbox import new_context, run_tool  # noqa: E402
 from tools.coordinates import SentImage, px_to_box_2d  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "data" / "eval"
 TOOLS = ("load_study", "detect_anomalies", "verify_coordinates", "fit_gaussian", "render_overlay")
-LAYERS = ["annotated", "heatmap", "comparison", "crops", "statistics"]
 
 
 def _images(folder: Path) -> list[tuple[str, Path, str]]:
@@ -70,7 +71,7 @@ def _one_run(path: Path, modality: str) -> dict[str, float]:
         box_2d = px_to_box_2d(top, sent) if top else [400, 400, 600, 600]
         timed("verify_coordinates", lambda: run_tool(ctx, "verify_coordinates", {"box_2d": box_2d}))
         timed("fit_gaussian", lambda: run_tool(ctx, "fit_gaussian", {}))
-        timed("render_overlay", lambda: run_tool(ctx, "render_overlay", {"layers": LAYERS}))
+        timed("render_overlay", lambda: render_layers(ctx, detected.findings, 0, detected.threshold))
     finally:
         ctx.close()
     times["analyze"] = sum(times[t] for t in TOOLS[1:])

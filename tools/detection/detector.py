@@ -100,15 +100,25 @@ def _slices(study: Study) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, count - 1, MAX_SLICES)})
 
 
+def _slice_reach(study: Study, radius_px: float) -> int:
+    """How many slices away a lesion of ``radius_px`` can still appear (at least 3)."""
+    spacing = study.pixel_spacing_mm(0)
+    between = study.safe.spacing_between_slices_mm
+    if spacing is None or not between:
+        return 3
+    return max(3, int(np.ceil(2 * radius_px * min(spacing) / between)))
+
+
 def detect_volume(study: Study, limit: int = 10) -> list[Detection]:
     """Detections across the slices of a series, one per lesion, on its best slice."""
     everything = [d for frame in _slices(study) for d in detect_frame(study, frame, limit)]
     everything.sort(key=lambda d: -d.score)
     kept: list[Detection] = []
     for detection in everything:
-        # The same lesion on a neighbouring slice sits at about the same (x, y).
+        # The same lesion on another slice sits at about the same (x, y), within its own extent.
         if any(np.hypot(k.x - detection.x, k.y - detection.y) < max(k.radius_px, detection.radius_px)
-               and abs(k.frame - detection.frame) <= 3 for k in kept):
+               and abs(k.frame - detection.frame) <= _slice_reach(study, max(k.radius_px, detection.radius_px))
+               for k in kept):
             continue
         kept.append(detection)
         if len(kept) >= limit:
