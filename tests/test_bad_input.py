@@ -20,7 +20,6 @@ from tools.errors import (
     NotAnImageError,
     StudyTooLargeError,
     UnreadableStudyError,
-    UnsafeArchiveError,
     UnsupportedStudyError,
 )
 from tools.study import StudyLimits, open_study

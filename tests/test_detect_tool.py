@@ -265,10 +265,10 @@ def test_vision_sees_the_current_window_and_frame(ctx):
     ctx.vision = FakeVision(lambda pixels: [])
     _load(ctx, pydicom_file("CT_small.dcm"))
     run_tool(ctx, "load_study", {"window": "lung"})
-    run_tool(ctx, "detect_anomalies", {}).output
+    run_tool(ctx, "detect_anomalies", {})
     lung = ctx.vision.calls[-1]["pixels"]
     run_tool(ctx, "load_study", {"window": "bone"})
-    run_tool(ctx, "detect_anomalies", {}).output
+    run_tool(ctx, "detect_anomalies", {})
     bone = ctx.vision.calls[-1]["pixels"]
     assert lung.shape == bone.shape == (128, 128) and not np.array_equal(lung, bone)
 

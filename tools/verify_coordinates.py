@@ -23,7 +23,7 @@ from tools.coordinates import BoxPx, SentImage, box_2d_to_px, point_to_px
 from tools.detection.candidates import Candidate
 from tools.detection.detector import Detection, frame_analysis
 from tools.detection.evidence import SQRT2, Evidence, ScaleSpace, measure
-from tools.detection.scoring import ANOMALY_THRESHOLD, confidence, score
+from tools.detection.scoring import confidence, score
 from tools.detection.working import WorkingImage
 from tools.errors import InvalidCoordinatesError
 from tools.findings import Verification
