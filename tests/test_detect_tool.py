@@ -324,3 +324,20 @@ def test_internal_validation_error_is_not_blamed_on_the_arguments(ctx, monkeypat
         run_tool(ctx, "detect_anomalies", {})
     assert not isinstance(caught.value, ToolCallError)
     assert "arguments" not in str(caught.value)
+
+
+def test_vision_samples_give_positional_uncertainty(ctx, lesion_png):
+    """Three samples of one lesion: the finding remembers them and fit_gaussian models their spread."""
+    _load(ctx, lesion_png, "US")
+    # The lesion at (410, 190) of 800 x 600 is at x 512.5, y 316.7 in 0-1000 units.
+    ctx.vision = FakeVision(lambda pixels: [VisionProposal(box_2d=[260, 465, 380, 560], sample=0),
+                                            VisionProposal(box_2d=[255, 470, 375, 565], sample=1),
+                                            VisionProposal(box_2d=[265, 460, 385, 555], sample=2)])
+    findings = run_tool(ctx, "detect_anomalies", {"samples": 3}).output.findings
+    vlm = [f for f in findings if f.source == "vlm"]
+    assert len(vlm) == 1 and len(ctx.finding_samples[vlm[0].id]) == 3
+    fitted = run_tool(ctx, "fit_gaussian", {"finding_ids": [vlm[0].id]}).output.results[0]
+    assert fitted.uncertainty is not None and fitted.uncertainty.n_samples == 3
+    # A new detection drops the old findings and their samples.
+    run_tool(ctx, "detect_anomalies", {"use_vision_model": False})
+    assert vlm[0].id not in ctx.finding_samples

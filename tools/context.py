@@ -90,6 +90,8 @@ class ToolContext:
     vision: VisionProposer | None = None
     model_image_max_side: int = 1024
     findings: dict[str, Finding] = field(default_factory=dict)
+    #: Centres (x, y) of the vision model's repeated samples behind a finding, by finding id.
+    finding_samples: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     _finding_counter: int = 0
     _derived: OrderedDict[tuple, object] = field(default_factory=OrderedDict, repr=False)
 

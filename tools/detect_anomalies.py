@@ -102,6 +102,7 @@ class _Draft:
     detection: Detection
     source: str
     verification: Verification
+    sample_centres: tuple[tuple[float, float], ...] = ()
 
 
 def _vision_drafts(ctx: ToolContext, study: Study, frame: int, window, samples: int,
@@ -127,7 +128,7 @@ def _vision_drafts(ctx: ToolContext, study: Study, frame: int, window, samples: 
         anchor = Detection(frame=frame, x=result.center[0], y=result.center[1], box=result.box,
                            radius_px=max(result.box.width, result.box.height) / 2, score=confidence,
                            confidence=confidence, label=proposal.label or label_for(study.modality))
-        drafts.append(_Draft(anchor, "vlm", result.verification))
+        drafts.append(_Draft(anchor, "vlm", result.verification, proposal.centres))
     return drafts
 
 
@@ -162,8 +163,12 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         drafts += _vision_drafts(ctx, study, frame, view.window, args.samples, detections, used)
     drafts += [_Draft(d, "classical", _classical_verification(d)) for i, d in enumerate(detections) if i not in used]
     drafts.sort(key=lambda draft: -draft.detection.confidence)
-    findings = [_to_finding(ctx, study, draft) for draft in drafts[: args.max_findings]]
+    kept = drafts[: args.max_findings]
+    findings = [_to_finding(ctx, study, draft) for draft in kept]
     _replace_findings(ctx, study.id, searched, findings)
+    for finding, draft in zip(findings, kept, strict=True):
+        if len(draft.sample_centres) >= 2:
+            ctx.finding_samples[finding.id] = draft.sample_centres
     anomaly = any(f.confidence >= ANOMALY_THRESHOLD for f in findings)
     summary = (_describe(findings) if anomaly else
                "No significant anomaly: no candidate reached the confidence threshold "
@@ -196,6 +201,7 @@ def _replace_findings(ctx: ToolContext, study_id: str, frames: Sequence[int], fi
              if f.study_id == study_id and f.frame in frames and f.source != "clinician"]
     for fid in stale:
         del ctx.findings[fid]
+        ctx.finding_samples.pop(fid, None)
     for finding in findings:
         ctx.findings[finding.id] = finding
 

@@ -695,8 +695,9 @@ def fit_gaussian(ctx: ToolContext, args: FitGaussianInput, *,
     args:
         Which findings, on which study.
     samples:
-        Optional centres ``(x, y)`` of repeated proposals per finding id (the detector's
-        samples); with two or more, the result carries a ``PositionalUncertainty``.
+        Centres ``(x, y)`` of repeated proposals per finding id; by default those the vision
+        model produced (``ctx.finding_samples``). With two or more, the result carries a
+        ``PositionalUncertainty``.
 
     Raises
     ------
@@ -714,7 +715,7 @@ def fit_gaussian(ctx: ToolContext, args: FitGaussianInput, *,
         return ToolResult(output=FitGaussianOutput(study_id=study.id, results=[],
                                                    message=f"There is nothing to fit: {reason}."))
     polarity = expected_polarity(study.modality)
-    samples = samples or {}
+    samples = samples or ctx.finding_samples
     results = [_fit_finding(ctx, finding, study, polarity, samples.get(finding.id)) for finding in findings]
     return ToolResult(output=FitGaussianOutput(study_id=study.id, results=results, message=_summary(results)))
 
