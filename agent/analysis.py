@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from agent.settings import LoupeSettings
 from agent.toolbox import new_context, run_tool
 from tools.context import Artifact, ToolContext
+from tools.detect_anomalies import DetectAnomaliesOutput
 from tools.errors import ModelUnavailableError
 from tools.findings import Finding
 
@@ -64,6 +65,21 @@ def render_layers(ctx: ToolContext, findings: list[Finding], frame: int, thresho
     return artifacts
 
 
+def analyse_current(ctx: ToolContext) -> tuple[DetectAnomaliesOutput, list[Artifact]]:
+    """Detect, verify, fit and render on the current study (every slice of a CT/MR series).
+
+    The view moves to the slice of the strongest finding, so the figures show it.
+    """
+    view = ctx.view()
+    summary = view.study.safe
+    volume = summary.frames > 1 and summary.modality in ("CT", "MR")
+    detected = run_tool(ctx, "detect_anomalies", {"all_frames": volume}).output
+    if detected.findings:
+        view.frame = detected.findings[0].frame
+    run_tool(ctx, "fit_gaussian", {})
+    return detected, render_layers(ctx, detected.findings, view.frame, detected.threshold)
+
+
 def _context(settings: LoupeSettings, backend: str) -> ToolContext:
     if backend == "gemini":
         # The Gemini vision proposer arrives with the agent; until then say so plainly.
@@ -85,13 +101,8 @@ def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, 
     ctx = _context(settings, backend)
     try:
         loaded = run_tool(ctx, "load_study", {"path": source, "modality": modality}).output
-        volume = loaded.summary.frames > 1 and loaded.summary.modality in ("CT", "MR")
-        detected = run_tool(ctx, "detect_anomalies", {"all_frames": volume}).output
+        detected, artifacts = analyse_current(ctx)
         view = ctx.view()
-        if detected.findings:
-            view.frame = detected.findings[0].frame  # show the slice of the strongest finding
-        run_tool(ctx, "fit_gaussian", {})
-        artifacts = render_layers(ctx, detected.findings, view.frame, detected.threshold)
         findings = sorted(ctx.study_findings(loaded.study_id), key=lambda f: -f.confidence)
         out_dir.mkdir(parents=True, exist_ok=True)
         files = []

@@ -226,3 +226,16 @@ def test_display_image_reaches_browser_losslessly(app, media):
         rendered = np.asarray(image)
     assert mimetype == "image/png"
     assert np.array_equal(shown, rendered)
+
+
+def test_analyse_button_shows_findings_and_overlay(app, media):
+    choose_sample(app, "ct-small")
+    app.button[0].click().run()
+    assert_healthy(app)
+    summary = [m.value for m in app.markdown if m.value.startswith("**") and "anomal" in m.value]
+    assert summary, "the analysis summary is shown"
+    table = app.dataframe[0].value
+    assert list(table["id"])[0] == "F1" and {"finding", "size", "confidence", "status"} <= set(table.columns)
+    assert len(app.image) >= 2  # the study and the annotated overlay
+    choose_sample(app, "mr-liver")
+    assert not app.dataframe, "a different study clears the old findings"

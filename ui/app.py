@@ -16,6 +16,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from agent.analysis import analyse_current, finding_json  # noqa: E402
 from agent.samples import DEFAULT_SAMPLE, SAMPLES, sample_path  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
 from agent.toolbox import new_context, run_tool, save_upload  # noqa: E402
@@ -42,6 +43,8 @@ def _open(arguments: dict, key: str) -> None:
     state = _state()
     try:
         state.result = run_tool(state.tool_context, "load_study", arguments)
+        if state.loaded_from != key:
+            state.analysis = None  # a different study: the old findings do not apply
         state.loaded_from, state.error = key, None
     except LoupeError as error:
         state.error = error.message
@@ -101,5 +104,54 @@ def _viewer() -> None:
     right.markdown("  \n".join(facts))
 
 
+def _analyse() -> None:
+    state = _state()
+    try:
+        detected, artifacts = analyse_current(state.tool_context)
+    except LoupeError as error:
+        state.error = error.message
+        return
+    findings = sorted(state.tool_context.study_findings(detected.study_id), key=lambda f: -f.confidence)
+    view = state.tool_context.view()
+    if view.frame != state.result.output.frame:  # the analysis moved to the strongest finding's slice
+        _open({"study_id": detected.study_id, "frame": view.frame}, state.loaded_from)
+    state.analysis = {
+        "summary": detected.summary,
+        "artifacts": [(a.name, a.caption, a.data) for a in artifacts],
+        "rows": [_finding_row(finding_json(f)) for f in findings],
+    }
+
+
+def _finding_row(finding: dict) -> dict:
+    size = finding["size_mm"]
+    x, y = finding["center_px"]
+    return {
+        "id": finding["id"], "finding": finding["label"], "slice": finding["frame"] + 1,
+        "centre (px)": f"{x:.0f}, {y:.0f}",
+        "size": f"{size[0]:.1f} × {size[1]:.1f} mm" if size else "px only",
+        "confidence": round(finding["confidence"], 2), "status": finding["verification"]["status"],
+    }
+
+
+def _analysis_panel() -> None:
+    state = _state()
+    if state.get("result") is None:
+        return
+    st.button("Analyse this study", on_click=_analyse, type="primary")
+    analysis = state.get("analysis")
+    if not analysis:
+        return
+    st.markdown(f"**{analysis['summary']}**")
+    st.dataframe(analysis["rows"], hide_index=True)
+    images = {name: (caption, data) for name, caption, data in analysis["artifacts"]}
+    if "overlay-annotated.png" in images:
+        caption, data = images.pop("overlay-annotated.png")
+        st.image(data, caption=caption, output_format="PNG")
+    with st.expander("More views: heatmap, comparison, crops, statistics"):
+        for name, (caption, data) in images.items():
+            st.image(data, caption=caption or name, output_format="PNG")
+
+
 _sidebar()
 _viewer()
+_analysis_panel()
