@@ -12,7 +12,8 @@ Scores (σ in units of a 512-px image, positions as fractions of the image):
 - MR: contrast·σ, damped near the edge of the brain mask and away from the image centre
   (scalp and orbits are bright on post-contrast T1).
 - CT: contrast-to-noise·σ — solid nodules in the lung fields beat thin vessels.
-- CR/DX: contrast-to-noise·√σ — focal opacities in the lung fields.
+- CR/DX: contrast-to-noise·√σ, damped within two radii of the lung-field edge — focal
+  opacities inside the lungs, not rib crossings and the lung outline.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from tools.detection.working import WorkingImage
 #: (a, b) of the logistic calibration per modality; "other" for unknown modalities.
 CALIBRATION: dict[str, tuple[float, float]] = {
     "US": (2.666, -0.706),
-    "MR": (0.602, -1.790),
+    "MR": (0.608, -1.795),
     "CT": (2.999, -12.439),
-    "DX": (2.242, -6.087),
-    "other": (0.602, -1.790),
+    "DX": (2.593, -5.947),
+    "other": (0.608, -1.795),
 }
 
 #: The confidence at which Loupe calls a candidate an anomaly (and below which it says
@@ -57,7 +58,8 @@ def score(candidate: Candidate, work: WorkingImage) -> float:
     elif family == "CT":
         value = evidence.cnr * sigma
     elif family == "DX":
-        value = evidence.cnr * math.sqrt(sigma)
+        # Ribs and the lung outline make strong blobs at the edge of the lung fields.
+        value = evidence.cnr * math.sqrt(sigma) * min(evidence.border / 2.0, 1.0)
     else:
         centrality = max(0.0, 1 - 2 * abs(cx - 0.5)) * max(0.0, 1 - 2 * abs(cy - 0.5))
         value = min(evidence.border, 2.0) * evidence.contrast * sigma * centrality
