@@ -65,10 +65,18 @@ def render_layers(ctx: ToolContext, findings: list[Finding], frame: int, thresho
     return artifacts
 
 
+def measured_ids(detected: DetectAnomaliesOutput, frame: int) -> list[str]:
+    """What a reader will look at closely: every finding at the threshold, and the top three."""
+    return [f.id for rank, f in enumerate(detected.findings)
+            if f.frame == frame and (rank < 3 or f.confidence >= detected.threshold)]
+
+
 def analyse_current(ctx: ToolContext) -> tuple[DetectAnomaliesOutput, list[Artifact]]:
     """Detect, verify, fit and render on the current study (every slice of a CT/MR series).
 
-    The view moves to the slice of the strongest finding, so the figures show it.
+    The view moves to the slice of the strongest finding, so the figures show it. Gaussian fits
+    (sizes in mm) are made for the findings at the anomaly threshold and the top three; the
+    weaker candidates keep their detector box.
     """
     view = ctx.view()
     summary = view.study.safe
@@ -76,7 +84,9 @@ def analyse_current(ctx: ToolContext) -> tuple[DetectAnomaliesOutput, list[Artif
     detected = run_tool(ctx, "detect_anomalies", {"all_frames": volume}).output
     if detected.findings:
         view.frame = detected.findings[0].frame
-    run_tool(ctx, "fit_gaussian", {})
+    measured = measured_ids(detected, view.frame)
+    if measured:
+        run_tool(ctx, "fit_gaussian", {"finding_ids": measured})
     return detected, render_layers(ctx, detected.findings, view.frame, detected.threshold)
 
 

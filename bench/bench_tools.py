@@ -2,7 +2,8 @@
 
 For each image, every tool runs through ``agent.toolbox.run_tool`` as the agent calls it:
 load_study, detect_anomalies, verify_coordinates (one box_2d proposal around the top
-finding), fit_gaussian (all findings), render_overlay (as ``loupe analyze`` renders: annotated, heatmap
+finding), fit_gaussian (the findings ``loupe analyze`` measures: those at the anomaly threshold and the
+top three), render_overlay (as ``loupe analyze`` renders: annotated, heatmap
 and comparison with every finding; a zoomed crop and a statistics panel for each finding at the
 anomaly threshold, else for the top one), and "analyze" = the sum of the last four (detect + verify + fit
 + render, the issue's latency target; loading is reported apart). Medians over ``--runs`` runs
@@ -30,7 +31,7 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.analysis import render_layers  # noqa: E402
+from agent.analysis import measured_ids, render_layers  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
 from agent.toolbox import new_context, run_tool  # noqa: E402
 from tools.coordinates import SentImage, px_to_box_2d  # noqa: E402
@@ -70,7 +71,7 @@ def _one_run(path: Path, modality: str) -> dict[str, float]:
         sent = SentImage.fit_long_side(summary.columns, summary.rows, ctx.model_image_max_side)
         box_2d = px_to_box_2d(top, sent) if top else [400, 400, 600, 600]
         timed("verify_coordinates", lambda: run_tool(ctx, "verify_coordinates", {"box_2d": box_2d}))
-        timed("fit_gaussian", lambda: run_tool(ctx, "fit_gaussian", {}))
+        timed("fit_gaussian", lambda: run_tool(ctx, "fit_gaussian", {"finding_ids": measured_ids(detected, 0)}))
         timed("render_overlay", lambda: render_layers(ctx, detected.findings, 0, detected.threshold))
     finally:
         ctx.close()
