@@ -1,4 +1,4 @@
-"""Local image evidence for a lesion at a point: blob response, contrast-to-noise, asymmetry.
+"""Local image evidence for a lesion at a point: blob response, contrast-to-noise, position.
 
 Shared by the detector (to rank its candidates) and by ``verify_coordinates`` (to judge a
 proposed location). All measurements are in working-image pixels and signed by the modality's
@@ -7,7 +7,7 @@ polarity, so "more evidence" is always a larger number.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -42,31 +42,10 @@ class ScaleSpace:
     """
 
     work: WorkingImage
-    polarity: str | None = None  # override the modality's polarity (MR lesions can be either)
-    _smoothed: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
-
-    @property
-    def sign(self) -> float:
-        polarity = self.polarity or self.work.polarity
-        return 1.0 if polarity == "bright" else -1.0
 
     @cached_property
     def sigmas(self) -> tuple[float, ...]:
         return sigmas_for(self.work)
-
-    @cached_property
-    def search_stats(self) -> tuple[float, float]:
-        """Median and interquartile range of the image inside the search mask."""
-        values = self.work.image[self.work.search]
-        if values.size == 0:
-            return 0.5, 1.0
-        q1, median, q3 = np.percentile(values, [25, 50, 75])
-        return float(median), float(max(q3 - q1, 0.02))
-
-    @cached_property
-    def body_border_map(self) -> np.ndarray:
-        """Distance (working px) to the outside of the body / imaged region."""
-        return ndi.distance_transform_edt(self.work.body)
 
     @cached_property
     def _spectrum(self) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int]]:
@@ -93,7 +72,7 @@ class ScaleSpace:
             # -σ²∇²G_σ: responds positively to bright blobs of radius ≈ σ√2.
             transfer = (sigma * sigma) * (4 * np.pi**2 * f2) * np.exp(-2 * np.pi**2 * sigma**2 * f2)
             layers.append(self._filtered(transfer))
-        return self.sign * np.stack(layers)
+        return self.work.sign * np.stack(layers)
 
     @cached_property
     def best(self) -> tuple[np.ndarray, np.ndarray]:
@@ -112,14 +91,6 @@ class ScaleSpace:
     def border_map(self) -> np.ndarray:
         """Distance (working px) from each pixel to the outside of the search mask."""
         return ndi.distance_transform_edt(self.work.search)
-
-    def smoothed(self, sigma: float) -> np.ndarray:
-        """The image smoothed at ``sigma`` (cached per quarter-pixel of sigma)."""
-        key = int(round(sigma * 4))
-        if key not in self._smoothed:
-            _, f2, _, _ = self._spectrum
-            self._smoothed[key] = self._filtered(np.exp(-2 * np.pi**2 * max(sigma, 0.5) ** 2 * f2))
-        return self._smoothed[key]
 
 
 def disk_and_ring(shape: tuple[int, int], x: float, y: float, radius: float,
@@ -142,11 +113,8 @@ class Evidence:
     response: float  # scale-normalised LoG at the point, in noise units
     contrast: float  # mean(disk) - mean(ring), signed by polarity, image units [0, 1]
     cnr: float  # contrast / std(ring)
-    asymmetry: float  # smoothed value here minus at the mirror position, signed
     inside: bool  # within the search mask
     border: float  # distance to the search-mask border, in units of the radius
-    level: float  # mean inside vs the search region's median, in IQR units, signed
-    body_depth: float  # distance to the body's outline, as a fraction of the image size
 
 
 def measure(space: ScaleSpace, x: float, y: float, sigma: float) -> Evidence:
@@ -160,43 +128,11 @@ def measure(space: ScaleSpace, x: float, y: float, sigma: float) -> Evidence:
     window, disk, ring = disk_and_ring(work.image.shape, x, y, radius)
     patch = work.image[window]
     inside_values, ring_values = patch[disk], patch[ring]
-    sign = space.sign
-    median, iqr = space.search_stats
     if inside_values.size == 0 or ring_values.size < 4:
-        contrast, cnr, level = 0.0, 0.0, 0.0
+        contrast, cnr = 0.0, 0.0
     else:
-        contrast = sign * float(inside_values.mean() - np.median(ring_values))
+        contrast = work.sign * float(inside_values.mean() - np.median(ring_values))
         cnr = contrast / max(float(ring_values.std()), 0.01)
-        level = sign * float(inside_values.mean() - median) / iqr
-    return Evidence(
-        response=response, contrast=contrast, cnr=cnr,
-        asymmetry=_asymmetry(space, xi, yi, sigma), inside=bool(work.search[yi, xi]),
-        border=float(space.border_map[yi, xi]) / radius, level=level,
-        body_depth=float(space.body_border_map[yi, xi]) / max(rows, cols),
-    )
+    return Evidence(response=response, contrast=contrast, cnr=cnr, inside=bool(work.search[yi, xi]),
+                    border=float(space.border_map[yi, xi]) / radius)
 
-
-def _midline(work: WorkingImage) -> float | None:
-    columns = np.nonzero(work.body.any(axis=0))[0]
-    if columns.size < 8:
-        return None
-    return float(columns[0] + columns[-1]) / 2.0
-
-
-def _asymmetry(space: ScaleSpace, xi: int, yi: int, sigma: float) -> float:
-    """Signed difference to the mirror position across the body's vertical midline.
-
-    Heads, chests and lungs are roughly left-right symmetric in axial and frontal views; a
-    lesion is where one side differs from the other. Ultrasound has no such symmetry: 0.
-    """
-    work = space.work
-    if work.modality == "US":
-        return 0.0
-    midline = _midline(work)
-    if midline is None:
-        return 0.0
-    mirror = int(round(2 * midline - xi))
-    if not 0 <= mirror < work.image.shape[1] or abs(mirror - xi) < 2 * sigma:
-        return 0.0
-    smooth = space.smoothed(sigma)
-    return space.sign * float(smooth[yi, xi] - smooth[yi, mirror])
