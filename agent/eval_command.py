@@ -18,10 +18,8 @@ from agent.evaluation import (
     score_simulation,
     simulate_proposals,
 )
-from tools.detection.detector import detect_on_work
-from tools.detection.evidence import ScaleSpace
+from tools.detection.detector import analyse_frame, detect_frame
 from tools.detection.scoring import ANOMALY_THRESHOLD
-from tools.detection.working import prepare_study_frame
 from tools.errors import LoupeError
 from tools.study import StudyLimits, open_study
 from tools.verify_coordinates import verify_location
@@ -38,7 +36,7 @@ def _detect(images, limits: StudyLimits) -> tuple[dict, list[str]]:
     for image in images:
         try:
             with open_study(image.path, limits=limits, modality=image.modality) as study:
-                detections = detect_on_work(prepare_study_frame(study, 0), 0)
+                detections = detect_frame(study, 0)
             predictions[image.path] = [Prediction(d.x, d.y, d.confidence) for d in detections]
         except LoupeError as error:  # an unreadable image scores as a miss, and is listed
             predictions[image.path] = []
@@ -51,10 +49,9 @@ def _simulate(images, sigma_pct: float, limits: StudyLimits) -> list:
     for proposal in simulate_proposals(images, sigma_pct):
         try:
             with open_study(proposal.image.path, limits=limits, modality=proposal.image.modality) as study:
-                work = prepare_study_frame(study, 0)
-                space = ScaleSpace(work)
-                verified = verify_location(work, proposal.box, spacing_mm=study.pixel_spacing_mm(0),
-                                           candidates=detect_on_work(work, 0, limit=30, space=space), space=space)
+                analysis = analyse_frame(study, 0)
+                verified = verify_location(analysis.work, proposal.box, spacing_mm=study.pixel_spacing_mm(0),
+                                           candidates=analysis.detections, space=analysis.space)
             results.append((proposal, verified.center, verified.verification.status == "rejected"))
         except LoupeError:
             results.append((proposal, proposal.box.center, True))
