@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from agent.atomic_file import write_atomically
 from agent.settings import LoupeSettings
 from agent.toolbox import new_context, run_tool
 from tools.context import Artifact, ToolContext
@@ -99,9 +100,7 @@ def _context(settings: LoupeSettings, backend: str) -> ToolContext:
 
 def _write(out_dir: Path, artifact: Artifact, name: str | None = None) -> str:
     target = out_dir / (name or artifact.name)
-    partial = target.with_name(target.name + ".part")
-    partial.write_bytes(artifact.data)
-    partial.replace(target)
+    write_atomically(target, artifact.data)
     return target.name
 
 
@@ -125,10 +124,7 @@ def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, 
             anomaly_found=detected.anomaly_found, threshold=detected.threshold, summary=detected.summary,
             findings=[finding_json(f) for f in findings], files=sorted(files + ["findings.json"]),
         )
-        findings_file = out_dir / "findings.json"
-        partial = findings_file.with_name("findings.json.part")
-        partial.write_text(json.dumps(result.model_dump(), indent=2))
-        partial.replace(findings_file)
+        write_atomically(out_dir / "findings.json", json.dumps(result.model_dump(), indent=2).encode())
         return result
     finally:
         ctx.close()

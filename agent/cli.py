@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from agent.atomic_file import write_atomically
 from agent.settings import LoupeSettings
 from tools.errors import LoupeError
 from tools.study import Study, open_study
@@ -159,12 +160,9 @@ def _view(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
     with open_study(_source(args.paths), limits=settings.study_limits(), modality=args.modality) as study:
         data = encode_png(study.display(study.check_frame(args.frame), args.window))
-    tmp = args.out.with_name(args.out.name + ".part")
     try:
-        tmp.write_bytes(data)
-        tmp.replace(args.out)  # never leave a half-written PNG behind
+        write_atomically(args.out, data)  # never leave a half-written PNG behind
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         _fail(f"cannot write '{args.out}': {error.strerror or error}")
 
 

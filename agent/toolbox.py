@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.atomic_file import write_atomically
 from agent.settings import LoupeSettings
 from tools.context import ToolContext, ToolResult
 from tools.errors import LoupeError
@@ -59,7 +60,5 @@ def save_upload(upload_dir: Path, name: str, data: bytes) -> Path:
     safe_name = _UNSAFE_NAME.sub("_", Path(name).name).strip("._") or "upload"
     target = folder / safe_name
     if not target.exists():
-        partial = target.with_name(target.name + ".part")
-        partial.write_bytes(data)
-        partial.replace(target)
+        write_atomically(target, data)
     return target
