@@ -10,6 +10,10 @@ Commands (a contract other issues and checks rely on):
   verify, fit, render; writes ``DIR/overlay.png`` and ``DIR/findings.json``.
 - ``loupe verify STUDY --box-2d YMIN,XMIN,YMAX,XMAX [--json]`` — verdict on a proposed box.
 - ``loupe eval MANIFEST.csv [--backend offline] [--json OUT] [--simulate-proposals SIGMA_PCT]``.
+- ``loupe ask STUDY "question" [--backend auto|gemini|offline] [--json] [--images DIR]`` — one
+  conversation turn; ``--json`` prints ``{"answer", "tool_calls": [{"name", "args", "ok",
+  "duration_ms"}], "findings", "usage", ...}``.
+- ``loupe chat STUDY [--backend ...] [--images DIR]`` — an interactive conversation.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
 
 Any error: exit code 2 and one line ``error: <message>`` on stderr, never a traceback
@@ -83,6 +87,23 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="Also write the scores as JSON.")
     evaluate.add_argument("--simulate-proposals", type=float, metavar="SIGMA_PCT",
                           help="Verify simulated proposals shifted by this σ (% of the diagonal).")
+
+    backends = ["auto", "gemini", "offline"]
+    ask = commands.add_parser("ask", help="Ask one question about a study (one conversation turn).")
+    ask.add_argument("paths", nargs="+", metavar="STUDY")
+    ask.add_argument("question", help="The question, in quotes.")
+    ask.add_argument("--backend", choices=backends, default=None, help="Default: LOUPE_BACKEND, else auto.")
+    ask.add_argument("--json", action="store_true", help="Print the answer, tool calls, findings and usage as JSON.")
+    ask.add_argument("--images", type=Path, help="Save the images the tools render in this folder.")
+    ask.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+    ask.add_argument("--offline-fallback", action="store_true",
+                     help="If Gemini is unavailable, answer with the offline planner instead.")
+
+    chat = commands.add_parser("chat", help="Talk about a study in the terminal.")
+    chat.add_argument("paths", nargs="+", metavar="STUDY")
+    chat.add_argument("--backend", choices=backends, default=None)
+    chat.add_argument("--images", type=Path, default=Path("loupe-images"), help="Folder for rendered images.")
+    chat.add_argument("--modality", help="Modality of a PNG/JPEG image.")
 
     serve = commands.add_parser("serve", help="Start the app on 127.0.0.1.")
     serve.add_argument("--port", type=int, help="Port (default from LOUPE_PORT, else 8501).")
@@ -223,6 +244,32 @@ def _eval(args: argparse.Namespace, settings: LoupeSettings) -> None:
         args.json_out.write_text(json.dumps(report.data, indent=2))
 
 
+def _study_path(paths: Sequence[str]) -> Path:
+    if len(paths) != 1:
+        _fail("give one study: a file, a folder or a .zip")
+    return Path(paths[0])
+
+
+def _backend_choice(name: str | None) -> str | None:
+    return None if name in (None, "auto") else name
+
+
+def _ask(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.chat_cli import ask
+
+    code = ask(settings, _study_path(args.paths), args.question, backend_name=_backend_choice(args.backend),
+               as_json=args.json, modality=args.modality, image_dir=args.images,
+               offline_fallback=args.offline_fallback)
+    raise SystemExit(code)
+
+
+def _chat(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.chat_cli import chat
+
+    raise SystemExit(chat(settings, _study_path(args.paths), backend_name=_backend_choice(args.backend),
+                          modality=args.modality, image_dir=args.images))
+
+
 def _serve(args: argparse.Namespace, settings: LoupeSettings) -> None:
     app = Path(__file__).resolve().parent.parent / "ui" / "app.py"
     command = [
@@ -253,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
     args = _build_parser().parse_args(arguments)
     handlers = {"info": _info, "view": _view, "analyze": _analyze, "verify": _verify, "eval": _eval,
-                "serve": _serve}
+                "ask": _ask, "chat": _chat, "serve": _serve}
     try:
         handlers[args.command](args, LoupeSettings())
     except LoupeError as error:

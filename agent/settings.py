@@ -7,6 +7,7 @@ handed to the tools as a ``StudyLimits``; the tools never read the environment t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,30 @@ class LoupeSettings(BaseSettings):
         validation_alias=AliasChoices("LOUPE_GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY"),
         description="Gemini Developer API key; without it Loupe runs the offline planner.",
     )
+    use_vertexai: bool = Field(
+        default=False, validation_alias=AliasChoices("LOUPE_USE_VERTEXAI", "GOOGLE_GENAI_USE_VERTEXAI"),
+        description="Reach Gemini through Vertex AI (project and location) instead of the Developer API.",
+    )
+    google_cloud_project: str | None = Field(
+        default=None, validation_alias=AliasChoices("LOUPE_GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_PROJECT"))
+    google_cloud_location: str | None = Field(
+        default=None, validation_alias=AliasChoices("LOUPE_GOOGLE_CLOUD_LOCATION", "GOOGLE_CLOUD_LOCATION"))
+
+    backend: Literal["auto", "gemini", "offline"] = Field(
+        default="auto", description="auto = Gemini when a key (or Vertex AI) is configured, else offline.")
+    model: str = Field(default="gemini-2.5-flash", description="Gemini model id.")
+    gemini_base_url: str | None = Field(
+        default=None, description="Override the API endpoint (the SDK's GOOGLE_GEMINI_BASE_URL also works).")
+    gemini_api_version: str = Field(default="v1beta", description="API version; explicit so tests and production agree.")
+    thinking_budget: int = Field(default=1024, ge=-1, description="Thinking tokens per conversation call; 0 off, -1 dynamic.")
+    max_steps: int = Field(default=12, ge=1, le=50, description="Model calls per turn before the loop stops.")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="Read timeout of one model call.")
+    retry_attempts: int = Field(default=4, ge=1, le=10, description="Tries per model call on transient errors.")
+    retry_initial_s: float = Field(default=1.0, ge=0, description="First backoff delay; doubles with jitter.")
+    retry_max_s: float = Field(default=20.0, ge=0, description="Longest single backoff delay.")
+    model_image_max_side: int = Field(default=1024, ge=64, le=4096, description="Long side of images sent to the model.")
+    detection_samples: int = Field(default=3, ge=1, le=5, description="Repeated detection calls per image.")
+    detection_temperature: float = Field(default=0.5, ge=0, le=2)
 
     def study_limits(self) -> StudyLimits:
         return StudyLimits(
@@ -43,5 +68,13 @@ class LoupeSettings(BaseSettings):
         )
 
     @property
+    def gemini_configured(self) -> bool:
+        return self.gemini_api_key is not None or (
+            self.use_vertexai and bool(self.google_cloud_project) and bool(self.google_cloud_location))
+
+    @property
     def backend_name(self) -> str:
-        return "gemini" if self.gemini_api_key else "offline"
+        """The backend a new conversation uses: ``gemini`` or ``offline``."""
+        if self.backend == "auto":
+            return "gemini" if self.gemini_configured else "offline"
+        return self.backend

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import warnings
 from pathlib import Path
 
@@ -52,3 +54,39 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+_MODEL_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "LOUPE_GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL",
+              "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "LOUPE_BACKEND")
+
+
+def _loopback_only(address: object) -> None:
+    host = address[0] if isinstance(address, tuple) else None
+    if host is None:  # AF_UNIX and friends stay on this machine
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise RuntimeError(f"a test tried to reach {address!r}; tests must stay on 127.0.0.1 (no real Gemini)")
+
+
+@pytest.fixture(autouse=True)
+def no_network_no_keys(monkeypatch):
+    """Every test: no model credentials from the environment, and no socket leaves loopback,
+    so nothing in the suite can reach the real Gemini API."""
+    for name in _MODEL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def connect(sock, address):
+        _loopback_only(address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        _loopback_only(address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)

@@ -13,16 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from tools.context import ToolContext, ToolResult, VisionProposal
-from tools.coordinates import BoxPx, SentImage, box_2d_to_px
+from tools.coordinates import BoxPx, box_2d_to_px
 from tools.detection.detector import Detection, detect_volume, frame_analysis, label_for
 from tools.detection.scoring import ANOMALY_THRESHOLD
-from tools.errors import InvalidCoordinatesError
+from tools.errors import InvalidCoordinatesError, ModelUnavailableError
 from tools.findings import Finding, Verification
-from tools.png import encode_png
+from tools.model_image import model_image
 from tools.study import Study
 from tools.verify_coordinates import verify_location
 
@@ -80,12 +79,9 @@ def group_proposals(boxes: Sequence[tuple[BoxPx, str]]) -> list[_Proposal]:
 
 
 def _vision_proposals(ctx: ToolContext, study: Study, frame: int, window, samples: int) -> list[_Proposal]:
-    display = study.render(frame, window).pixels
-    sent = SentImage.fit_long_side(display.shape[1], display.shape[0], ctx.model_image_max_side)
-    image = Image.fromarray(display)
-    if sent.scale < 1.0:
-        image = image.resize((sent.sent_width, sent.sent_height), Image.Resampling.LANCZOS)
-    raw: list[VisionProposal] = ctx.vision.propose(encode_png(np.asarray(image)), modality=study.modality, samples=samples)
+    image = model_image(study, frame, window, ctx.model_image_max_side)
+    raw: list[VisionProposal] = ctx.vision.propose(image.png, modality=study.modality, samples=samples)
+    sent = image.sent
     boxes = []
     for proposal in raw:
         try:
@@ -157,10 +153,14 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         searched = [frame]
     used: set[int] = set()
     drafts: list[_Draft] = []
-    vision_name = None
+    vision_name, vision_note = None, ""
     if args.use_vision_model and ctx.vision is not None:
-        vision_name = ctx.vision.name
-        drafts += _vision_drafts(ctx, study, frame, view.window, args.samples, detections, used)
+        try:
+            drafts += _vision_drafts(ctx, study, frame, view.window, args.samples, detections, used)
+            vision_name = ctx.vision.name
+        except ModelUnavailableError as error:
+            # The classical detector still answers; say plainly that the model did not help.
+            vision_note = f" The vision model was not consulted: {error}"
     drafts += [_Draft(d, "classical", _classical_verification(d)) for i, d in enumerate(detections) if i not in used]
     drafts.sort(key=lambda draft: -draft.detection.confidence)
     kept = drafts[: args.max_findings]
@@ -172,7 +172,7 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
     anomaly = any(f.confidence >= ANOMALY_THRESHOLD for f in findings)
     summary = (_describe(findings) if anomaly else
                "No significant anomaly: no candidate reached the confidence threshold "
-               f"({ANOMALY_THRESHOLD:.2f}); the strongest candidates are listed for review.")
+               f"({ANOMALY_THRESHOLD:.2f}); the strongest candidates are listed for review.") + vision_note
     output = DetectAnomaliesOutput(study_id=study.id, frames_searched=searched, findings=findings,
                                    anomaly_found=anomaly, threshold=ANOMALY_THRESHOLD, summary=summary,
                                    vision_model=vision_name)

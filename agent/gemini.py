@@ -1,0 +1,327 @@
+"""The Gemini backend: the only module that imports google-genai.
+
+``GeminiBackend.run_turn`` is a manual function-calling loop: the model's content is appended to
+the history verbatim (thought signatures survive), every function call of a step is executed and
+answered in one user turn together with any figure the model should see, and the loop stops at
+the model's text answer or at the step limit. ``GeminiVisionProposer`` is the detection source
+``detect_anomalies`` consults: a separate structured-output call, several samples.
+
+Every model call goes through ``GeminiCaller``: tenacity retries on 408/429/5xx, timeouts and
+connection errors (never on 400), and failures become ``ModelUnavailableError`` with a sentence
+for the clinician.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from agent.conversation import Conversation, Turn
+from agent.events import AssistantText, Event, ToolFailed, ToolFinished, ToolStarted, TurnError, Usage
+from agent.model_inputs import ImageForModel, artifact_image, view_image
+from agent.proposals import parse_proposals
+from agent.settings import LoupeSettings
+from agent.tool_calls import ToolOutcome, execute
+from prompts import load_prompt, load_table
+from tools.context import VisionProposal
+from tools.errors import ModelUnavailableError
+from tools.registry import TOOLS
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_BLOCKED = {"SAFETY", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "RECITATION", "IMAGE_SAFETY"}
+
+
+def make_client(settings: LoupeSettings) -> genai.Client:
+    """A client for the Developer API (key) or Vertex AI, honouring GOOGLE_GEMINI_BASE_URL."""
+    http_options = types.HttpOptions(api_version=settings.gemini_api_version, base_url=settings.gemini_base_url,
+                                     timeout=int(settings.request_timeout_s * 1000))
+    if settings.use_vertexai:
+        return genai.Client(vertexai=True, project=settings.google_cloud_project,
+                            location=settings.google_cloud_location, http_options=http_options)
+    if settings.gemini_api_key is None:
+        raise ModelUnavailableError("No Gemini API key is configured (GEMINI_API_KEY); the offline planner can answer.")
+    return genai.Client(api_key=settings.gemini_api_key.get_secret_value(), http_options=http_options)
+
+
+def _is_transient(error: BaseException) -> bool:
+    if isinstance(error, genai_errors.APIError):
+        return error.code in TRANSIENT_STATUS
+    return isinstance(error, httpx2.TransportError)  # timeouts, refused or dropped connections
+
+
+def _unavailable(error: BaseException) -> ModelUnavailableError:
+    if isinstance(error, genai_errors.APIError):
+        if error.code == 429:
+            return ModelUnavailableError("Gemini is rate-limiting Loupe (429) and did not recover after retries.")
+        if error.code in TRANSIENT_STATUS:
+            return ModelUnavailableError(f"Gemini is unavailable ({error.code} {error.status or ''}) after retries.".replace(" )", ")"))
+        return ModelUnavailableError(f"Gemini refused the request ({error.code}: {error.message or error.status}).")
+    if isinstance(error, httpx2.TimeoutException):
+        return ModelUnavailableError("Gemini did not answer in time, even after retries.")
+    return ModelUnavailableError("Gemini cannot be reached from this machine (connection failed).")
+
+
+class GeminiCaller:
+    """``generate_content`` with retries, usage accounting and clinician-readable failures."""
+
+    def __init__(self, settings: LoupeSettings, client: genai.Client | None = None):
+        self.settings = settings
+        self.client = client or make_client(settings)
+
+    def generate(self, contents: list[types.Content], config: types.GenerateContentConfig,
+                 usage: Usage) -> types.GenerateContentResponse:
+        retrying = Retrying(
+            retry=retry_if_exception(_is_transient),
+            # initial, 2×initial, 4×initial ... plus up to one initial of jitter, so clients that
+            # failed together do not retry in lockstep.
+            wait=wait_exponential_jitter(initial=self.settings.retry_initial_s, max=self.settings.retry_max_s,
+                                         jitter=self.settings.retry_initial_s),
+            stop=stop_after_attempt(self.settings.retry_attempts),
+            reraise=True,
+        )
+        try:
+            response = retrying(self.client.models.generate_content, model=self.settings.model,
+                                contents=contents, config=config)
+        except (genai_errors.APIError, httpx2.TransportError) as error:
+            log.info("Gemini call failed after retries: %s", error)
+            raise _unavailable(error) from error
+        usage.add(usage_of(response))
+        return response
+
+
+def usage_of(response: types.GenerateContentResponse) -> Usage:
+    meta = response.usage_metadata
+    if meta is None:
+        return Usage(model_calls=1)
+    image_tokens = sum(d.token_count or 0 for d in meta.prompt_tokens_details or ()
+                       if d.modality == types.MediaModality.IMAGE)
+    return Usage(prompt_tokens=meta.prompt_token_count or 0, output_tokens=meta.candidates_token_count or 0,
+                 thinking_tokens=meta.thoughts_token_count or 0, image_tokens=image_tokens, model_calls=1)
+
+
+def tool_declarations() -> list[types.Tool]:
+    """The registry's tools as the model sees them (schemas from the pydantic input models)."""
+    declarations = [types.FunctionDeclaration(name=d["name"], description=d["description"],
+                                              parameters_json_schema=d["parameters"])
+                    for d in (tool.declaration() for tool in TOOLS.values())]
+    return [types.Tool(function_declarations=declarations)]
+
+
+class GeminiBackend:
+    """Conversation turns answered by Gemini with Loupe's tools."""
+
+    name = "gemini"
+
+    def __init__(self, settings: LoupeSettings, client: genai.Client | None = None):
+        self.settings = settings
+        self.caller = GeminiCaller(settings, client)
+        self.system = load_prompt("system.md")
+        self.config = types.GenerateContentConfig(
+            system_instruction=self.system.text,
+            tools=tool_declarations(),
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+            tool_config=types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode="AUTO")),
+            thinking_config=types.ThinkingConfig(thinking_budget=settings.thinking_budget),
+        )
+        self.proposer = GeminiVisionProposer(self.caller)
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
+        self.proposer.usage = turn.usage
+        if conversation.ctx.vision is None:
+            conversation.ctx.vision = self.proposer
+        yield from _TurnLoop(self, conversation, turn).run()
+
+
+class _TurnLoop:
+    """One turn of the manual function-calling loop."""
+
+    def __init__(self, backend: GeminiBackend, conversation: Conversation, turn: Turn):
+        self.backend = backend
+        self.conversation = conversation
+        self.turn = turn
+        self.settings = backend.settings
+
+    def run(self) -> Iterator[Event]:
+        self._append(types.Content(role="user", parts=[*self._view_parts(), types.Part(text=self.turn.message)]))
+        malformed_retried = False
+        for _ in range(self.settings.max_steps):
+            try:
+                response = self.backend.caller.generate(self._contents(), self.backend.config, self.turn.usage)
+            except ModelUnavailableError as error:
+                yield self._end(TurnError(message=f"{error} The offline planner can answer this turn instead.",
+                                          reason="model_unavailable", offline_available=True))
+                return
+            candidate = response.candidates[0] if response.candidates else None
+            finish = _finish_reason(candidate)
+            if finish == "MALFORMED_FUNCTION_CALL" and not malformed_retried:
+                malformed_retried = True  # a sampling slip; asking again usually gives a well-formed call
+                continue
+            problem = _problem(response, candidate, finish)
+            if problem is not None:
+                yield self._end(problem)
+                return
+            content = candidate.content
+            self._append(content)
+            text = "".join(p.text for p in content.parts if p.text and not p.thought)
+            if text:
+                yield AssistantText(text=text)
+            calls = [p.function_call for p in content.parts if p.function_call]
+            if not calls:
+                if finish == "MAX_TOKENS":
+                    yield self._end(TurnError(message="The answer was cut short by the length limit; ask for the rest or a shorter answer.",
+                                              reason="truncated"))
+                return
+            yield from self._answer_calls(calls)
+        yield self._end(TurnError(
+            message=f"Stopped after {self.settings.max_steps} model steps without a final answer; "
+                    "the tool results so far are kept — ask again or narrow the question.",
+            reason="step_limit"))
+
+    def _answer_calls(self, calls: list[types.FunctionCall]) -> Iterator[Event]:
+        """Run every call of the step; answer all of them (and attach figures) in one user turn."""
+        parts, figures = [], []
+        for index, call in enumerate(calls):
+            call_id = call.id or f"call-{self.turn.id}-{index}"
+            args = dict(call.args or {})
+            yield ToolStarted(call_id=call_id, name=call.name or "", args=args)
+            outcome = execute(self.conversation.ctx, call.name or "", args)
+            yield _outcome_event(call_id, outcome)
+            parts.append(types.Part(function_response=types.FunctionResponse(
+                id=call.id, name=call.name, response=outcome.response())))
+            if outcome.ok and outcome.name != "load_study":  # load_study's image is the view, sent below
+                figures += [artifact_image(a, self.settings.model_image_max_side) for a in outcome.artifacts if a.for_model]
+        parts += self._view_parts()
+        for figure in figures:
+            parts += _image_parts(figure)
+        self._append(types.Content(role="user", parts=parts))
+
+    def _view_parts(self) -> list[types.Part]:
+        """The current display image, when the model has not seen this study/frame/window yet."""
+        key = self.conversation.current_view_key()
+        if key is None or key == self.conversation.sent_view:
+            return []
+        self.conversation.sent_view = key
+        return _image_parts(view_image(self.conversation.ctx, self.settings.model_image_max_side))
+
+    def _append(self, content: types.Content) -> None:
+        self.conversation.history.append(content.model_dump(mode="json", exclude_none=True))
+
+    def _contents(self) -> list[types.Content]:
+        return [types.Content.model_validate(item) for item in self.conversation.history]
+
+    def _end(self, error: TurnError) -> TurnError:
+        """Close the turn after a failure so the history still alternates user/model."""
+        if self.conversation.history and self.conversation.history[-1].get("role") == "user":
+            self._append(types.Content(role="model", parts=[types.Part(text=f"(No answer: {error.message})")]))
+        return error
+
+
+def _image_parts(image: ImageForModel) -> list[types.Part]:
+    return [types.Part.from_bytes(data=image.png, mime_type="image/png"), types.Part(text=image.caption)]
+
+
+def _outcome_event(call_id: str, outcome: ToolOutcome) -> Event:
+    if outcome.ok:
+        return ToolFinished(call_id=call_id, name=outcome.name, summary=outcome.summary, output=outcome.output,
+                            artifacts=outcome.artifacts, duration_ms=outcome.duration_ms)
+    return ToolFailed(call_id=call_id, name=outcome.name, args=outcome.args, message=outcome.error or "failed",
+                      duration_ms=outcome.duration_ms)
+
+
+def _finish_reason(candidate: types.Candidate | None) -> str | None:
+    if candidate is None or candidate.finish_reason is None:
+        return None
+    reason = candidate.finish_reason
+    return reason.value if isinstance(reason, types.FinishReason) else str(reason)
+
+
+def _problem(response: types.GenerateContentResponse, candidate: types.Candidate | None,
+             finish: str | None) -> TurnError | None:
+    """Why this response cannot be used, or None when it can."""
+    feedback = response.prompt_feedback
+    if candidate is None and feedback is not None and feedback.block_reason is not None:
+        return TurnError(message="Gemini declined this request (its safety filter blocked the prompt); "
+                                 "rephrase it, or use the offline planner.", reason="blocked", offline_available=True)
+    if finish in _BLOCKED:
+        return TurnError(message=f"Gemini stopped its answer ({finish.lower()} filter); rephrase the question, "
+                                 "or use the offline planner.", reason="blocked", offline_available=True)
+    if finish == "MALFORMED_FUNCTION_CALL":
+        return TurnError(message="Gemini produced a malformed tool call twice; ask again, perhaps more specifically.",
+                         reason="malformed")
+    if candidate is None or candidate.content is None or not candidate.content.parts:
+        if finish == "MAX_TOKENS":
+            return TurnError(message="The answer hit the length limit before any text; ask for a shorter answer.",
+                             reason="truncated")
+        return TurnError(message="Gemini returned an empty answer; ask again.", reason="other", offline_available=True)
+    return None
+
+
+class GeminiVisionProposer:
+    """Detection proposals from Gemini: box_2d JSON, several samples, thinking off."""
+
+    def __init__(self, caller: GeminiCaller):
+        self.caller = caller
+        self.name = caller.settings.model
+        self.usage = Usage()
+        #: Why items of the last answers were rejected (for logs and tests).
+        self.rejected: list[str] = []
+
+    def config(self, modality: str | None) -> types.GenerateContentConfig:
+        settings = self.caller.settings
+        return types.GenerateContentConfig(
+            system_instruction=detection_prompt(modality),
+            temperature=settings.detection_temperature,
+            response_mime_type="application/json",
+            response_json_schema=PROPOSALS_SCHEMA,
+            thinking_config=types.ThinkingConfig(thinking_budget=0),
+        )
+
+    def propose(self, image_png: bytes, *, modality: str | None, samples: int) -> list[VisionProposal]:
+        contents = [types.Content(role="user", parts=[
+            types.Part.from_bytes(data=image_png, mime_type="image/png"),
+            types.Part(text="Localise the abnormalities in this image."),
+        ])]
+        config = self.config(modality)
+        proposals: list[VisionProposal] = []
+        self.rejected = []
+        for sample in range(samples):
+            response = self.caller.generate(contents, config, self.usage)
+            parsed = parse_proposals(response.text, sample=sample)
+            proposals += parsed.proposals
+            self.rejected += parsed.rejected
+        return proposals
+
+
+PROPOSALS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "maxItems": 25,
+    "items": {
+        "type": "object",
+        "properties": {
+            "box_2d": {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4},
+            "label": {"type": "string"},
+            "confidence": {"type": "number"},
+        },
+        "required": ["box_2d", "label"],
+    },
+}
+
+
+def detection_prompt(modality: str | None) -> str:
+    hints = load_table("detection_hints.toml")
+    hint = hints.get((modality or "").upper(), hints["default"])
+    return load_prompt("detection.md").text.format(modality_name=hint["name"], modality_hint=hint["hint"],
+                                                   max_boxes=PROPOSALS_SCHEMA["maxItems"])

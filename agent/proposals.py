@@ -1,0 +1,82 @@
+"""Reading a vision model's detection answer: tolerant parsing, strict validation.
+
+The model is asked for a JSON array of ``{"box_2d": [ymin, xmin, ymax, xmax], "label",
+"confidence"}`` in 0–1000. Answers may come wrapped in Markdown fences or with stray text
+around the array; that is tolerated. Boxes that are not four numbers, fall outside 0–1000, or
+have their corners out of order (e.g. x first) are rejected with a reason, never repaired by
+guessing; at most ``MAX_PROPOSALS`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from tools.context import VisionProposal
+
+MAX_PROPOSALS = 25
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+@dataclass
+class ParsedProposals:
+    proposals: list[VisionProposal] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+def parse_proposals(text: str | None, sample: int = 0) -> ParsedProposals:
+    """The valid proposals in ``text`` and, for each rejected item, why."""
+    result = ParsedProposals()
+    items = _json_array(text or "")
+    if items is None:
+        result.rejected.append("the answer contained no JSON array")
+        return result
+    for index, item in enumerate(items):
+        if len(result.proposals) >= MAX_PROPOSALS:
+            result.rejected.append(f"more than {MAX_PROPOSALS} boxes; the rest were ignored")
+            break
+        problem = _box_problem(item)
+        if problem:
+            result.rejected.append(f"item {index + 1}: {problem}")
+            continue
+        label = item.get("label")
+        result.proposals.append(VisionProposal(box_2d=[float(v) for v in item["box_2d"]],
+                                               label=str(label)[:80] if label else "", sample=sample))
+    return result
+
+
+def _json_array(text: str) -> list[Any] | None:
+    fenced = _FENCE.search(text)
+    candidates = [fenced.group(1)] if fenced else []
+    start, end = text.find("["), text.rfind("]")
+    if 0 <= start < end:
+        candidates.append(text[start:end + 1])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):  # a single object instead of a list
+            value = [value]
+        if isinstance(value, list):
+            return value
+    return None
+
+
+def _box_problem(item: Any) -> str | None:
+    if not isinstance(item, dict) or "box_2d" not in item:
+        return "no box_2d"
+    box = item["box_2d"]
+    if not isinstance(box, list) or len(box) != 4:
+        return "box_2d must be four numbers [ymin, xmin, ymax, xmax]"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+        return "box_2d must contain numbers only"
+    if not all(0 <= v <= 1000 for v in box):
+        return "box_2d outside 0–1000"
+    ymin, xmin, ymax, xmax = box
+    if ymin >= ymax or xmin >= xmax:
+        return "box_2d corners out of order (expected [ymin, xmin, ymax, xmax])"
+    return None

@@ -1,0 +1,40 @@
+"""The one way an image of a study is prepared for a vision model.
+
+Both the conversation (the display image the model looks at) and ``detect_anomalies`` (the
+image the model proposes boxes on) go through ``model_image``, so the ``SentImage`` used to
+convert the model's ``box_2d`` back to native pixels always matches the pixels actually sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from tools.coordinates import SentImage
+from tools.png import encode_png
+from tools.study import Study, Window
+
+
+@dataclass(frozen=True)
+class ModelImage:
+    """PNG bytes as sent to the model, and how they map to the native frame."""
+
+    png: bytes
+    sent: SentImage
+
+
+def downscale_for_model(pixels: np.ndarray, max_side: int) -> ModelImage:
+    """Downscale (never upscale) so the long side is at most ``max_side``; encode as PNG."""
+    height, width = pixels.shape[:2]
+    sent = SentImage.fit_long_side(width, height, max_side)
+    if (sent.sent_width, sent.sent_height) != (width, height):
+        resized = Image.fromarray(pixels).resize((sent.sent_width, sent.sent_height), Image.Resampling.LANCZOS)
+        pixels = np.asarray(resized)
+    return ModelImage(png=encode_png(pixels), sent=sent)
+
+
+def model_image(study: Study, frame: int, window: Window | None, max_side: int) -> ModelImage:
+    """The display image of ``frame`` under ``window``, as a vision model should see it."""
+    return downscale_for_model(study.render(frame, window).pixels, max_side)
