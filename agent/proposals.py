@@ -50,7 +50,7 @@ def parse_proposals(text: str | None, sample: int = 0) -> ParsedProposals:
 
 def _json_array(text: str) -> list[Any] | None:
     fenced = _FENCE.search(text)
-    candidates = [fenced.group(1)] if fenced else []
+    candidates = [fenced.group(1)] if fenced else [text]
     start, end = text.find("["), text.rfind("]")
     if 0 <= start < end:
         candidates.append(text[start:end + 1])

@@ -19,7 +19,7 @@ from agent.events import AssistantText, ToolFailed, ToolFinished, TurnError, Tur
 from agent.gemini import GeminiBackend
 from agent.settings import LoupeSettings
 from agent.toolbox import run_tool
-from tests.conftest import pydicom_file
+from tests.conftest import pydicom_file, run_cli
 from tests.fake_gemini import FakeGemini, call_reply, error_reply, fixture, text_reply
 
 CT_WITH_PHI = "CT_small.dcm"  # PatientName CompressedSamples^CT1, institution JFK IMAGING CENTER
@@ -340,3 +340,47 @@ def test_no_phi_reaches_the_model(fake):
         text = request.text()
         for phi in PHI_STRINGS:
             assert phi not in text, f"{phi!r} was sent to the model"
+
+
+@pytest.fixture
+def gemini_env(fake, monkeypatch, isolated_cli):
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-real")
+    monkeypatch.setenv("LOUPE_RETRY_INITIAL_S", "0.01")
+    monkeypatch.setenv("LOUPE_RETRY_ATTEMPTS", "2")
+    return fake
+
+
+def test_loupe_ask_uses_gemini_when_a_key_is_set(gemini_env, capsys):
+    gemini_env.script(fixture("detect_call.json"), fixture("answer_text.json"))
+    code, out, err = run_cli(capsys, "ask", pydicom_file(CT_WITH_PHI), "Analyse this scan", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["backend"] == "gemini" and result["answer"].startswith("F1")
+    assert result["tool_calls"][0]["name"] == "detect_anomalies" and result["tool_calls"][0]["ok"]
+    assert result["usage"]["model_calls"] == 2 and result["usage"]["prompt_tokens"] == 1534 + 2210
+
+
+def test_loupe_ask_offers_and_uses_the_offline_planner_when_gemini_is_down(gemini_env, capsys):
+    gemini_env.script(*[error_reply(503)] * 2)
+    code, out, err = run_cli(capsys, "ask", pydicom_file(CT_WITH_PHI), "How big is it?")
+    assert code == 2
+    assert "error: Gemini is unavailable (503 UNAVAILABLE) after retries." in err and "--offline-fallback" in err
+    gemini_env.script(*[error_reply(503)] * 2)
+    code, out, err = run_cli(capsys, "ask", pydicom_file(CT_WITH_PHI), "How big is it?", "--offline-fallback")
+    assert code == 0 and "mm" in out
+
+
+def test_gemini_backend_without_a_key_is_one_clear_error(isolated_cli, capsys):
+    code, out, err = run_cli(capsys, "ask", pydicom_file(CT_WITH_PHI), "Hi", "--backend", "gemini")
+    assert code == 2 and "No Gemini API key" in err and err.count("\n") == 1
+
+
+def test_settings_choose_the_backend(monkeypatch):
+    assert LoupeSettings(_env_file=None).backend_name == "offline"
+    monkeypatch.setenv("GOOGLE_API_KEY", "a")
+    monkeypatch.setenv("GEMINI_API_KEY", "b")
+    chosen = LoupeSettings(_env_file=None)
+    assert chosen.backend_name == "gemini" and chosen.gemini_api_key.get_secret_value() == "a"  # as the SDK does
+    monkeypatch.setenv("LOUPE_BACKEND", "offline")
+    assert LoupeSettings(_env_file=None).backend_name == "offline"
+    assert LoupeSettings(_env_file=None).model == "gemini-2.5-flash"
