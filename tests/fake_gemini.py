@@ -13,6 +13,7 @@ request record and returning one of those.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -65,6 +66,12 @@ def _without_image_data(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_image_data(v) for v in value]
     return value
+
+
+def image_bytes(inline: dict[str, Any]) -> bytes:
+    """The bytes of an ``inlineData`` part (the SDK sends URL-safe base64, maybe unpadded)."""
+    data = inline["data"]
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
 
 
 def fixture(name: str) -> Any:

@@ -6,7 +6,6 @@ clinician would see (events) and what went over the wire (the fake's request log
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 from pathlib import Path
@@ -20,7 +19,7 @@ from agent.gemini import GeminiBackend
 from agent.settings import LoupeSettings
 from agent.toolbox import run_tool
 from tests.conftest import pydicom_file, run_cli
-from tests.fake_gemini import FakeGemini, call_reply, error_reply, fixture, text_reply
+from tests.fake_gemini import FakeGemini, call_reply, error_reply, fixture, image_bytes, text_reply
 
 CT_WITH_PHI = "CT_small.dcm"  # PatientName CompressedSamples^CT1, institution JFK IMAGING CENTER
 PHI_STRINGS = ("CompressedSamples", "CT1", "JFK IMAGING", "20040119", "1CT1")
@@ -55,7 +54,7 @@ def kinds(events) -> list[str]:
 
 
 def decode_image(inline: dict) -> Image.Image:
-    return Image.open(io.BytesIO(base64.b64decode(inline["data"])))
+    return Image.open(io.BytesIO(image_bytes(inline)))
 
 
 def test_two_step_tool_round_trip(fake):
