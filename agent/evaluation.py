@@ -213,6 +213,7 @@ class SimulationScore(BaseModel):
     mean_dev_after_px: float
     made_worse: float
     rejected: float
+    good_rejected: float | None  # among proposals whose centre was inside a true box
 
 
 def score_simulation(results: Sequence[tuple[SimulatedProposal, tuple[float, float], bool]],
@@ -221,7 +222,9 @@ def score_simulation(results: Sequence[tuple[SimulatedProposal, tuple[float, flo
 
     ``results`` holds (proposal, refined centre, rejected?). A proposal is "made worse" when the
     refined centre is further from the nearest true centre by more than ``worse_tolerance_pct``
-    of the diagonal, or it was inside a true box and no longer is.
+    of the diagonal, or it was inside a true box and no longer is. "Good rejected" is the share of
+    proposals that landed on a lesion (centre inside a true box) which verification rejected:
+    a rejection should mean the pixels contradict the proposal, so this should stay near zero.
     """
     groups: dict[str, list] = defaultdict(list)
     for item in results:
@@ -230,7 +233,7 @@ def score_simulation(results: Sequence[tuple[SimulatedProposal, tuple[float, flo
     scores = []
     for name in sorted(groups, key=lambda g: (g == "all", g)):
         rows = groups[name]
-        before_hit, after_hit, before_dev, after_dev, worse, rejected = [], [], [], [], [], []
+        before_hit, after_hit, before_dev, after_dev, worse, rejected, good_rejected = [], [], [], [], [], [], []
         for proposal, (x, y), was_rejected in rows:
             lesions = proposal.image.scored_lesions()
             cx, cy = proposal.box.center
@@ -245,6 +248,8 @@ def score_simulation(results: Sequence[tuple[SimulatedProposal, tuple[float, flo
             after_dev.append((d1, 100 * d1 / diag))
             worse.append((d1 - d0) > worse_tolerance_pct / 100 * diag or (h0 and not h1))
             rejected.append(was_rejected)
+            if h0:
+                good_rejected.append(was_rejected)
         scores.append(SimulationScore(
             group=name, n=len(rows),
             hit_before=statistics.fmean(before_hit), hit_after=statistics.fmean(after_hit),
@@ -253,18 +258,20 @@ def score_simulation(results: Sequence[tuple[SimulatedProposal, tuple[float, flo
             mean_dev_before_px=statistics.fmean(d[0] for d in before_dev),
             mean_dev_after_px=statistics.fmean(d[0] for d in after_dev),
             made_worse=statistics.fmean(worse), rejected=statistics.fmean(rejected),
+            good_rejected=statistics.fmean(good_rejected) if good_rejected else None,
         ))
     return scores
 
 
 def format_simulation(title: str, scores: Sequence[SimulationScore]) -> str:
     lines = [f"### {title}", "",
-             "| group | n | hit@1 before | hit@1 after | median dev before %diag | median dev after %diag | "
-             "mean dev before px | mean dev after px | made worse | rejected |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             ("| group | n | hit@1 before | hit@1 after | median dev before %diag | median dev after %diag | "
+              "mean dev before px | mean dev after px | made worse | rejected | good rejected |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in scores:
         lines.append(
             f"| {s.group} | {s.n} | {s.hit_before:.2f} | {s.hit_after:.2f} | {s.median_dev_before_pct:.1f} | "
             f"{s.median_dev_after_pct:.1f} | {s.mean_dev_before_px:.1f} | {s.mean_dev_after_px:.1f} | "
-            f"{s.made_worse:.2f} | {s.rejected:.2f} |")
+            f"{s.made_worse:.2f} | {s.rejected:.2f} | "
+            f"{'—' if s.good_rejected is None else format(s.good_rejected, '.2f')} |")
     return "\n".join(lines)

@@ -24,11 +24,11 @@ from google.genai import types
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from agent.conversation import Conversation, Turn
-from agent.events import AssistantText, Event, ToolFailed, ToolFinished, ToolStarted, TurnError, Usage
+from agent.events import AssistantText, Event, ToolStarted, TurnError, Usage
 from agent.model_inputs import ImageForModel, artifact_image, view_image
 from agent.proposals import parse_proposals
 from agent.settings import LoupeSettings
-from agent.tool_calls import ToolOutcome, execute
+from agent.tool_calls import execute
 from prompts import load_prompt, load_table
 from tools.context import VisionProposal
 from tools.errors import ModelUnavailableError
@@ -198,7 +198,7 @@ class _TurnLoop:
             args = dict(call.args or {})
             yield ToolStarted(call_id=call_id, name=call.name or "", args=args)
             outcome = execute(self.conversation.ctx, call.name or "", args)
-            yield _outcome_event(call_id, outcome)
+            yield outcome.event(call_id)
             parts.append(types.Part(function_response=types.FunctionResponse(
                 id=call.id, name=call.name, response=outcome.response())))
             if outcome.ok and outcome.name != "load_study":  # load_study's image is the view, sent below
@@ -231,14 +231,6 @@ class _TurnLoop:
 
 def _image_parts(image: ImageForModel) -> list[types.Part]:
     return [types.Part.from_bytes(data=image.png, mime_type="image/png"), types.Part(text=image.caption)]
-
-
-def _outcome_event(call_id: str, outcome: ToolOutcome) -> Event:
-    if outcome.ok:
-        return ToolFinished(call_id=call_id, name=outcome.name, summary=outcome.summary, output=outcome.output,
-                            artifacts=outcome.artifacts, duration_ms=outcome.duration_ms)
-    return ToolFailed(call_id=call_id, name=outcome.name, args=outcome.args, message=outcome.error or "failed",
-                      duration_ms=outcome.duration_ms)
 
 
 def _finish_reason(candidate: types.Candidate | None) -> str | None:

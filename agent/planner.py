@@ -13,7 +13,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from agent.conversation import Conversation, Turn
-from agent.events import AssistantText, Event, ToolFailed, ToolFinished, ToolStarted
+from agent.events import AssistantText, Event, ToolStarted
 from agent.tool_calls import ToolOutcome, execute
 from prompts import load_table
 from tools.coordinates import BoxPx, SentImage, box_2d_to_px
@@ -84,12 +84,8 @@ class _Plan:
         call_id = f"offline-{self.turn.id}-{self.calls}"
         yield ToolStarted(call_id=call_id, name=name, args=args)
         outcome = execute(self.ctx, name, args)
-        if outcome.ok:
-            yield ToolFinished(call_id=call_id, name=name, summary=outcome.summary, output=outcome.output,
-                               artifacts=outcome.artifacts, duration_ms=outcome.duration_ms)
-        else:
-            yield ToolFailed(call_id=call_id, name=name, args=args, message=outcome.error or "failed",
-                             duration_ms=outcome.duration_ms)
+        yield outcome.event(call_id)
+        if not outcome.ok:
             self.lines.append(outcome.error or "")
         return outcome
 

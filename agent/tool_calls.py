@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.events import ToolFailed, ToolFinished
 from agent.toolbox import run_tool
 from tools.context import Artifact, ToolContext
 from tools.errors import LoupeError
@@ -36,6 +37,14 @@ class ToolOutcome:
     @property
     def summary(self) -> str:
         return summarise(self.name, self.output) if self.ok else (self.error or "failed")
+
+    def event(self, call_id: str) -> ToolFinished | ToolFailed:
+        """The event that reports this outcome to the UI, the CLI and the store."""
+        if self.ok:
+            return ToolFinished(call_id=call_id, name=self.name, summary=self.summary, output=self.output,
+                                artifacts=self.artifacts, duration_ms=self.duration_ms)
+        return ToolFailed(call_id=call_id, name=self.name, args=self.args, message=self.error or "failed",
+                          duration_ms=self.duration_ms)
 
 
 def execute(ctx: ToolContext, name: str, args: dict[str, Any] | None) -> ToolOutcome:
