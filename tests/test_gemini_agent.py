@@ -383,3 +383,16 @@ def test_settings_choose_the_backend(monkeypatch):
     monkeypatch.setenv("LOUPE_BACKEND", "offline")
     assert LoupeSettings(_env_file=None).backend_name == "offline"
     assert LoupeSettings(_env_file=None).model == "gemini-2.5-flash"
+
+
+def test_loupe_chat_against_gemini_falls_back_when_asked(gemini_env, capsys, monkeypatch, tmp_path):
+    import io
+
+    gemini_env.script(fixture("detect_call.json"), fixture("answer_text.json"), *[error_reply(503)] * 2)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Analyse this scan\nHow big is it?\ny\n/quit\n"))
+    code, out, err = run_cli(capsys, "chat", pydicom_file(CT_WITH_PHI), "--images", tmp_path / "img")
+    assert code == 0
+    assert "F1 is the strongest candidate" in out  # Gemini's answer
+    assert "Gemini is unavailable" in err and "offline planner instead? [y/N]" in err
+    assert "mm (full width at half maximum" in out  # the offline planner answered the second question
+    assert "'model_calls': 2" in err  # calls that were answered; the failed attempts used no tokens
