@@ -112,10 +112,12 @@ def turn_json(conversation: Conversation, record: TurnRecord, backend: Backend) 
 
 
 def ask(settings: LoupeSettings, study: Path, message: str, *, backend_name: str | None, as_json: bool,
-        modality: str | None, image_dir: Path | None, offline_fallback: bool) -> int:
+        modality: str | None, image_dir: Path | None, offline_fallback: bool, confirm_images: bool = False) -> int:
     """``loupe ask``: one turn; returns the exit code (2 when the turn failed)."""
     backend = make_backend(settings, backend_name)
     conversation = Conversation.start(settings, study, modality=modality)
+    if confirm_images:
+        conversation.confirm_no_burned_in_text()
     printer = None if as_json else TerminalPrinter(sys.stdout, sys.stderr, image_dir)
     if image_dir is not None and as_json:
         printer = TerminalPrinter(_Null(), _Null(), image_dir)
@@ -138,6 +140,7 @@ def chat(settings: LoupeSettings, study: Path, *, backend_name: str | None, moda
     conversation = Conversation.start(settings, study, modality=modality)
     printer = TerminalPrinter(sys.stdout, sys.stderr, image_dir)
     print(f"Loupe ({backend.name}). Images are saved in {image_dir}. Type /quit to leave.", file=sys.stderr)
+    _print_release(conversation)
     source = iter(lines) if lines is not None else _prompted_lines()
     for line in source:
         message = line.strip()
@@ -145,11 +148,24 @@ def chat(settings: LoupeSettings, study: Path, *, backend_name: str | None, moda
             break
         if not message:
             continue
+        if message == "/confirm":
+            conversation.confirm_no_burned_in_text()
+            _print_release(conversation)
+            continue
         record = run_turn(conversation, message, backend, printer)
         if record.error is not None and record.error.offline_available and _confirm(source):
             run_turn(conversation, message, make_backend(settings, "offline"), printer)
     print(f"usage: {conversation.usage.model_dump()}", file=sys.stderr)
     return 0
+
+
+def _print_release(conversation: Conversation) -> None:
+    release = conversation.boundary.release(conversation.ctx.view().study)
+    if release.status != "released":
+        print(f"privacy: the image is {release.status} ({release.reason}); type /confirm once you have checked it.",
+              file=sys.stderr)
+    else:
+        print(f"privacy: the image may be sent to the model ({release.reason}).", file=sys.stderr)
 
 
 def _prompted_lines() -> Iterable[str]:

@@ -98,6 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--modality", help="Modality of a PNG/JPEG image.")
     ask.add_argument("--offline-fallback", action="store_true",
                      help="If Gemini is unavailable, answer with the offline planner instead.")
+    ask.add_argument("--confirm-no-burned-in-text", action="store_true", dest="confirm_images",
+                     help="You checked the image: no identifying text on it, so Gemini may see its pixels.")
 
     chat = commands.add_parser("chat", help="Talk about a study in the terminal.")
     chat.add_argument("paths", nargs="+", metavar="STUDY")
@@ -259,7 +261,7 @@ def _ask(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
     code = ask(settings, _study_path(args.paths), args.question, backend_name=_backend_choice(args.backend),
                as_json=args.json, modality=args.modality, image_dir=args.images,
-               offline_fallback=args.offline_fallback)
+               offline_fallback=args.offline_fallback, confirm_images=args.confirm_images)
     raise SystemExit(code)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.events import Event, TurnError, TurnFinished, TurnStarted, Usage
+from agent.privacy import PrivacyBoundary
 from agent.settings import LoupeSettings
 from agent.tool_calls import ToolOutcome, execute
 from tools.context import ToolContext
@@ -45,6 +46,7 @@ class Backend(Protocol):
 class Conversation:
     settings: LoupeSettings
     ctx: ToolContext
+    boundary: PrivacyBoundary = field(default_factory=PrivacyBoundary)
     history: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     turns: int = 0
@@ -55,9 +57,10 @@ class Conversation:
     def start(cls, settings: LoupeSettings, study_path: Path | None = None, *, modality: str | None = None,
               vision=None) -> Conversation:
         """A new conversation, with ``study_path`` open when given (a LoupeError if it cannot be)."""
-        ctx = ToolContext(limits=settings.study_limits(), vision=vision,
+        boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex)
+        ctx = ToolContext(limits=settings.study_limits(), vision=vision, image_policy=boundary,
                           model_image_max_side=settings.model_image_max_side)
-        conversation = cls(settings=settings, ctx=ctx)
+        conversation = cls(settings=settings, ctx=ctx, boundary=boundary)
         if study_path is not None:
             conversation.open_study(study_path, modality=modality)
         return conversation
@@ -67,15 +70,21 @@ class Conversation:
         outcome = execute(self.ctx, "load_study", {"path": str(path), "modality": modality})
         if not outcome.ok:
             raise LoupeError(outcome.error or "The study could not be opened.")
+        self.boundary.watch(self.ctx.view().study)
         folder = path.resolve() if path.is_dir() else path.resolve().parent
         self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), folder)
         return outcome
 
     def current_view_key(self) -> tuple | None:
+        """What the model would see now: study, frame, window and whether pixels may be sent."""
         if self.ctx.current_study_id is None:
             return None
         view = self.ctx.view()
-        return (view.study.id, view.frame, view.window)
+        return (view.study.id, view.frame, view.window, self.boundary.release(view.study).status)
+
+    def confirm_no_burned_in_text(self, study_id: str | None = None) -> None:
+        """The clinician confirms the (current) study's images show no identifying text."""
+        self.boundary.confirm(self.ctx.view(study_id).study.id)
 
     def ask(self, message: str, backend: Backend) -> Iterator[Event]:
         """Run one turn; always ends with ``TurnFinished``, whatever happens inside."""

@@ -26,12 +26,13 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from agent.conversation import Conversation, Turn
 from agent.events import AssistantText, Event, ToolStarted, TurnError, Usage
 from agent.model_inputs import ImageForModel, artifact_image, view_image
+from agent.privacy import PrivacyBoundary
 from agent.proposals import parse_proposals
 from agent.settings import LoupeSettings
 from agent.tool_calls import execute
 from prompts import load_prompt, load_table
 from tools.context import VisionProposal
-from tools.errors import ModelUnavailableError
+from tools.errors import ImageWithheldError, ModelUnavailableError
 from tools.registry import TOOLS
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,10 @@ class GeminiCaller:
         self.settings = settings
         self.client = client or make_client(settings)
 
-    def generate(self, contents: list[types.Content], config: types.GenerateContentConfig,
-                 usage: Usage) -> types.GenerateContentResponse:
+    def generate(self, contents: list[dict[str, Any]], config: types.GenerateContentConfig, usage: Usage,
+                 boundary: PrivacyBoundary) -> types.GenerateContentResponse:
+        """Send ``contents`` (history dicts) through the privacy boundary, then to Gemini."""
+        request = [types.Content.model_validate(item) for item in boundary.outgoing(contents)]
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             # initial, 2×initial, 4×initial ... plus up to one initial of jitter, so clients that
@@ -90,7 +93,7 @@ class GeminiCaller:
         )
         try:
             response = retrying(self.client.models.generate_content, model=self.settings.model,
-                                contents=contents, config=config)
+                                contents=request, config=config)
         except (genai_errors.APIError, httpx2.TransportError) as error:
             log.info("Gemini call failed after retries: %s", error)
             raise _unavailable(error) from error
@@ -140,6 +143,7 @@ class GeminiBackend:
 
     def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
         self.proposer.usage = turn.usage
+        self.proposer.boundary = conversation.boundary
         if conversation.ctx.vision is None:
             conversation.ctx.vision = self.proposer
         yield from _TurnLoop(self, conversation, turn).run()
@@ -159,7 +163,8 @@ class _TurnLoop:
         malformed_retried = False
         for _ in range(self.settings.max_steps):
             try:
-                response = self.backend.caller.generate(self._contents(), self.backend.config, self.turn.usage)
+                response = self.backend.caller.generate(self.conversation.history, self.backend.config,
+                                                        self.turn.usage, self.conversation.boundary)
             except ModelUnavailableError as error:
                 yield self._end(TurnError(message=f"{error} The offline planner can answer this turn instead.",
                                           reason="model_unavailable", offline_available=True))
@@ -202,10 +207,12 @@ class _TurnLoop:
             parts.append(types.Part(function_response=types.FunctionResponse(
                 id=call.id, name=call.name, response=outcome.response())))
             if outcome.ok and outcome.name != "load_study":  # load_study's image is the view, sent below
-                figures += [artifact_image(a, self.settings.model_image_max_side) for a in outcome.artifacts if a.for_model]
+                figures += [a for a in outcome.artifacts if a.for_model]
         parts += self._view_parts()
-        for figure in figures:
-            parts += _image_parts(figure)
+        for artifact in figures:
+            figure = artifact_image(self.conversation.ctx, self.conversation.boundary, artifact,
+                                    self.settings.model_image_max_side)
+            parts += _image_parts(figure) if figure else []
         self._append(types.Content(role="user", parts=parts))
 
     def _view_parts(self) -> list[types.Part]:
@@ -214,13 +221,14 @@ class _TurnLoop:
         if key is None or key == self.conversation.sent_view:
             return []
         self.conversation.sent_view = key
-        return _image_parts(view_image(self.conversation.ctx, self.settings.model_image_max_side))
+        try:
+            return _image_parts(view_image(self.conversation.ctx, self.conversation.boundary,
+                                           self.settings.model_image_max_side))
+        except ImageWithheldError as error:
+            return [types.Part(text=f"{error} The tools still work on the image; their results are yours to use.")]
 
     def _append(self, content: types.Content) -> None:
         self.conversation.history.append(content.model_dump(mode="json", exclude_none=True))
-
-    def _contents(self) -> list[types.Content]:
-        return [types.Content.model_validate(item) for item in self.conversation.history]
 
     def _end(self, error: TurnError) -> TurnError:
         """Close the turn after a failure so the history still alternates user/model."""
@@ -268,6 +276,7 @@ class GeminiVisionProposer:
         self.caller = caller
         self.name = caller.settings.model
         self.usage = Usage()
+        self.boundary = PrivacyBoundary()
         #: Why items of the last answers were rejected (for logs and tests).
         self.rejected: list[str] = []
 
@@ -282,15 +291,17 @@ class GeminiVisionProposer:
         )
 
     def propose(self, image_png: bytes, *, modality: str | None, samples: int) -> list[VisionProposal]:
+        # The image was prepared under the conversation's image policy (tools.model_image).
+        self.boundary.approve(image_png)
         contents = [types.Content(role="user", parts=[
             types.Part.from_bytes(data=image_png, mime_type="image/png"),
             types.Part(text="Localise the abnormalities in this image."),
-        ])]
+        ]).model_dump(mode="json", exclude_none=True)]
         config = self.config(modality)
         proposals: list[VisionProposal] = []
         self.rejected = []
         for sample in range(samples):
-            response = self.caller.generate(contents, config, self.usage)
+            response = self.caller.generate(contents, config, self.usage, self.boundary)
             parsed = parse_proposals(response.text, sample=sample)
             proposals += parsed.proposals
             self.rejected += parsed.rejected

@@ -58,6 +58,7 @@ class LoupeSettings(BaseSettings):
     model_image_max_side: int = Field(default=1024, ge=64, le=4096, description="Long side of images sent to the model.")
     detection_samples: int = Field(default=3, ge=1, le=5, description="Repeated detection calls per image.")
     detection_temperature: float = Field(default=0.5, ge=0, le=2)
+    share_age_sex: bool = Field(default=False, description="Let the model see the patient's age and sex.")
 
     def study_limits(self) -> StudyLimits:
         return StudyLimits(

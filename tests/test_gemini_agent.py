@@ -40,9 +40,15 @@ def settings(**overrides) -> LoupeSettings:
     return LoupeSettings(_env_file=None, **values)
 
 
-def start(study: Path, modality: str | None = None, **overrides) -> tuple[Conversation, GeminiBackend]:
+def start(study: Path, modality: str | None = None, *, confirm: bool = True,
+          **overrides) -> tuple[Conversation, GeminiBackend]:
+    """A conversation on ``study``; ``confirm``: the clinician has confirmed that the image shows
+    no burned-in identifying text (the privacy boundary holds it until then)."""
     config = settings(**overrides)
-    return Conversation.start(config, study, modality=modality), GeminiBackend(config)
+    conversation = Conversation.start(config, study, modality=modality)
+    if confirm:
+        conversation.confirm_no_burned_in_text()
+    return conversation, GeminiBackend(config)
 
 
 def events_of(conversation: Conversation, backend: GeminiBackend, message: str) -> list:
@@ -131,6 +137,7 @@ def test_image_is_sent_once_downscaled_and_coordinates_use_the_sent_size(fake, c
                 text_reply("Again."))
     config = settings(model_image_max_side=512)
     conversation = Conversation.start(config, chest_xray, modality="DX")
+    conversation.confirm_no_burned_in_text()
     backend = GeminiBackend(config)
     events = events_of(conversation, backend, "Is there something in the middle?")
     first = fake.calls()[0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import NoStudyOpenError, UnreadableStudyError
@@ -53,6 +54,16 @@ class VisionProposer(Protocol):
     def propose(self, image_png: bytes, *, modality: str | None, samples: int) -> list[VisionProposal]: ...
 
 
+class ImagePolicy(Protocol):
+    """What of a study's pixels may be shown to a vision model (the agent's privacy boundary).
+
+    ``prepare`` returns the pixels to send — possibly with regions blanked — or raises
+    ``ImageWithheldError`` when they may not be sent at all.
+    """
+
+    def prepare(self, study: Study, pixels: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass
 class ToolResult:
     """A tool's typed output plus the artifacts it rendered."""
@@ -88,6 +99,8 @@ class ToolContext:
     views: dict[str, StudyView] = field(default_factory=dict)
     current_study_id: str | None = None
     vision: VisionProposer | None = None
+    #: Applied to every image prepared for a vision model; None = no restriction (no model).
+    image_policy: ImagePolicy | None = None
     model_image_max_side: int = 1024
     findings: dict[str, Finding] = field(default_factory=dict)
     #: Centres (x, y) of the vision model's repeated samples behind a finding, by finding id.

@@ -19,7 +19,7 @@ from tools.context import ToolContext, ToolResult, VisionProposal
 from tools.coordinates import BoxPx, box_2d_to_px
 from tools.detection.detector import Detection, detect_volume, frame_analysis, label_for
 from tools.detection.scoring import ANOMALY_THRESHOLD
-from tools.errors import InvalidCoordinatesError, ModelUnavailableError
+from tools.errors import ImageWithheldError, InvalidCoordinatesError, ModelUnavailableError
 from tools.findings import Finding, Verification
 from tools.model_image import model_image
 from tools.study import Study
@@ -79,7 +79,7 @@ def group_proposals(boxes: Sequence[tuple[BoxPx, str]]) -> list[_Proposal]:
 
 
 def _vision_proposals(ctx: ToolContext, study: Study, frame: int, window, samples: int) -> list[_Proposal]:
-    image = model_image(study, frame, window, ctx.model_image_max_side)
+    image = model_image(study, frame, window, ctx.model_image_max_side, ctx.image_policy)
     raw: list[VisionProposal] = ctx.vision.propose(image.png, modality=study.modality, samples=samples)
     sent = image.sent
     boxes = []
@@ -158,7 +158,7 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         try:
             drafts += _vision_drafts(ctx, study, frame, view.window, args.samples, detections, used)
             vision_name = ctx.vision.name
-        except ModelUnavailableError as error:
+        except (ModelUnavailableError, ImageWithheldError) as error:
             # The classical detector still answers; say plainly that the model did not help.
             vision_note = f" The vision model was not consulted: {error}"
     drafts += [_Draft(d, "classical", _classical_verification(d)) for i, d in enumerate(detections) if i not in used]

@@ -19,7 +19,9 @@ zipfile, the model SDK) are translated once, where they are caught, and chained 
      ├── InvalidWindowError          a window preset or centre/width that makes no sense
      ├── FrameOutOfRangeError        asked for a frame the study does not have
      ├── InvalidCoordinatesError     a point or box outside the image or malformed
-     └── ModelUnavailableError       the vision/language model cannot be reached
+     ├── ModelUnavailableError       the vision/language model cannot be reached
+     └── PrivacyError                something may not cross to a cloud model
+          └── ImageWithheldError     the image may carry burned-in text; held until confirmed
 """
 
 from __future__ import annotations
@@ -96,3 +98,12 @@ class InvalidCoordinatesError(LoupeError):
 
 class ModelUnavailableError(LoupeError):
     """The model backend cannot be reached or keeps failing."""
+
+
+class PrivacyError(LoupeError):
+    """Something was about to cross the privacy boundary that may not."""
+
+
+class ImageWithheldError(PrivacyError):
+    """The study's pixels may carry burned-in identifying text and are held until the
+    clinician confirms they do not."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from tools.context import ImagePolicy
 from tools.coordinates import SentImage
 from tools.png import encode_png
 from tools.study import Study, Window
@@ -35,6 +36,14 @@ def downscale_for_model(pixels: np.ndarray, max_side: int) -> ModelImage:
     return ModelImage(png=encode_png(pixels), sent=sent)
 
 
-def model_image(study: Study, frame: int, window: Window | None, max_side: int) -> ModelImage:
-    """The display image of ``frame`` under ``window``, as a vision model should see it."""
-    return downscale_for_model(study.render(frame, window).pixels, max_side)
+def model_image(study: Study, frame: int, window: Window | None, max_side: int,
+                policy: ImagePolicy | None = None) -> ModelImage:
+    """The display image of ``frame`` under ``window``, as a vision model should see it.
+
+    ``policy`` (the privacy boundary) may blank parts of it, or withhold it by raising
+    ``ImageWithheldError``.
+    """
+    pixels = study.render(frame, window).pixels
+    if policy is not None:
+        pixels = policy.prepare(study, pixels)
+    return downscale_for_model(pixels, max_side)

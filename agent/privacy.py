@@ -1,0 +1,172 @@
+"""The privacy boundary: the one module every model-bound request passes.
+
+What may cross to a cloud model:
+
+- **pixels**, rendered for display, unless they may carry burned-in text: ultrasound, secondary
+  capture, "other", angiography and endoscopy images, and any image whose BurnedInAnnotation is
+  not an explicit "NO" (a missing tag is unknown, not "no"). Those are blanked outside the
+  ultrasound regions when the file defines them, and otherwise held until the clinician confirms
+  there is no identifying text on them.
+- **technical metadata** on an allow-list (``ALLOWED_FIELDS``): modality, body part, image size,
+  frames, pixel spacing, slice thickness, window; patient age and sex only when the clinician
+  turns that on.
+- **text** the clinician typed and the tools' results — with every identifying value of the open
+  studies (names, ids, dates, institutions, accession numbers, descriptions, UIDs, file names)
+  replaced by ``[redacted]``, in case one was typed or leaked into a result.
+
+Nothing else: ``outgoing`` refuses any image it did not approve itself. Text from the file
+(descriptions, file names) never becomes part of a prompt, so it cannot carry instructions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from tools.errors import ImageWithheldError, PrivacyError
+from tools.study import Study
+
+BURNED_IN_RISK_MODALITIES = frozenset({"US", "SC", "OT", "XA", "ES"})
+REDACTED = "[redacted]"
+_MIN_REDACTED_LENGTH = 3  # shorter values ("M", "F", "12") would mangle ordinary text
+
+#: The technical facts a model may see, by the name it sees them under.
+ALLOWED_FIELDS = ("modality", "body part", "frames", "native size", "pixel spacing", "slice thickness",
+                  "window", "patient age", "patient sex")
+
+
+@dataclass(frozen=True)
+class ImageRelease:
+    """Whether a study's pixels may be sent, and why."""
+
+    status: Literal["released", "masked", "held"]
+    reason: str
+
+
+@dataclass
+class PrivacyBoundary:
+    share_age_sex: bool = False
+    confirmed: set[str] = field(default_factory=set)
+    _approved_images: set[str] = field(default_factory=set, repr=False)
+    _identifying_values: set[str] = field(default_factory=set, repr=False)
+
+    # -- pixels ---------------------------------------------------------------------------------
+
+    def release(self, study: Study) -> ImageRelease:
+        safe = study.safe
+        modality = (safe.modality or "").upper()
+        burned_in = (safe.burned_in_annotation or "").upper()
+        if burned_in == "NO" and modality not in BURNED_IN_RISK_MODALITIES:
+            return ImageRelease("released", "the file states it has no burned-in annotation")
+        if study.id in self.confirmed:
+            return ImageRelease("released", "the clinician confirmed there is no identifying text on the image")
+        risk = (f"{modality} images often carry burned-in patient details" if modality in BURNED_IN_RISK_MODALITIES
+                else "the file does not state that the image is free of burned-in text")
+        if safe.ultrasound_regions:
+            return ImageRelease("masked", f"{risk}; everything outside the ultrasound regions is blanked")
+        return ImageRelease("held", f"{risk}; it is held until you confirm it shows no identifying text")
+
+    def confirm(self, study_id: str) -> None:
+        """The clinician has looked: no identifying text on this study's images."""
+        self.confirmed.add(study_id)
+
+    def prepare(self, study: Study, pixels: np.ndarray) -> np.ndarray:
+        """The ``ImagePolicy`` the tools apply to every image meant for a vision model."""
+        self.watch(study)
+        release = self.release(study)
+        if release.status == "held":
+            raise ImageWithheldError(f"The image was not sent to the model: {release.reason}.")
+        if release.status == "masked":
+            pixels = _blank_outside(pixels, study.safe.ultrasound_regions)
+        return pixels
+
+    def approve(self, png: bytes) -> None:
+        """Mark an image produced under ``prepare`` (or from released pixels) as sendable."""
+        self._approved_images.add(hashlib.sha256(png).hexdigest())
+
+    # -- metadata and text ----------------------------------------------------------------------
+
+    def watch(self, study: Study) -> None:
+        """Remember a study's identifying values, to redact them from anything outgoing."""
+        identifying = study.identifying
+        values: list[str] = []
+        for name, value in identifying.model_dump().items():
+            if name in ("patient_sex", "patient_age"):
+                continue
+            values += list(value) if isinstance(value, tuple) else [value] if value else []
+        if identifying.patient_name:
+            values += re.split(r"[\^=\s,]+", identifying.patient_name)  # each name component alone
+        self._identifying_values.update(v.strip() for v in values if v and len(v.strip()) >= _MIN_REDACTED_LENGTH)
+
+    def technical_facts(self, study: Study, frame: int) -> dict[str, str]:
+        """The allow-listed metadata of ``frame`` as short strings (see ``ALLOWED_FIELDS``)."""
+        safe = study.safe
+        facts = {"modality": safe.modality or "unknown", "frames": str(study.frame_count),
+                 "native size": f"{safe.columns}×{safe.rows} px"}
+        if safe.body_part:
+            facts["body part"] = safe.body_part
+        spacing = study.pixel_spacing_mm(frame)
+        facts["pixel spacing"] = f"{spacing[0]:.3g}×{spacing[1]:.3g} mm" if spacing else "unknown (sizes in px)"
+        if safe.slice_thickness_mm:
+            facts["slice thickness"] = f"{safe.slice_thickness_mm:.3g} mm"
+        if self.share_age_sex:
+            if study.identifying.patient_age:
+                facts["patient age"] = study.identifying.patient_age
+            if study.identifying.patient_sex:
+                facts["patient sex"] = study.identifying.patient_sex
+        assert set(facts) <= set(ALLOWED_FIELDS)
+        return facts
+
+    def redact(self, text: str) -> str:
+        for value in sorted(self._identifying_values, key=len, reverse=True):
+            text = re.sub(re.escape(value), REDACTED, text, flags=re.IGNORECASE)
+        return text
+
+    # -- the gate -------------------------------------------------------------------------------
+
+    def outgoing(self, contents: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The request contents as they may leave: text redacted, images checked.
+
+        Raises PrivacyError if an image that did not pass this boundary is about to be sent.
+        """
+        return [{**content, "parts": [self._part(p) for p in content.get("parts", [])]} for content in contents]
+
+    def _part(self, part: dict[str, Any]) -> dict[str, Any]:
+        inline = part.get("inline_data") or part.get("inlineData")
+        if inline is not None:
+            data = inline.get("data")
+            raw = data if isinstance(data, bytes) else _b64(data)
+            if hashlib.sha256(raw).hexdigest() not in self._approved_images:
+                raise PrivacyError("An image that did not pass Loupe's privacy checks was about to be sent to the model; it was stopped.")
+            return part
+        return _map_strings(part, self.redact, skip=("thought_signature", "thoughtSignature", "function_call", "functionCall"))
+
+
+def _blank_outside(pixels: np.ndarray, regions) -> np.ndarray:
+    keep = np.zeros(pixels.shape[:2], dtype=bool)
+    for region in regions:
+        keep[max(region.y0, 0):region.y1 + 1, max(region.x0, 0):region.x1 + 1] = True
+    masked = pixels.copy()
+    masked[~keep] = 0
+    return masked
+
+
+def _b64(data: str | None) -> bytes:
+    text = data or ""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _map_strings(value: Any, change, *, skip: tuple[str, ...] = ()) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {k: (v if k in skip else _map_strings(v, change, skip=skip)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, change, skip=skip) for v in value]
+    return value
