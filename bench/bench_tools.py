@@ -9,7 +9,10 @@ anomaly threshold, else for the top one), and "analyze" = the sum of the last fo
 + render, the issue's latency target; loading is reported apart). Medians over ``--runs`` runs
 after one warm-up; the baseline row per image is a bare ``scipy.ndimage.gaussian_filter`` of
 the frame (σ = 2), a fixed unit of work measured in the same process so that ratios are
-comparable across machines.
+comparable across machines. A second table gives the same medians in CPU time of this process
+(``time.process_time``): on a machine shared with other CPU-heavy work, wall-clock times swing
+with the load, while the CPU time of the (mostly single-threaded) tools stays comparable
+between runs.
 
 Run: ``.venv/bin/python bench/bench_tools.py [--runs N]``.
 """
@@ -53,14 +56,17 @@ def _images(folder: Path) -> list[tuple[str, Path, str]]:
     ]
 
 
-def _one_run(path: Path, modality: str) -> dict[str, float]:
+def _one_run(path: Path, modality: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Wall-clock and CPU seconds per tool for one fresh session."""
     ctx = new_context(LoupeSettings())
     times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
 
     def timed(name: str, call: Callable[[], object]) -> object:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = call()
         times[name] = time.perf_counter() - start
+        cpu[name] = time.process_time() - start_cpu
         return result
 
     try:
@@ -75,8 +81,9 @@ def _one_run(path: Path, modality: str) -> dict[str, float]:
         timed("render_overlay", lambda: render_layers(ctx, detected.findings, 0, detected.threshold))
     finally:
         ctx.close()
-    times["analyze"] = sum(times[t] for t in TOOLS[1:])
-    return times
+    for measured in (times, cpu):
+        measured["analyze"] = sum(measured[t] for t in TOOLS[1:])
+    return times, cpu
 
 
 def _baseline(path: Path) -> float:
@@ -91,26 +98,35 @@ def _baseline(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def _table(title: str, rows: list[tuple[str, dict[str, float], float]]) -> None:
+    print(f"\n{title}\n")
+    print("| image | " + " | ".join(f"{t} ms" for t in (*TOOLS, "analyze")) + " | baseline ms | analyze / baseline |")
+    print("|---" * (len(TOOLS) + 4) + "|")
+    for label, medians, baseline in rows:
+        cells = " | ".join(f"{medians[t] * 1000:.0f}" for t in (*TOOLS, "analyze"))
+        print(f"| {label} | {cells} | {baseline * 1000:.1f} | {medians['analyze'] / baseline:.0f}× |")
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {name: statistics.median(r[name] for r in runs) for name in (*TOOLS, "analyze")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    wall_rows, cpu_rows = [], []
     with tempfile.TemporaryDirectory() as folder:
-        rows = []
         for label, path, modality in _images(Path(folder)):
             print(f"  timing {label} ...", file=sys.stderr)
             _one_run(path, modality)  # warm-up
             runs = [_one_run(path, modality) for _ in range(args.runs)]
             baseline = statistics.median(_baseline(path) for _ in range(args.runs))
-            medians = {name: statistics.median(r[name] for r in runs) for name in (*TOOLS, "analyze")}
-            rows.append((label, medians, baseline))
-    header = "| image | " + " | ".join(f"{t} ms" for t in (*TOOLS, "analyze")) + " | baseline ms | analyze / baseline |"
-    print(f"\nTool latency, median of {args.runs} runs after a warm-up (analyze = detect + verify + fit + render)\n")
-    print(header)
-    print("|---" * (len(TOOLS) + 4) + "|")
-    for label, medians, baseline in rows:
-        cells = " | ".join(f"{medians[t] * 1000:.0f}" for t in (*TOOLS, "analyze"))
-        print(f"| {label} | {cells} | {baseline * 1000:.1f} | {medians['analyze'] / baseline:.0f}× |")
+            wall_rows.append((label, _medians([wall for wall, _ in runs]), baseline))
+            cpu_rows.append((label, _medians([cpu for _, cpu in runs]), baseline))
+    what = f"median of {args.runs} runs after a warm-up (analyze = detect + verify + fit + render)"
+    _table(f"Tool latency, {what}", wall_rows)
+    _table(f"CPU time of this process, {what}; baseline in wall-clock time as above", cpu_rows)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from tools.coordinates import BoxPx
 from tools.errors import InvalidCoordinatesError
 from tools.findings import Finding, GaussianFit, Verification
 from tools.load_study import LoadStudyInput, load_study
+from tools.png import encode_png
 from tools.render_overlay import (
     STATUS_STYLE,
     RenderOverlayInput,
@@ -210,6 +211,18 @@ def test_same_input_gives_identical_bytes(synthetic):
     ]
     for render in renders:
         assert render() == render()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (7, 5, 3), (64, 48, 3)])
+def test_png_encoder_is_lossless_and_reads_strided_views(shape):
+    # tools.png filters and deflates by itself: Pillow must decode exactly the input pixels.
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels))))
+    assert decoded.dtype == np.uint8 and np.array_equal(decoded, pixels)
+    rgba = np.dstack([pixels.reshape(*shape[:2], -1)[..., :1]] * 4)  # RGB as a strided view of RGBA
+    assert encode_png(rgba[..., :3]) == encode_png(np.ascontiguousarray(rgba[..., :3]))
+    with pytest.raises(ValueError):
+        encode_png(pixels.astype(np.float32))
 
 
 def test_each_verification_status_has_its_own_colour(synthetic):

@@ -271,7 +271,7 @@ def figure_png(figure: Figure) -> bytes:
     canvas = figure.canvas
     canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
-    return encode_png(np.ascontiguousarray(rgba[..., :3]))
+    return encode_png(rgba[..., :3])
 
 
 def _fit_px(aspect: float, max_w: int, max_h: int) -> tuple[int, int]:
@@ -580,9 +580,10 @@ def render_comparison(display: np.ndarray, findings: Sequence[Finding], *, spaci
     ax_w, ax_h = _fit_px(h / w, 435, 600)
     figure = _figure(900, top + ax_h + bottom)
     gap = (900 - 2 * ax_w) // 3
+    pixels = _resized(display, ax_w, ax_h, nearest=False)  # both panels show the same pixels
     for index, name in enumerate(("original", "annotated")):
         ax = _place_axes(figure, gap + index * (ax_w + gap), bottom, ax_w, ax_h)
-        view = _show(ax, display, (0, 0, w, h), (ax_w, ax_h))
+        view = _draw_pixels(ax, pixels, (0, 0, w, h))
         ax.set_title(name, fontsize=11, y=1.0)
         if index:
             _annotate(ax, view, findings, spacing_mm, orientation)
@@ -737,10 +738,11 @@ def _plot_histogram(ax: Axes, lesion: np.ndarray, ring: np.ndarray, unit: str) -
     regions = (("lesion", lesion, "tab:orange"), ("ring", ring, "tab:blue"))
     for index, (name, values, colour) in enumerate(regions):
         if values.size:
-            ax.hist(values, bins=edges, density=True, histtype="stepfilled", alpha=0.55, color=colour)
+            # numpy bins, one filled step path: ax.hist would build a patch per call and more.
+            density = np.histogram(values, bins=edges, density=True)[0]
+            ax.stairs(density, edges, fill=True, alpha=0.55, color=colour)
             key = f"{name}: n={values.size}, {_number(values.mean())} ± {_number(values.std())} {unit}"
-            ax.text(0.02, 0.98 - 0.07 * index, key, transform=ax.transAxes, color=colour, fontsize=10,
-                    fontweight="bold", ha="left", va="top")
+            _key(ax, index, key, colour)
     _headroom(ax, 0.3)
     _few_ticks(ax, 4, 1)
     ax.set_yticks([])  # densities mean little to a reader; the shapes and the key carry it
@@ -749,11 +751,19 @@ def _plot_histogram(ax: Axes, lesion: np.ndarray, ring: np.ndarray, unit: str) -
     ax.set_title("inside the lesion vs the ring around it", fontsize=11, y=1.0)
 
 
+def _key(ax: Axes, line: int, text: str, colour: str, corner: str = "left") -> None:
+    """One coloured line of a key in an upper corner (cheaper to draw than a Legend)."""
+    x = 0.02 if corner == "left" else 0.98
+    ax.text(x, 0.98 - 0.07 * line, text, transform=ax.transAxes, color=colour, fontsize=10,
+            fontweight="bold", ha=corner, va="top")
+
+
 def _plot_profile(ax: Axes, profile: LineProfile, unit: str, r_squared: float | None) -> None:
-    ax.plot(profile.distance, profile.values, color="black", linewidth=1.2, label="image")
+    ax.plot(profile.distance, profile.values, color="black", linewidth=1.2)
+    _key(ax, 0, "— image", "black", corner="right")
     if profile.fitted is not None:
-        ax.plot(profile.distance, profile.fitted, color="tab:red", linewidth=1.5, linestyle="--",
-                label=f"Gaussian fit (R² {r_squared:.2f})")
+        ax.plot(profile.distance, profile.fitted, color="tab:red", linewidth=1.5, linestyle="--")
+        _key(ax, 1, f"- - Gaussian fit (R² {r_squared:.2f})", "tab:red", corner="right")
     for edge in (-profile.half_extent, profile.half_extent):
         ax.axvline(edge, color="tab:orange", linewidth=1.0, linestyle=":")
     ax.set_xlim(profile.distance[0], profile.distance[-1])
@@ -762,7 +772,6 @@ def _plot_profile(ax: Axes, profile: LineProfile, unit: str, r_squared: float | 
     ax.set_ylabel(unit, fontsize=10)
     along = " (major axis)" if profile.fitted is not None else " (horizontal)"
     ax.set_title("profile through the centre" + along, fontsize=11, y=1.0)
-    ax.legend(fontsize=9, loc="upper right", frameon=False)
 
 
 def _plot_residual(ax: Axes, profile: LineProfile, unit: str) -> None:
