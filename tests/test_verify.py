@@ -4,6 +4,7 @@ the simulation of vision-model proposals on the evaluation set."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from tests.test_detection import (
     ct_slice,
     us_image,
 )
+from tools import verify_coordinates
 from tools.coordinates import BoxPx
 from tools.detection.detector import detect_on_work
 from tools.detection.evidence import ScaleSpace
@@ -73,8 +75,7 @@ def test_proposal_centred_on_lesion_is_confirmed(request, which, centre, radius)
 @pytest.mark.parametrize("which, centre, radius", [("ct", CT_NODULE, CT_NODULE_RADIUS), ("us", US_LESION, US_LESION_RADIUS)])
 @pytest.mark.parametrize("direction", [(1, 0), (0, 1), (-0.7071, 0.7071)])
 def test_offset_proposal_is_adjusted_towards_the_lesion(request, which, centre, radius, direction):
-    """About 1.3 box sizes off a strong lesion (the search radius is 2 half-diagonals ≈ 1.41 box
-    sizes, so 1.5 would be out of reach): the centre moves onto the lesion."""
+    """About 1.3 box sizes off a strong lesion: the centre moves onto the lesion."""
     setup = request.getfixturevalue(which)
     size = 2 * radius + 2
     offset = 1.3 * size
@@ -98,28 +99,99 @@ def test_adjustment_without_spacing_has_no_mm(ct):
     assert result.verification.status == "adjusted" and result.verification.shift_mm is None
 
 
-def test_offset_proposal_without_candidates_is_not_moved(ct):
-    """Moving needs a detector candidate; with none the proposal stands (and is judged on its own)."""
+def test_offset_proposal_without_candidates_finds_a_blob_of_the_box_size(ct):
+    """The detector's list is not needed: blobs of the proposal's size in the window count too."""
     work, space, _ = ct
     size = 2 * CT_NODULE_RADIUS + 2
     box = BoxPx.around(CT_NODULE[0] + 1.3 * size, CT_NODULE[1], size, size)
     result = verify_location(work, box, spacing_mm=SPACING, candidates=(), space=space)
-    assert result.verification.status != "adjusted" and result.verification.shift_px == 0
-    assert result.center == pytest.approx(box.center)
+    assert result.verification.status == "adjusted", result.verification.reasons
+    assert math.dist(result.center, CT_NODULE) <= 1.5
 
 
-@pytest.mark.parametrize("which, centre", [
-    ("ct", (30.0, 30.0)),  # the air outside the body
-    ("ct", (342.0, 250.0)),  # the middle of the nodule-free lung
-    ("us", (160.0, 380.0)),  # plain speckle far from the lesion
+@pytest.mark.parametrize("which, centre, radius", [("ct", CT_NODULE, CT_NODULE_RADIUS), ("us", US_LESION, US_LESION_RADIUS)])
+def test_far_offset_within_the_model_error_is_adjusted(request, which, centre, radius):
+    """2.3 box sizes off — outside a search tied to the box size (2 half-diagonals ≈ 1.4 box
+    sizes), within the vision model's expected error (a fraction of the diagonal): the centre
+    still moves onto the lesion."""
+    setup = request.getfixturevalue(which)
+    size = 2 * radius + 2
+    proposed = (centre[0] - 1.6 * size, centre[1] + 1.6 * size)
+    result = _verify(setup, BoxPx.around(*proposed, size, size))
+    assert result.verification.status == "adjusted", result.verification.reasons
+    assert math.dist(result.center, centre) <= 1.5
+
+
+def test_prior_width_follows_the_samples_agreement():
+    box = BoxPx.around(200, 200, 20, 20)
+    default = verify_coordinates.MODEL_ERROR_FRACTION * 1000
+    assert verify_coordinates._prior_sigma(box, 1000, ()) == pytest.approx(default)
+    agreeing = verify_coordinates._prior_sigma(box, 1000, [(199, 201), (201, 199), (200, 200)])
+    assert agreeing == pytest.approx(verify_coordinates.MIN_ERROR_SCALE * default)  # narrowed, but only so far
+    spread = verify_coordinates._prior_sigma(box, 1000, [(100, 200), (300, 200), (200, 400)])
+    assert spread == pytest.approx(default)  # disagreeing samples never widen beyond the known error
+
+
+def test_distance_prior_prefers_the_nearer_of_two_equal_lesions():
+    """Two identical nodules, one in each lung: a proposal between them, nearer the left one."""
+    hu = ct_slice()
+    yy, xx = np.mgrid[0:512, 0:512]
+    hu[np.hypot(xx - 342, yy - 250) <= CT_NODULE_RADIUS] = 30.0
+    work = prepare(hu, "CT")
+    space = ScaleSpace(work)
+    setup = (work, space, detect_on_work(work, limit=30, space=space))
+    size = 2 * CT_NODULE_RADIUS + 2
+    result = _verify(setup, BoxPx.around(CT_NODULE[0] + 40, CT_NODULE[1] + 20, size, size))
+    assert result.verification.status == "adjusted" and math.dist(result.center, CT_NODULE) <= 1.5
+
+
+@pytest.mark.parametrize("which, centre, words", [
+    ("ct", (30.0, 30.0), "outside the body"),  # the air outside the body
+    ("ct", (370.0, 300.0), "flat"),  # the nodule-free lung, beyond reach of the nodule
+    ("us", (160.0, 380.0), "flat"),  # plain speckle far from the lesion
 ])
-def test_proposal_on_empty_background_is_rejected(request, which, centre):
+def test_proposal_contradicted_by_the_pixels_is_rejected(request, which, centre, words):
     setup = request.getfixturevalue(which)
     result = _verify(setup, BoxPx.around(*centre, 14, 14))
     v = result.verification
     assert v.status == "rejected", v.reasons
-    assert v.reasons and v.reasons[0] == "no lesion-like contrast at or near the proposed location"
+    assert words in v.reasons[0]
     assert v.shift_px == 0 and result.center == pytest.approx(centre)
+
+
+def test_wrong_polarity_is_rejected_in_words():
+    """A bright spot on ultrasound, where lesions are dark (hypoechoic)."""
+    image = us_image(lesion=None)
+    yy, xx = np.mgrid[0:US_SHAPE[0], 0:US_SHAPE[1]]
+    image[np.hypot(xx - 280, yy - 240) <= 20] = 250.0
+    work = prepare(image, "US")
+    space = ScaleSpace(work)
+    result = verify_location(work, BoxPx.around(280, 240, 42, 42), candidates=(), space=space)
+    v = result.verification
+    assert v.status == "rejected", v.reasons
+    assert "brighter than its surroundings" in v.reasons[0] and "darker" in v.reasons[0]
+
+
+def test_faint_lesion_is_kept_not_rejected():
+    """A ground-glass-like nodule barely above the noise: weak evidence is not a contradiction."""
+    hu = ct_slice(nodule=None)
+    yy, xx = np.mgrid[0:512, 0:512]
+    hu[np.hypot(xx - CT_NODULE[0], yy - CT_NODULE[1]) <= 8] += 12.0  # about one noise σ
+    work = prepare(hu, "CT")
+    space = ScaleSpace(work)
+    setup = (work, space, detect_on_work(work, limit=30, space=space))
+    result = _verify(setup, BoxPx.around(*CT_NODULE, 18, 18))
+    assert result.verification.status != "rejected", result.verification.reasons
+    assert math.dist(result.center, CT_NODULE) <= 3.0
+
+
+def test_verify_is_fast_once_the_frame_is_analysed(ct):
+    box = BoxPx.around(CT_NODULE[0] + 40, CT_NODULE[1] - 30, 14, 14)
+    _verify(ct, box)  # warm the caches shared with the detector
+    started = time.perf_counter()
+    for _ in range(5):
+        _verify(ct, box)
+    assert (time.perf_counter() - started) / 5 < 0.1
 
 
 @pytest.mark.parametrize("box", [
@@ -299,10 +371,13 @@ def test_simulated_proposals_are_deterministic_and_inside(eval_dir):
 
 
 @pytest.mark.slow
-def test_verification_rarely_makes_good_proposals_worse(eval_dir):
+@pytest.mark.parametrize("sigma_pct, min_gain", [(2.0, -0.05), (8.0, 0.15)])
+def test_verification_rarely_makes_good_proposals_worse(eval_dir, sigma_pct, min_gain):
+    """Near-perfect proposals (σ = 2 %) must survive verification; at the vision model's typical
+    error (σ = 8 %) verification must also move many onto the lesion, and reject few good ones."""
     images = read_manifest(eval_dir / "manifest.csv")
     results = []
-    for proposal in simulate_proposals(images, 2.0):
+    for proposal in simulate_proposals(images, sigma_pct):
         with open_study(proposal.image.path, limits=StudyLimits(), modality=proposal.image.modality) as study:
             work = prepare_study_frame(study, 0)
             space = ScaleSpace(work)
@@ -311,6 +386,7 @@ def test_verification_rarely_makes_good_proposals_worse(eval_dir):
         results.append((proposal, verified.center, verified.verification.status == "rejected"))
     overall = next(s for s in score_simulation(results) if s.group == "all")
     assert overall.n >= 100
-    assert overall.made_worse <= 0.10, overall
-    assert overall.hit_after >= overall.hit_before - 0.05, overall
+    assert overall.made_worse <= 0.06, overall
+    assert overall.hit_after >= overall.hit_before + min_gain, overall
     assert overall.median_dev_after_pct <= overall.median_dev_before_pct + 0.5, overall
+    assert overall.good_rejected <= 0.10, overall
