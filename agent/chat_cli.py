@@ -21,6 +21,7 @@ from agent.conversation import Backend, Conversation
 from agent.events import (AssistantText, Event, ToolFailed, ToolFinished, ToolStarted, TurnError, TurnFinished,
                           TurnStarted)
 from agent.settings import LoupeSettings
+from agent.store import Store
 
 
 @dataclass
@@ -108,14 +109,30 @@ def turn_json(conversation: Conversation, record: TurnRecord, backend: Backend) 
         "backend": backend.name,
         "images": record.images,
         "error": None if record.error is None else record.error.message,
+        "session_id": conversation.session_id,
     }
 
 
+def open_conversation(settings: LoupeSettings, study: Path, *, modality: str | None,
+                      session_id: str | None) -> Conversation:
+    """The stored session ``session_id`` (created if new) with ``study`` open, or a new session."""
+    store = Store.for_data_dir(settings.data_dir, settings.db_url)
+    if session_id is not None and store.exists(session_id, settings.user):
+        conversation = Conversation.resume(settings, store, session_id, settings.user)
+        conversation.open_study(study, modality=modality)
+        return conversation
+    return Conversation.start(settings, study, modality=modality, store=store, owner=settings.user,
+                              session_id=session_id, title=f"{modality or 'imaging'} session")
+
+
 def ask(settings: LoupeSettings, study: Path, message: str, *, backend_name: str | None, as_json: bool,
-        modality: str | None, image_dir: Path | None, offline_fallback: bool, confirm_images: bool = False) -> int:
+        modality: str | None, image_dir: Path | None, offline_fallback: bool, confirm_images: bool = False,
+        session_id: str | None = None) -> int:
     """``loupe ask``: one turn; returns the exit code (2 when the turn failed)."""
     backend = make_backend(settings, backend_name)
-    conversation = Conversation.start(settings, study, modality=modality)
+    conversation = open_conversation(settings, study, modality=modality, session_id=session_id)
+    if not as_json:
+        print(f"session: {conversation.session_id}", file=sys.stderr)
     if confirm_images:
         conversation.confirm_no_burned_in_text()
     printer = None if as_json else TerminalPrinter(sys.stdout, sys.stderr, image_dir)
@@ -134,12 +151,13 @@ def ask(settings: LoupeSettings, study: Path, message: str, *, backend_name: str
 
 
 def chat(settings: LoupeSettings, study: Path, *, backend_name: str | None, modality: str | None,
-         image_dir: Path, lines: Iterable[str] | None = None) -> int:
+         image_dir: Path, lines: Iterable[str] | None = None, session_id: str | None = None) -> int:
     """``loupe chat``: an interactive conversation until EOF or ``/quit``."""
     backend = make_backend(settings, backend_name)
-    conversation = Conversation.start(settings, study, modality=modality)
+    conversation = open_conversation(settings, study, modality=modality, session_id=session_id)
     printer = TerminalPrinter(sys.stdout, sys.stderr, image_dir)
-    print(f"Loupe ({backend.name}). Images are saved in {image_dir}. Type /quit to leave.", file=sys.stderr)
+    print(f"Loupe ({backend.name}), session {conversation.session_id}. Images are saved in {image_dir}. "
+          "Type /quit to leave.", file=sys.stderr)
     _print_release(conversation)
     source = iter(lines) if lines is not None else _prompted_lines()
     for line in source:

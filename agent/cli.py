@@ -14,6 +14,8 @@ Commands (a contract other issues and checks rely on):
   conversation turn; ``--json`` prints ``{"answer", "tool_calls": [{"name", "args", "ok",
   "duration_ms"}], "findings", "usage", ...}``.
 - ``loupe chat STUDY [--backend ...] [--images DIR]`` — an interactive conversation.
+- ``loupe sessions list [--json] | rename ID TITLE | delete ID`` — stored sessions.
+- ``loupe audit OUT.jsonl [--session ID]`` — the audit trail as JSON lines.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
 
 Any error: exit code 2 and one line ``error: <message>`` on stderr, never a traceback
@@ -98,6 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--modality", help="Modality of a PNG/JPEG image.")
     ask.add_argument("--offline-fallback", action="store_true",
                      help="If Gemini is unavailable, answer with the offline planner instead.")
+    ask.add_argument("--session", help="Continue this stored session (or create it with this id).")
     ask.add_argument("--confirm-no-burned-in-text", action="store_true", dest="confirm_images",
                      help="You checked the image: no identifying text on it, so Gemini may see its pixels.")
 
@@ -106,6 +109,21 @@ def _build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--backend", choices=backends, default=None)
     chat.add_argument("--images", type=Path, default=Path("loupe-images"), help="Folder for rendered images.")
     chat.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+    chat.add_argument("--session", help="Continue this stored session (or create it with this id).")
+
+    sessions = commands.add_parser("sessions", help="List, rename or delete your stored sessions.")
+    sessions_commands = sessions.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listing = sessions_commands.add_parser("list", help="Your sessions, most recent first.")
+    listing.add_argument("--json", action="store_true")
+    rename = sessions_commands.add_parser("rename", help="Give a session a title.")
+    rename.add_argument("session_id")
+    rename.add_argument("title")
+    remove = sessions_commands.add_parser("delete", help="Delete a session and everything stored for it.")
+    remove.add_argument("session_id")
+
+    audit = commands.add_parser("audit", help="Export the audit trail as JSON lines.")
+    audit.add_argument("out", type=Path, metavar="OUT.jsonl", help="File to write ('-' for standard output).")
+    audit.add_argument("--session", help="Only this session's entries.")
 
     serve = commands.add_parser("serve", help="Start the app on 127.0.0.1.")
     serve.add_argument("--port", type=int, help="Port (default from LOUPE_PORT, else 8501).")
@@ -261,7 +279,8 @@ def _ask(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
     code = ask(settings, _study_path(args.paths), args.question, backend_name=_backend_choice(args.backend),
                as_json=args.json, modality=args.modality, image_dir=args.images,
-               offline_fallback=args.offline_fallback, confirm_images=args.confirm_images)
+               offline_fallback=args.offline_fallback, confirm_images=args.confirm_images,
+               session_id=args.session)
     raise SystemExit(code)
 
 
@@ -269,7 +288,37 @@ def _chat(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.chat_cli import chat
 
     raise SystemExit(chat(settings, _study_path(args.paths), backend_name=_backend_choice(args.backend),
-                          modality=args.modality, image_dir=args.images))
+                          modality=args.modality, image_dir=args.images, session_id=args.session))
+
+
+def _sessions(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.store import Store
+
+    store = Store.for_data_dir(settings.data_dir, settings.db_url)
+    if args.action == "rename":
+        store.rename(args.session_id, settings.user, args.title)
+    elif args.action == "delete":
+        store.delete(args.session_id, settings.user)
+        store.audit(settings.user, "session_deleted", {}, session_id=args.session_id)
+    else:
+        rows = store.list_sessions(settings.user)
+        if args.json:
+            print(json.dumps([{"id": r.id, "title": r.title, "created_at": r.created_at.isoformat(),
+                               "updated_at": r.updated_at.isoformat(), "turns": r.turns} for r in rows], indent=2))
+        for row in [] if args.json else rows:
+            print(f"{row.id}  {row.updated_at:%Y-%m-%d %H:%M}  {row.turns:3d} turn(s)  {row.title}")
+
+
+def _audit(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.audit import export_jsonl
+    from agent.store import Store
+
+    store = Store.for_data_dir(settings.data_dir, settings.db_url)
+    text = export_jsonl(store, session_id=args.session)
+    if str(args.out) == "-":
+        sys.stdout.write(text)
+    else:
+        write_atomically(args.out, text.encode())
 
 
 def _serve(args: argparse.Namespace, settings: LoupeSettings) -> None:
@@ -302,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
     args = _build_parser().parse_args(arguments)
     handlers = {"info": _info, "view": _view, "analyze": _analyze, "verify": _verify, "eval": _eval,
-                "ask": _ask, "chat": _chat, "serve": _serve}
+                "ask": _ask, "chat": _chat, "sessions": _sessions, "audit": _audit, "serve": _serve}
     try:
         handlers[args.command](args, LoupeSettings())
     except LoupeError as error:

@@ -4,10 +4,15 @@
 history is kept as JSON-able dicts in google-genai's own shape (thought signatures base64), so
 it can be stored and restored losslessly without this module importing the SDK. Offline turns
 are appended to it as plain text, so a later Gemini turn knows what was said.
+
+With a store, the conversation is a session: every event is written before it is yielded, each
+completed step is committed with ``extend_history``, and ``Conversation.resume`` brings it back
+after a reload, a restart or a crash.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,11 +20,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.events import Event, TurnError, TurnFinished, TurnStarted, Usage
+from agent.persistence import SessionRecorder, repaired_history, restore_state
 from agent.privacy import PrivacyBoundary
 from agent.settings import LoupeSettings
+from agent.store import Store
 from agent.tool_calls import ToolOutcome, execute
 from tools.context import ToolContext
 from tools.errors import LoupeError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,41 +59,102 @@ class Conversation:
     history: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     turns: int = 0
-    #: (study id, frame, window) of the display image the model last saw, if any.
+    #: ``current_view_key()`` of the display image the model last saw, if any.
     sent_view: tuple | None = None
+    recorder: SessionRecorder | None = None
+
+    @property
+    def session_id(self) -> str | None:
+        return None if self.recorder is None else self.recorder.session_id
 
     @classmethod
-    def start(cls, settings: LoupeSettings, study_path: Path | None = None, *, modality: str | None = None,
-              vision=None) -> Conversation:
-        """A new conversation, with ``study_path`` open when given (a LoupeError if it cannot be)."""
+    def _blank(cls, settings: LoupeSettings, vision=None) -> Conversation:
         boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex)
         ctx = ToolContext(limits=settings.study_limits(), vision=vision, image_policy=boundary,
                           model_image_max_side=settings.model_image_max_side)
-        conversation = cls(settings=settings, ctx=ctx, boundary=boundary)
+        return cls(settings=settings, ctx=ctx, boundary=boundary)
+
+    @classmethod
+    def start(cls, settings: LoupeSettings, study_path: Path | None = None, *, modality: str | None = None,
+              vision=None, store: Store | None = None, owner: str = "local", session_id: str | None = None,
+              title: str = "") -> Conversation:
+        """A new conversation (a stored session when ``store`` is given), with ``study_path``
+        open when given; a LoupeError if it cannot be opened."""
+        conversation = cls._blank(settings, vision)
+        if store is not None:
+            new_id = store.create_session(owner, title, session_id)
+            conversation._attach(SessionRecorder(store, new_id, owner))
+            conversation.recorder.audit("session_created", {})
         if study_path is not None:
             conversation.open_study(study_path, modality=modality)
         return conversation
 
+    @classmethod
+    def resume(cls, settings: LoupeSettings, store: Store, session_id: str, owner: str, *,
+               vision=None) -> Conversation:
+        """A stored session as it was after its last completed step."""
+        row = store.session_row(session_id, owner)
+        conversation = cls._blank(settings, vision)
+        restore_state(conversation, store, session_id, row.state)
+        conversation._attach(SessionRecorder(store, session_id, owner))
+        conversation.history, added = repaired_history(store.history(session_id))
+        conversation.boundary.approve_sent(conversation.history)
+        if added:
+            conversation.recorder.commit(added, conversation)
+        return conversation
+
+    def _attach(self, recorder: SessionRecorder) -> None:
+        self.recorder = recorder
+        self.boundary.on_request = lambda detail: recorder.audit("model_request", detail)
+
     def open_study(self, path: Path, *, modality: str | None = None) -> ToolOutcome:
         """Open a study on the clinician's behalf; the model may then open files beside it only."""
+        if self.ctx.allowed_roots is not None:  # the clinician may open anything; the model only near it
+            folder = path.resolve() if path.is_dir() else path.resolve().parent
+            self.ctx.allowed_roots = (*self.ctx.allowed_roots, folder)
         outcome = execute(self.ctx, "load_study", {"path": str(path), "modality": modality})
         if not outcome.ok:
             raise LoupeError(outcome.error or "The study could not be opened.")
-        self.boundary.watch(self.ctx.view().study)
+        study = self.ctx.view().study
+        self.boundary.watch(study)
         folder = path.resolve() if path.is_dir() else path.resolve().parent
         self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), folder)
+        if self.recorder is not None:
+            self.recorder.save_study(study, path, modality)
+            self.recorder.commit([], self)
         return outcome
+
+    def reopen_study(self, stored: Path, study_id: str, modality: str | None = None) -> None:
+        """Open a study from its stored copy, keeping the id it had (findings refer to it)."""
+        files = sorted(p for p in stored.iterdir() if p.is_file())
+        source = str(files[0]) if len(files) == 1 else [str(p) for p in files]
+        outcome = execute(self.ctx, "load_study", {"path": source, "modality": modality})
+        if not outcome.ok:
+            raise LoupeError(f"A study of this session can no longer be opened: {outcome.error}")
+        view = self.ctx.view()
+        if view.study.id != study_id:
+            log.warning("stored study %s reopened as %s; keeping the stored id", study_id, view.study.id)
+            self.ctx.views[study_id] = self.ctx.views.pop(view.study.id)
+            view.study.id = study_id
+            self.ctx.current_study_id = study_id
+        self.boundary.watch(view.study)
+        self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), stored.resolve())
 
     def current_view_key(self) -> tuple | None:
         """What the model would see now: study, frame, window and whether pixels may be sent."""
         if self.ctx.current_study_id is None:
             return None
         view = self.ctx.view()
-        return (view.study.id, view.frame, view.window, self.boundary.release(view.study).status)
+        window = None if view.window is None else (view.window.center, view.window.width)
+        return (view.study.id, view.frame, window, self.boundary.release(view.study).status)
 
     def confirm_no_burned_in_text(self, study_id: str | None = None) -> None:
         """The clinician confirms the (current) study's images show no identifying text."""
-        self.boundary.confirm(self.ctx.view(study_id).study.id)
+        study = self.ctx.view(study_id).study
+        self.boundary.confirm(study.id)
+        if self.recorder is not None:
+            self.recorder.audit("image_release_confirmed", {"study_id": study.id})
+            self.recorder.commit([], self)
 
     def ask(self, message: str, backend: Backend) -> Iterator[Event]:
         """Run one turn; always ends with ``TurnFinished``, whatever happens inside."""
@@ -92,15 +162,43 @@ class Conversation:
         turn = Turn(id=self.turns, message=message)
         started = time.perf_counter()
         ok = True
-        yield TurnStarted(turn_id=turn.id, backend=backend.name, message=message)
-        for event in backend.run_turn(self, turn):
-            ok = ok and not isinstance(event, TurnError)
-            yield event
+        yield self._recorded(TurnStarted(turn_id=turn.id, backend=backend.name, message=message), turn)
+        try:
+            for event in backend.run_turn(self, turn):
+                ok = ok and not isinstance(event, TurnError)
+                yield self._recorded(event, turn)
+        except Exception:  # a bug must not take the conversation down; it is logged in full
+            log.exception("turn %s failed unexpectedly", turn.id)
+            ok = False
+            error = TurnError(message="Loupe hit an internal error in this turn; what was done before it is kept.",
+                              reason="other")
+            self.close_unanswered(f"(No answer: {error.message})")
+            yield self._recorded(error, turn)
         self.usage.add(turn.usage)
-        yield TurnFinished(turn_id=turn.id, usage=turn.usage, ok=ok,
-                           wall_ms=round((time.perf_counter() - started) * 1000, 1))
+        finished = TurnFinished(turn_id=turn.id, usage=turn.usage, ok=ok,
+                                wall_ms=round((time.perf_counter() - started) * 1000, 1))
+        if self.recorder is not None:
+            self.recorder.commit([], self)  # usage and turn count
+        yield self._recorded(finished, turn)
+
+    def _recorded(self, event: Event, turn: Turn) -> Event:
+        """Write the event before anyone sees it."""
+        if self.recorder is not None:
+            self.recorder.event(event, turn.id)
+        return event
+
+    def extend_history(self, contents: list[dict[str, Any]]) -> None:
+        """Append a completed step's contents (and commit them, findings and state together)."""
+        self.history.extend(contents)
+        if self.recorder is not None:
+            self.recorder.commit(contents, self)
+
+    def close_unanswered(self, note: str) -> None:
+        """If the history ends with a user turn, add the model's ``note`` so turns alternate."""
+        if self.history and self.history[-1].get("role") == "user":
+            self.extend_history([{"role": "model", "parts": [{"text": note}]}])
 
     def note_exchange(self, message: str, answer: str) -> None:
         """Record a turn answered without the model (offline), as plain text history."""
-        self.history.append({"role": "user", "parts": [{"text": message}]})
-        self.history.append({"role": "model", "parts": [{"text": answer}]})
+        self.extend_history([{"role": "user", "parts": [{"text": message}]},
+                             {"role": "model", "parts": [{"text": answer}]}])

@@ -14,7 +14,7 @@ for the clinician.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import httpx2
@@ -30,9 +30,9 @@ from agent.privacy import PrivacyBoundary
 from agent.proposals import parse_proposals
 from agent.settings import LoupeSettings
 from agent.tool_calls import execute
-from prompts import load_prompt, load_table
+from prompts import Prompt, load_prompt, load_table
 from tools.context import VisionProposal
-from tools.errors import ImageWithheldError, ModelUnavailableError
+from tools.errors import ImageWithheldError, ModelUnavailableError, PrivacyError
 from tools.registry import TOOLS
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,13 @@ class GeminiCaller:
         self.client = client or make_client(settings)
 
     def generate(self, contents: list[dict[str, Any]], config: types.GenerateContentConfig, usage: Usage,
-                 boundary: PrivacyBoundary) -> types.GenerateContentResponse:
-        """Send ``contents`` (history dicts) through the privacy boundary, then to Gemini."""
-        request = [types.Content.model_validate(item) for item in boundary.outgoing(contents)]
+                 boundary: PrivacyBoundary, *, purpose: str, prompt: Prompt) -> types.GenerateContentResponse:
+        """Send ``contents`` (history dicts) through the privacy boundary, then to Gemini; the
+        boundary also writes the request's audit entry, whatever the outcome."""
+        outgoing = boundary.outgoing(contents)
+        request = [types.Content.model_validate(item) for item in outgoing]
+        facts = {"model": self.settings.model, "purpose": purpose, "prompt": prompt.name,
+                 "prompt_version": prompt.version}
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             # initial, 2×initial, 4×initial ... plus up to one initial of jitter, so clients that
@@ -96,8 +100,12 @@ class GeminiCaller:
                                 contents=request, config=config)
         except (genai_errors.APIError, httpx2.TransportError) as error:
             log.info("Gemini call failed after retries: %s", error)
-            raise _unavailable(error) from error
-        usage.add(usage_of(response))
+            unavailable = _unavailable(error)
+            boundary.record(outgoing, **facts, outcome="failed", error=unavailable.message)
+            raise unavailable from error
+        call_usage = usage_of(response)
+        usage.add(call_usage)
+        boundary.record(outgoing, **facts, outcome="answered", usage=call_usage.model_dump())
         return response
 
 
@@ -159,15 +167,19 @@ class _TurnLoop:
         self.settings = backend.settings
 
     def run(self) -> Iterator[Event]:
-        self._append(types.Content(role="user", parts=[*self._view_parts(), types.Part(text=self.turn.message)]))
+        self._commit(types.Content(role="user", parts=[*self._view_parts(), types.Part(text=self.turn.message)]))
         malformed_retried = False
         for _ in range(self.settings.max_steps):
             try:
                 response = self.backend.caller.generate(self.conversation.history, self.backend.config,
-                                                        self.turn.usage, self.conversation.boundary)
+                                                        self.turn.usage, self.conversation.boundary,
+                                                        purpose="conversation", prompt=self.backend.system)
             except ModelUnavailableError as error:
                 yield self._end(TurnError(message=f"{error} The offline planner can answer this turn instead.",
                                           reason="model_unavailable", offline_available=True))
+                return
+            except PrivacyError as error:
+                yield self._end(TurnError(message=str(error), reason="other", offline_available=True))
                 return
             candidate = response.candidates[0] if response.candidates else None
             finish = _finish_reason(candidate)
@@ -179,23 +191,26 @@ class _TurnLoop:
                 yield self._end(problem)
                 return
             content = candidate.content
-            self._append(content)
             text = "".join(p.text for p in content.parts if p.text and not p.thought)
             if text:
                 yield AssistantText(text=text)
             calls = [p.function_call for p in content.parts if p.function_call]
-            if not calls:
-                if finish == "MAX_TOKENS":
-                    yield self._end(TurnError(message="The answer was cut short by the length limit; ask for the rest or a shorter answer.",
-                                              reason="truncated"))
-                return
-            yield from self._answer_calls(calls)
+            if calls:
+                # The model's calls and their responses are committed together, never apart.
+                responses = yield from self._answer_calls(calls)
+                self._commit(content, responses)
+                continue
+            self._commit(content)
+            if finish == "MAX_TOKENS":
+                yield self._end(TurnError(message="The answer was cut short by the length limit; ask for the rest or a shorter answer.",
+                                          reason="truncated"))
+            return
         yield self._end(TurnError(
             message=f"Stopped after {self.settings.max_steps} model steps without a final answer; "
                     "the tool results so far are kept — ask again or narrow the question.",
             reason="step_limit"))
 
-    def _answer_calls(self, calls: list[types.FunctionCall]) -> Iterator[Event]:
+    def _answer_calls(self, calls: list[types.FunctionCall]) -> Generator[Event, None, types.Content]:
         """Run every call of the step; answer all of them (and attach figures) in one user turn."""
         parts, figures = [], []
         for index, call in enumerate(calls):
@@ -213,7 +228,7 @@ class _TurnLoop:
             figure = artifact_image(self.conversation.ctx, self.conversation.boundary, artifact,
                                     self.settings.model_image_max_side)
             parts += _image_parts(figure) if figure else []
-        self._append(types.Content(role="user", parts=parts))
+        return types.Content(role="user", parts=parts)
 
     def _view_parts(self) -> list[types.Part]:
         """The current display image, when the model has not seen this study/frame/window yet."""
@@ -227,13 +242,12 @@ class _TurnLoop:
         except ImageWithheldError as error:
             return [types.Part(text=f"{error} The tools still work on the image; their results are yours to use.")]
 
-    def _append(self, content: types.Content) -> None:
-        self.conversation.history.append(content.model_dump(mode="json", exclude_none=True))
+    def _commit(self, *contents: types.Content) -> None:
+        self.conversation.extend_history([c.model_dump(mode="json", exclude_none=True) for c in contents])
 
     def _end(self, error: TurnError) -> TurnError:
         """Close the turn after a failure so the history still alternates user/model."""
-        if self.conversation.history and self.conversation.history[-1].get("role") == "user":
-            self._append(types.Content(role="model", parts=[types.Part(text=f"(No answer: {error.message})")]))
+        self.conversation.close_unanswered(f"(No answer: {error.message})")
         return error
 
 
@@ -301,7 +315,8 @@ class GeminiVisionProposer:
         proposals: list[VisionProposal] = []
         self.rejected = []
         for sample in range(samples):
-            response = self.caller.generate(contents, config, self.usage, self.boundary)
+            response = self.caller.generate(contents, config, self.usage, self.boundary, purpose="detection",
+                                            prompt=load_prompt("detection.md"))
             parsed = parse_proposals(response.text, sample=sample)
             proposals += parsed.proposals
             self.rejected += parsed.rejected

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,6 +54,8 @@ class ImageRelease:
 class PrivacyBoundary:
     share_age_sex: bool = False
     confirmed: set[str] = field(default_factory=set)
+    #: Receives one audit entry per model request (sizes and hashes, never content).
+    on_request: Callable[[dict[str, Any]], None] | None = None
     _approved_images: set[str] = field(default_factory=set, repr=False)
     _identifying_values: set[str] = field(default_factory=set, repr=False)
 
@@ -89,6 +92,14 @@ class PrivacyBoundary:
     def approve(self, png: bytes) -> None:
         """Mark an image produced under ``prepare`` (or from released pixels) as sendable."""
         self._approved_images.add(hashlib.sha256(png).hexdigest())
+
+    def approve_sent(self, history: Iterable[dict[str, Any]]) -> None:
+        """Images already in a stored history passed this boundary when they were first sent."""
+        for content in history:
+            for part in content.get("parts", []):
+                inline = part.get("inline_data") or part.get("inlineData")
+                if inline is not None:
+                    self.approve(_raw(inline["data"]))
 
     # -- metadata and text ----------------------------------------------------------------------
 
@@ -137,12 +148,28 @@ class PrivacyBoundary:
         """
         return [{**content, "parts": [self._part(p) for p in content.get("parts", [])]} for content in contents]
 
+    def record(self, contents: list[dict[str, Any]], **facts: Any) -> None:
+        """Send the audit entry for a request: ``facts`` (model, purpose, prompt version, usage,
+        outcome) plus the sizes and SHA-256 of its text and images — what was sent, not the content."""
+        if self.on_request is None:
+            return
+        texts, images = [], []
+        for content in contents:
+            for part in content.get("parts", []):
+                inline = part.get("inline_data") or part.get("inlineData")
+                if inline is not None:
+                    raw = _raw(inline["data"])
+                    images.append({"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)})
+                else:
+                    texts.append(json.dumps(part, sort_keys=True, ensure_ascii=False))
+        text = "\n".join(texts)
+        self.on_request({**facts, "contents": len(contents), "text_chars": len(text),
+                         "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "images": images})
+
     def _part(self, part: dict[str, Any]) -> dict[str, Any]:
         inline = part.get("inline_data") or part.get("inlineData")
         if inline is not None:
-            data = inline.get("data")
-            raw = data if isinstance(data, bytes) else _b64(data)
-            if hashlib.sha256(raw).hexdigest() not in self._approved_images:
+            if hashlib.sha256(_raw(inline.get("data"))).hexdigest() not in self._approved_images:
                 raise PrivacyError("An image that did not pass Loupe's privacy checks was about to be sent to the model; it was stopped.")
             return part
         return _map_strings(part, self.redact, skip=("thought_signature", "thoughtSignature", "function_call", "functionCall"))
@@ -157,7 +184,10 @@ def _blank_outside(pixels: np.ndarray, regions) -> np.ndarray:
     return masked
 
 
-def _b64(data: str | None) -> bytes:
+def _raw(data: bytes | str | None) -> bytes:
+    """Image bytes from a part: raw, or URL-safe base64 as the SDK serialises them."""
+    if isinstance(data, bytes):
+        return data
     text = data or ""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 

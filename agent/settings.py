@@ -6,6 +6,7 @@ handed to the tools as a ``StudyLimits``; the tools never read the environment t
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Literal
 
@@ -15,12 +16,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tools.study import StudyLimits
 
 
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in some containers
+        return "local"
+
+
 class LoupeSettings(BaseSettings):
     """All runtime configuration in one validated object."""
 
     model_config = SettingsConfigDict(env_prefix="LOUPE_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(default=Path.home() / ".loupe", description="Where sessions and images live.")
+    db_url: str | None = Field(default=None, description="SQLAlchemy URL; default a SQLite file in data_dir.")
+    user: str = Field(default_factory=lambda: _login_name(), description="Owner of the sessions created here.")
     host: str = Field(default="127.0.0.1", description="Address the app binds to.")
     port: int = Field(default=8501, ge=1, le=65535)
 

@@ -73,11 +73,13 @@ def _loopback_only(address: object) -> None:
 
 
 @pytest.fixture(autouse=True)
-def no_network_no_keys(monkeypatch):
-    """Every test: no model credentials from the environment, and no socket leaves loopback,
-    so nothing in the suite can reach the real Gemini API."""
+def no_network_no_keys(monkeypatch, tmp_path_factory):
+    """Every test: no model credentials from the environment, no socket leaves loopback (so
+    nothing in the suite can reach the real Gemini API), and sessions go to a fresh data folder."""
     for name in _MODEL_ENV:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOUPE_DATA_DIR", str(tmp_path_factory.mktemp("loupe-data")))
+    monkeypatch.delenv("LOUPE_DB_URL", raising=False)
     real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
 
     def connect(sock, address):

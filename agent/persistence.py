@@ -1,0 +1,180 @@
+"""Recording a conversation as it happens, and bringing it back.
+
+``SessionRecorder`` is what ``Conversation`` calls: every event is written before it is shown;
+each completed model step (history contents, findings, state) is one transaction; tool calls
+and model requests also go to the audit trail. ``resume`` rebuilds a ``Conversation`` from the
+store — studies reopened from their stored bytes, findings and view restored, and a history cut
+by a crash repaired so that no function call is left without its response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, update
+
+from agent.events import Event, ToolFailed, ToolFinished, ToolStarted
+from agent.store import AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, SessionRow, Store, StudyRow, ToolCallRow, _now
+from tools.findings import Finding
+from tools.study import Study, Window
+
+if TYPE_CHECKING:
+    from agent.conversation import Conversation
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_NOTE = "(The previous turn was interrupted before an answer; ask again if needed.)"
+
+
+class SessionRecorder:
+    """Writes one session's events, steps, studies and audit entries to the store."""
+
+    def __init__(self, store: Store, session_id: str, owner: str):
+        self.store = store
+        self.session_id = session_id
+        self.owner = owner
+        self._started_args: dict[str, dict[str, Any]] = {}
+
+    # -- events and tool calls ------------------------------------------------------------------
+
+    def event(self, event: Event, turn_id: int) -> None:
+        payload = event.model_dump(mode="json", exclude={"artifacts"})
+        with self.store.transaction() as db:
+            if isinstance(event, ToolFinished):
+                payload["artifacts"] = [self._image_row(db, a) for a in event.artifacts]
+            db.add(EventRow(session_id=self.session_id, turn_id=turn_id, kind=event.kind, payload=payload))
+            if isinstance(event, ToolStarted):
+                self._started_args[event.call_id] = event.args
+            elif isinstance(event, ToolFinished | ToolFailed):
+                self._tool_call(db, event, turn_id)
+
+    def _image_row(self, db, artifact) -> dict[str, Any]:
+        digest = hashlib.sha256(artifact.data).hexdigest()
+        if db.get(ImageRow, (self.session_id, digest)) is None:
+            db.add(ImageRow(session_id=self.session_id, sha256=digest, mime_type=artifact.mime_type, data=artifact.data))
+        return {"name": artifact.name, "caption": artifact.caption, "mime_type": artifact.mime_type,
+                "for_model": artifact.for_model, "sha256": digest}
+
+    def _tool_call(self, db, event: ToolFinished | ToolFailed, turn_id: int) -> None:
+        args = self._started_args.pop(event.call_id, getattr(event, "args", {}))
+        ok = isinstance(event, ToolFinished)
+        result = event.output if ok else {"error": event.message}
+        db.add(ToolCallRow(session_id=self.session_id, turn_id=turn_id, call_id=event.call_id, name=event.name,
+                           args=args, ok=ok, result=result, duration_ms=event.duration_ms))
+        self.audit("tool_call", {"tool": event.name, "args": audit_safe(args), "ok": ok,
+                                 "duration_ms": event.duration_ms}, db=db)
+
+    def audit(self, action: str, detail: dict[str, Any], *, db=None) -> None:
+        """Append to the audit trail (inside ``db``'s transaction when given)."""
+        if db is None:
+            self.store.audit(self.owner, action, detail, session_id=self.session_id)
+            return
+        db.add(AuditRow(actor=self.owner, action=action, detail=detail, session_id=self.session_id))
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def commit(self, contents: list[dict[str, Any]], conversation: Conversation) -> None:
+        """One transaction: new history contents, the findings as they are, the session state."""
+        with self.store.transaction() as db:
+            for content in contents:
+                db.add(HistoryRow(session_id=self.session_id, content=content))
+            self._write_findings(db, conversation)
+            db.execute(update(SessionRow).where(SessionRow.id == self.session_id)
+                       .values(state=session_state(conversation), updated_at=_now()))
+
+    def _write_findings(self, db, conversation: Conversation) -> None:
+        db.execute(delete(FindingRow).where(FindingRow.session_id == self.session_id))
+        for finding in conversation.ctx.findings.values():
+            db.add(FindingRow(session_id=self.session_id, finding_id=finding.id, study_id=finding.study_id,
+                              data=finding.model_dump(mode="json")))
+
+    # -- studies --------------------------------------------------------------------------------
+
+    def save_study(self, study: Study, source: Path, modality: str | None = None) -> None:
+        """Keep a copy of the study's bytes in the session folder, under neutral names."""
+        with self.store.transaction() as db:
+            if db.get(StudyRow, (self.session_id, study.id)) is not None:
+                return
+            relative = Path("sessions") / self.session_id / "studies" / study.id
+            _copy_neutral(source, self.store.data_dir / relative)
+            # The modality the clinician gave a PNG/JPEG is needed to reopen it the same way.
+            db.add(StudyRow(session_id=self.session_id, study_id=study.id, storage=str(relative),
+                            modality=modality or study.safe.modality))
+
+
+def _copy_neutral(source: Path, target: Path) -> None:
+    """Copy a file or a folder's files as 00000.ext, 00001.ext… (names may carry PHI)."""
+    target.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    for index, path in enumerate(files):
+        shutil.copyfile(path, target / f"{index:05d}{path.suffix.lower()[:6]}")
+
+
+def audit_safe(args: dict[str, Any]) -> dict[str, Any]:
+    """Tool arguments fit for the audit trail: file paths (which may name a patient) hashed."""
+    safe = {}
+    for key, value in args.items():
+        if key == "path" and value is not None:
+            text = value if isinstance(value, str) else "\n".join(map(str, value))
+            safe[key] = "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+        else:
+            safe[key] = value
+    return safe
+
+
+def session_state(conversation: Conversation) -> dict[str, Any]:
+    ctx = conversation.ctx
+    return {
+        "turns": conversation.turns,
+        "current_study_id": ctx.current_study_id,
+        "views": {sid: {"frame": v.frame, "window": None if v.window is None else v.window.model_dump(mode="json")}
+                  for sid, v in ctx.views.items()},
+        "finding_counter": ctx._finding_counter,
+        "finding_samples": {fid: [list(c) for c in centres] for fid, centres in ctx.finding_samples.items()},
+        "confirmed": sorted(conversation.boundary.confirmed),
+        "sent_view": None if conversation.sent_view is None else list(conversation.sent_view),
+        "usage": conversation.usage.model_dump(),
+    }
+
+
+def restore_state(conversation: Conversation, store: Store, session_id: str, state: dict[str, Any]) -> None:
+    """Reopen the stored studies and put findings, views and counters back."""
+    from agent.events import Usage
+
+    ctx = conversation.ctx
+    for row in store.studies(session_id):
+        conversation.reopen_study(store.data_dir / row.storage, row.study_id, row.modality)
+    for sid, view in state.get("views", {}).items():
+        if sid in ctx.views:
+            ctx.views[sid].frame = view["frame"]
+            ctx.views[sid].window = None if view["window"] is None else Window.model_validate(view["window"])
+    if state.get("current_study_id") in ctx.views:
+        ctx.current_study_id = state["current_study_id"]
+    for data in store.findings(session_id):
+        finding = Finding.model_validate(data)
+        ctx.findings[finding.id] = finding
+    ctx._finding_counter = int(state.get("finding_counter", len(ctx.findings)))
+    ctx.finding_samples = {fid: tuple(tuple(c) for c in centres)
+                           for fid, centres in state.get("finding_samples", {}).items()}
+    conversation.boundary.confirmed.update(state.get("confirmed", []))
+    sent = state.get("sent_view")
+    conversation.sent_view = None if sent is None else tuple(sent)
+    conversation.usage = Usage.model_validate(state.get("usage", {}))
+    conversation.turns = int(state.get("turns", 0))
+
+
+def repaired_history(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The history fit to send, and the contents added to make it so.
+
+    Steps are committed whole (a model turn with function calls together with their responses),
+    so a crash can only leave the clinician's message without the model's reply; a short note
+    from the model restores the user/model alternation.
+    """
+    if history and history[-1].get("role") == "user":
+        added = [{"role": "model", "parts": [{"text": INTERRUPTED_NOTE}]}]
+        return history + added, added
+    return list(history), []

@@ -1,0 +1,335 @@
+"""Where sessions live: a database through SQLAlchemy 2 (SQLite file by default, any URL).
+
+What is stored, per session: its owner, title and state (current study, frame, window, finding
+counter, released images, usage); the studies (by content hash, their bytes copied under the
+data directory — never a patient's name or a source path in a column); the model history
+exactly as the model needs it (google-genai contents as JSON, thought signatures included);
+every event, the images they carried (by hash), tool calls with arguments, results and
+durations; findings; report versions and second-read records; and, outside any session, the
+append-only audit trail.
+
+Each write is one transaction. The conversation commits a model step (the model's function
+calls together with their responses) in one go, so a process killed mid-turn leaves at most
+that step unrecorded, never a call without its response.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine,
+                        delete, event, func, select, update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from tools.errors import LoupeError
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(LoupeError):
+    """The session database cannot be used (missing permissions, damaged file, unknown session)."""
+
+
+class SessionNotFoundError(StoreError):
+    """No session with that id belongs to this user."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SchemaRow(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    migrated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    title: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    storage: Mapped[str] = mapped_column(Text, doc="Path of the stored bytes, relative to the data directory.")
+    modality: Mapped[str | None] = mapped_column(String(16))
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class HistoryRow(Base):
+    __tablename__ = "history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    turn_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mime_type: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ToolCallRow(Base):
+    __tablename__ = "tool_calls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
+    turn_id: Mapped[int] = mapped_column(Integer)
+    call_id: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(64))
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class FindingRow(Base):
+    __tablename__ = "findings"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    finding_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    study_id: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class ReportVersionRow(Base):
+    __tablename__ = "report_versions"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    author: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class SecondReadRow(Base):
+    __tablename__ = "second_reads"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class AuditRow(Base):
+    """Append-only: the store has no way to change or remove a row, and SQLite triggers refuse it."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    actor: Mapped[str] = mapped_column(String(200))
+    session_id: Mapped[str | None] = mapped_column(String(64), index=True)  # no FK: outlives deleted sessions
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+_AUDIT_TRIGGERS = (
+    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+)
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    id: str
+    owner: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    turns: int
+
+
+class Store:
+    """The database and the folder of stored study bytes (``data_dir``)."""
+
+    def __init__(self, url: str, data_dir: Path):
+        self.url = url
+        self.data_dir = data_dir
+        self.engine = _engine(url)
+        try:
+            self._migrate()
+        except (OperationalError, DatabaseError) as error:
+            self.engine.dispose()
+            raise StoreError(f"The session database cannot be used ({_reason(error)}); check the file "
+                             "or set LOUPE_DB_URL to another database.") from error
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path, url: str | None = None) -> Store:
+        """The default SQLite file under ``data_dir`` (``loupe.db``), or ``url`` when given."""
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"The data folder {data_dir} cannot be created ({error.strerror}).") from error
+        return cls(url or f"sqlite:///{data_dir / 'loupe.db'}", data_dir)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _migrate(self) -> None:
+        Base.metadata.create_all(self.engine)
+        with self.transaction() as db:
+            if self.engine.dialect.name == "sqlite":
+                for statement in _AUDIT_TRIGGERS:
+                    db.connection().exec_driver_sql(statement)
+            current = db.scalar(select(func.max(SchemaRow.version)))
+            if current is None or current < SCHEMA_VERSION:
+                # Future versions add their ALTERs here, in order, before recording the version.
+                db.add(SchemaRow(version=SCHEMA_VERSION))
+            elif current > SCHEMA_VERSION:
+                raise StoreError("The session database was written by a newer Loupe; upgrade Loupe to open it.")
+            else:
+                db.execute(update(SchemaRow).values(migrated_at=_now()))  # proves the file is writable now
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with Session(self.engine) as db, db.begin():
+            yield db
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def create_session(self, owner: str, title: str = "", session_id: str | None = None) -> str:
+        new_id = session_id or uuid.uuid4().hex
+        with self.transaction() as db:
+            db.add(SessionRow(id=new_id, owner=owner, title=title, state={}))
+        return new_id
+
+    def session_row(self, session_id: str, owner: str) -> SessionRow:
+        with Session(self.engine, expire_on_commit=False) as db:
+            row = db.get(SessionRow, session_id)
+        if row is None or row.owner != owner:
+            raise SessionNotFoundError(f"There is no session '{session_id}' for you.")
+        return row
+
+    def exists(self, session_id: str, owner: str) -> bool:
+        with Session(self.engine) as db:
+            row = db.get(SessionRow, session_id)
+            return row is not None and row.owner == owner
+
+    def list_sessions(self, owner: str) -> list[SessionSummary]:
+        with Session(self.engine) as db:
+            rows = db.scalars(select(SessionRow).where(SessionRow.owner == owner)
+                              .order_by(SessionRow.updated_at.desc())).all()
+            return [SessionSummary(r.id, r.owner, r.title, r.created_at, r.updated_at, int(r.state.get("turns", 0)))
+                    for r in rows]
+
+    def rename(self, session_id: str, owner: str, title: str) -> None:
+        self.session_row(session_id, owner)
+        with self.transaction() as db:
+            db.execute(update(SessionRow).where(SessionRow.id == session_id).values(title=title, updated_at=_now()))
+
+    def delete(self, session_id: str, owner: str) -> None:
+        """Delete a session and everything stored for it, including its study bytes."""
+        self.session_row(session_id, owner)
+        with self.transaction() as db:
+            for table in (HistoryRow, EventRow, ImageRow, ToolCallRow, FindingRow, ReportVersionRow, SecondReadRow,
+                          StudyRow):
+                db.execute(delete(table).where(table.session_id == session_id))
+            db.execute(delete(SessionRow).where(SessionRow.id == session_id))
+        shutil.rmtree(self.session_folder(session_id), ignore_errors=True)
+
+    def session_folder(self, session_id: str) -> Path:
+        return self.data_dir / "sessions" / session_id
+
+    # -- reading a session back -----------------------------------------------------------------
+
+    def history(self, session_id: str) -> list[dict[str, Any]]:
+        with Session(self.engine) as db:
+            return list(db.scalars(select(HistoryRow.content).where(HistoryRow.session_id == session_id)
+                                   .order_by(HistoryRow.id)))
+
+    def events(self, session_id: str) -> list[dict[str, Any]]:
+        with Session(self.engine) as db:
+            return [dict(r.payload, kind=r.kind, turn_id=r.turn_id)
+                    for r in db.scalars(select(EventRow).where(EventRow.session_id == session_id).order_by(EventRow.id))]
+
+    def image(self, session_id: str, sha256: str) -> bytes | None:
+        with Session(self.engine) as db:
+            row = db.get(ImageRow, (session_id, sha256))
+            return None if row is None else row.data
+
+    def studies(self, session_id: str) -> list[StudyRow]:
+        with Session(self.engine, expire_on_commit=False) as db:
+            return list(db.scalars(select(StudyRow).where(StudyRow.session_id == session_id)
+                                   .order_by(StudyRow.added_at)))
+
+    def findings(self, session_id: str) -> list[dict[str, Any]]:
+        with Session(self.engine) as db:
+            return list(db.scalars(select(FindingRow.data).where(FindingRow.session_id == session_id)))
+
+    def tool_calls(self, session_id: str) -> list[ToolCallRow]:
+        with Session(self.engine, expire_on_commit=False) as db:
+            return list(db.scalars(select(ToolCallRow).where(ToolCallRow.session_id == session_id)
+                                   .order_by(ToolCallRow.id)))
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, detail: dict[str, Any], session_id: str | None = None) -> None:
+        with self.transaction() as db:
+            db.add(AuditRow(actor=actor, action=action, detail=detail, session_id=session_id))
+
+    def audit_rows(self, session_id: str | None = None) -> list[AuditRow]:
+        with Session(self.engine, expire_on_commit=False) as db:
+            query = select(AuditRow).order_by(AuditRow.id)
+            if session_id is not None:
+                query = query.where(AuditRow.session_id == session_id)
+            return list(db.scalars(query))
+
+
+def _engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(connection, _record) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer, nor it them
+        cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at each checkpoint, no corruption
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    return engine
+
+
+def _reason(error: Exception) -> str:
+    text = str(getattr(error, "orig", error)).lower()
+    if "readonly" in text or "read-only" in text:
+        return "it is read-only"
+    if "not a database" in text or "malformed" in text or "file is encrypted" in text:
+        return "the file is damaged or not a database"
+    if "unable to open" in text:
+        return "the file cannot be opened"
+    return str(getattr(error, "orig", error)).splitlines()[0]
