@@ -15,6 +15,7 @@ Commands (a contract other issues and checks rely on):
   "duration_ms"}], "findings", "usage", ...}``.
 - ``loupe chat STUDY [--backend ...] [--images DIR]`` — an interactive conversation.
 - ``loupe sessions list [--json] | rename ID TITLE | delete ID`` — stored sessions.
+- ``loupe deid IN OUT [--map FILE] [--json]`` — a PS3.15 basic-profile de-identified copy.
 - ``loupe audit OUT.jsonl [--session ID]`` — the audit trail as JSON lines.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
 
@@ -120,6 +121,13 @@ def _build_parser() -> argparse.ArgumentParser:
     rename.add_argument("title")
     remove = sessions_commands.add_parser("delete", help="Delete a session and everything stored for it.")
     remove.add_argument("session_id")
+
+    deid = commands.add_parser("deid", help="Write a de-identified copy (PS3.15 basic profile) of a DICOM file or folder.")
+    deid.add_argument("source", type=Path, metavar="IN")
+    deid.add_argument("target", type=Path, metavar="OUT")
+    deid.add_argument("--map", type=Path, dest="map_path",
+                      help="Local pseudonym map (default: loupe-pseudonym-map.json beside OUT). Never share it.")
+    deid.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
     audit = commands.add_parser("audit", help="Export the audit trail as JSON lines.")
     audit.add_argument("out", type=Path, metavar="OUT.jsonl", help="File to write ('-' for standard output).")
@@ -309,6 +317,24 @@ def _sessions(args: argparse.Namespace, settings: LoupeSettings) -> None:
             print(f"{row.id}  {row.updated_at:%Y-%m-%d %H:%M}  {row.turns:3d} turn(s)  {row.title}")
 
 
+def _deid(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.deid import default_pseudonym_map, deidentify
+    from agent.store import Store
+
+    report = deidentify(args.source, args.target, pseudonym_map=args.map_path or default_pseudonym_map(args.target))
+    Store.for_data_dir(settings.data_dir, settings.db_url).audit(
+        settings.user, "deid_export", {"written": report.written_count, "skipped": report.skipped_count,
+                                       "burned_in_risk": len(report.burned_in_risk)})
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return
+    for note in report.notes():
+        print(note)
+    for skipped in report.files_skipped:
+        print(f"  skipped {skipped.path.name}: {skipped.reason}")
+    print(f"pseudonym map: {report.pseudonym_map} (keep it local; it links pseudonyms to patients)")
+
+
 def _audit(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.audit import export_jsonl
     from agent.store import Store
@@ -351,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
     args = _build_parser().parse_args(arguments)
     handlers = {"info": _info, "view": _view, "analyze": _analyze, "verify": _verify, "eval": _eval,
-                "ask": _ask, "chat": _chat, "sessions": _sessions, "audit": _audit, "serve": _serve}
+                "ask": _ask, "chat": _chat, "sessions": _sessions, "deid": _deid, "audit": _audit, "serve": _serve}
     try:
         handlers[args.command](args, LoupeSettings())
     except LoupeError as error:
