@@ -348,6 +348,10 @@ def _audit(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    if settings.listens_beyond_loopback and settings.auth == "none":
+        # Sessions hold clinical work: beyond this machine, every user must be identified.
+        _fail(f"LOUPE_HOST={settings.host} makes Loupe reachable from other machines; set LOUPE_AUTH=oidc "
+              "(Streamlit login) or LOUPE_AUTH=proxy-header (behind an authenticating reverse proxy) first")
     app = Path(__file__).resolve().parent.parent / "ui" / "app.py"
     command = [
         sys.executable, "-m", "streamlit", "run", str(app),

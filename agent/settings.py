@@ -31,7 +31,12 @@ class LoupeSettings(BaseSettings):
     data_dir: Path = Field(default=Path.home() / ".loupe", description="Where sessions and images live.")
     db_url: str | None = Field(default=None, description="SQLAlchemy URL; default a SQLite file in data_dir.")
     user: str = Field(default_factory=lambda: _login_name(), description="Owner of the sessions created here.")
-    host: str = Field(default="127.0.0.1", description="Address the app binds to.")
+    host: str = Field(default="127.0.0.1", description="Address the app binds to (loopback unless set).")
+    auth: Literal["none", "oidc", "proxy-header"] = Field(
+        default="none",
+        description="How app users are identified when it listens beyond this machine: Streamlit's OIDC "
+                    "login (configured in .streamlit/secrets.toml) or a header set by a reverse proxy.")
+    auth_header: str = Field(default="X-Forwarded-User", description="The proxy's user header (auth=proxy-header).")
     port: int = Field(default=8501, ge=1, le=65535)
 
     max_frame_pixels: int = Field(default=StudyLimits().max_frame_pixels, gt=0)
@@ -77,6 +82,10 @@ class LoupeSettings(BaseSettings):
             max_files=self.max_files,
             max_archive_bytes=self.max_archive_bytes,
         )
+
+    @property
+    def listens_beyond_loopback(self) -> bool:
+        return self.host not in ("127.0.0.1", "localhost", "::1")
 
     @property
     def gemini_configured(self) -> bool:

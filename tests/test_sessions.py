@@ -264,3 +264,9 @@ def test_history_roles_alternate_after_a_normal_turn(fake, store):
     list(conversation.ask("Bone window please", GeminiBackend(conversation.settings)))
     assert_consistent(store.history(conversation.session_id))
     assert store.history(conversation.session_id) == conversation.history
+
+
+def test_serving_beyond_loopback_requires_login(isolated_cli, capsys, monkeypatch):
+    monkeypatch.setenv("LOUPE_HOST", "0.0.0.0")
+    code, _, err = run_cli(capsys, "serve")
+    assert code == 2 and "LOUPE_AUTH=oidc" in err and err.count("\n") == 1
