@@ -17,7 +17,6 @@ from agent.settings import LoupeSettings
 from agent.toolbox import new_context, run_tool
 from tools.context import Artifact, ToolContext
 from tools.detect_anomalies import DetectAnomaliesOutput
-from tools.errors import ModelUnavailableError
 from tools.findings import Finding
 
 FIGURE_LAYERS = ["annotated", "heatmap", "comparison"]
@@ -92,10 +91,18 @@ def analyse_current(ctx: ToolContext) -> tuple[DetectAnomaliesOutput, list[Artif
 
 
 def _context(settings: LoupeSettings, backend: str) -> ToolContext:
+    """A tool context; with the Gemini backend, Gemini proposes locations too, behind the privacy
+    boundary (images at risk of burned-in text are not sent; the classical detector still runs)."""
+    ctx = new_context(settings)
     if backend == "gemini":
-        # The Gemini vision proposer arrives with the agent; until then say so plainly.
-        raise ModelUnavailableError("The Gemini backend is not available in this version; use --backend offline.")
-    return new_context(settings)
+        from agent.backends import make_vision_proposer
+        from agent.privacy import PrivacyBoundary
+
+        boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex)
+        ctx.vision = make_vision_proposer(settings, boundary)
+        ctx.image_policy = boundary
+        ctx.model_image_max_side = settings.model_image_max_side
+    return ctx
 
 
 def _write(out_dir: Path, artifact: Artifact, name: str | None = None) -> str:
@@ -105,11 +112,17 @@ def _write(out_dir: Path, artifact: Artifact, name: str | None = None) -> str:
 
 
 def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, backend: str = "offline",
-            modality: str | None = None) -> AnalysisResult:
-    """Run the whole pipeline on a study and write overlay.png, the other layers and findings.json."""
+            modality: str | None = None, confirm_images: bool = False) -> AnalysisResult:
+    """Run the whole pipeline on a study and write overlay.png, the other layers and findings.json.
+
+    ``confirm_images``: the clinician checked that the image shows no identifying text, so the
+    vision model (backend gemini) may see pixels the privacy boundary would otherwise hold.
+    """
     ctx = _context(settings, backend)
     try:
         loaded = run_tool(ctx, "load_study", {"path": source, "modality": modality}).output
+        if confirm_images and ctx.image_policy is not None:
+            ctx.image_policy.confirm(loaded.study_id)
         detected, artifacts = analyse_current(ctx)
         view = ctx.view()
         findings = sorted(ctx.study_findings(loaded.study_id), key=lambda f: -f.confidence)

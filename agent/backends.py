@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from agent.conversation import Backend
 from agent.planner import OfflinePlanner
+from agent.privacy import PrivacyBoundary
 from agent.settings import LoupeSettings
 from tools.context import VisionProposer
 
@@ -23,8 +24,10 @@ def make_backend(settings: LoupeSettings, name: str | None = None) -> Backend:
     return OfflinePlanner()
 
 
-def make_vision_proposer(settings: LoupeSettings) -> VisionProposer:
+def make_vision_proposer(settings: LoupeSettings, boundary: PrivacyBoundary) -> VisionProposer:
     """Gemini as a source of detection proposals (ModelUnavailableError when not configured)."""
     from agent.gemini import GeminiCaller, GeminiVisionProposer
 
-    return GeminiVisionProposer(GeminiCaller(settings))
+    proposer = GeminiVisionProposer(GeminiCaller(settings))
+    proposer.boundary = boundary
+    return proposer

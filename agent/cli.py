@@ -73,7 +73,10 @@ def _build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser("analyze", help="Detect, verify, measure and draw the findings of a study.")
     analyze.add_argument("paths", nargs="+", metavar="STUDY")
     analyze.add_argument("--out", required=True, type=Path, help="Folder for overlay.png and findings.json.")
-    analyze.add_argument("--backend", choices=["offline", "gemini"], default="offline")
+    analyze.add_argument("--backend", choices=["offline", "gemini"], default="offline",
+                         help="gemini: the vision model proposes locations too (verified against the pixels).")
+    analyze.add_argument("--confirm-no-burned-in-text", action="store_true", dest="confirm_images",
+                         help="You checked the image: no identifying text on it, so Gemini may see its pixels.")
     analyze.add_argument("--json", action="store_true", help="Print the findings as JSON.")
     analyze.add_argument("--modality", help="Modality of a PNG/JPEG image.")
 
@@ -218,7 +221,8 @@ def _view(args: argparse.Namespace, settings: LoupeSettings) -> None:
 def _analyze(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.analysis import analyze
 
-    result = analyze(_source(args.paths), args.out, settings=settings, backend=args.backend, modality=args.modality)
+    result = analyze(_source(args.paths), args.out, settings=settings, backend=args.backend, modality=args.modality,
+                     confirm_images=args.confirm_images)
     if args.json:
         print(json.dumps(result.model_dump(), indent=2))
         return

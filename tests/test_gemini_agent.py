@@ -403,3 +403,22 @@ def test_loupe_chat_against_gemini_falls_back_when_asked(gemini_env, capsys, mon
     assert "Gemini is unavailable" in err and "offline planner instead? [y/N]" in err
     assert "mm (full width at half maximum" in out  # the offline planner answered the second question
     assert "'model_calls': 2" in err  # calls that were answered; the failed attempts used no tokens
+
+
+def test_loupe_analyze_uses_gemini_proposals(gemini_env, capsys, eval_dir, tmp_path):
+    image = eval_dir / "busi" / "benign_030.png"  # lesion box x 179–244, y 50–117 of 557×462
+    box = [round(50 / 462 * 1000), round(179 / 557 * 1000), round(117 / 462 * 1000), round(244 / 557 * 1000)]
+    gemini_env.script(*[text_reply(json.dumps([{"box_2d": box, "label": "hypoechoic lesion"}]))] * 3)
+    code, out, err = run_cli(capsys, "analyze", image, "--modality", "US", "--out", tmp_path / "out", "--json",
+                             "--backend", "gemini", "--confirm-no-burned-in-text")
+    assert code == 0, err
+    findings = json.loads(out)["findings"]
+    vlm = [f for f in findings if f["source"] == "vlm"]
+    assert len(vlm) == 1 and len(gemini_env.calls()) == 3
+    x, y = vlm[0]["center_px"]
+    assert 150 <= x <= 270 and 30 <= y <= 140
+    # Without the confirmation the ultrasound image is held: no request, classical findings only.
+    code, out, err = run_cli(capsys, "analyze", image, "--modality", "US", "--out", tmp_path / "out2", "--json",
+                             "--backend", "gemini")
+    assert code == 0 and len(gemini_env.calls()) == 3
+    assert all(f["source"] == "classical" for f in json.loads(out)["findings"])
