@@ -232,7 +232,7 @@ def test_property_box_2d_round_trip(sent, data):
     # The inverse is exact for boxes at least one native pixel wide and high (narrower ones
     # become one-pixel boxes, which cannot be inverted).
     native_px_per_unit_x = sent.sent_width / 1000 / sent.scale
-    native_px_per_unit_y = sent.sent_height / 1000 / sent.scale
+    native_px_per_unit_y = sent.sent_height / 1000 / sent.y_scale
     assume((xs[1] - xs[0]) * native_px_per_unit_x >= 1.0 and (ys[1] - ys[0]) * native_px_per_unit_y >= 1.0)
     box_2d = [ys[0], xs[0], ys[1], xs[1]]
     back = px_to_box_2d(box_2d_to_px(box_2d, sent), sent)
