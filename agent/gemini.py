@@ -34,6 +34,7 @@ from prompts import Prompt, load_prompt, load_table
 from tools.context import VisionProposal
 from tools.errors import ImageWithheldError, ModelUnavailableError, PrivacyError
 from tools.registry import TOOLS
+from tools.report import ClinicalReport, ReportNarrative
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,20 @@ def usage_of(response: types.GenerateContentResponse) -> Usage:
 def tool_declarations() -> list[types.Tool]:
     """The registry's tools as the model sees them (schemas from the pydantic input models)."""
     declarations = [types.FunctionDeclaration(name=d["name"], description=d["description"],
-                                              parameters_json_schema=d["parameters"])
+                                              parameters_json_schema=_plain_schema(d["parameters"]))
                     for d in (tool.declaration() for tool in TOOLS.values())]
     return [types.Tool(function_declarations=declarations)]
+
+
+def _plain_schema(schema: Any) -> Any:
+    """The JSON Schema without OpenAPI's ``discriminator`` (not JSON Schema; the API's subset may
+    refuse it): a tagged union becomes ``anyOf``, each branch still fixing its ``op``."""
+    if isinstance(schema, dict):
+        return {("anyOf" if key == "oneOf" else key): _plain_schema(value)
+                for key, value in schema.items() if key != "discriminator"}
+    if isinstance(schema, list):
+        return [_plain_schema(item) for item in schema]
+    return schema
 
 
 class GeminiBackend:
@@ -144,16 +156,17 @@ class GeminiBackend:
             thinking_config=types.ThinkingConfig(thinking_budget=settings.thinking_budget),
         )
         self.proposer = GeminiVisionProposer(self.caller)
+        self.writer = GeminiReportWriter(self.caller)
 
     @property
     def model(self) -> str:
         return self.settings.model
 
     def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
-        self.proposer.usage = turn.usage
-        self.proposer.boundary = conversation.boundary
-        if conversation.ctx.vision is None:
-            conversation.ctx.vision = self.proposer
+        for helper in (self.proposer, self.writer):
+            helper.usage, helper.boundary = turn.usage, conversation.boundary
+        conversation.ctx.vision = self.proposer
+        conversation.ctx.report_writer = self.writer
         yield from _TurnLoop(self, conversation, turn).run()
 
 
@@ -321,6 +334,38 @@ class GeminiVisionProposer:
             proposals += parsed.proposals
             self.rejected += parsed.rejected
         return proposals
+
+
+class GeminiReportWriter:
+    """The report's narrative worded by Gemini: a separate structured-output call, thinking off."""
+
+    def __init__(self, caller: GeminiCaller):
+        self.caller = caller
+        self.name = caller.settings.model
+        self.usage = Usage()
+        self.boundary = PrivacyBoundary()
+
+    def write(self, report: ClinicalReport, instruction: str) -> ReportNarrative:
+        prompt = load_prompt("report.md")
+        config = types.GenerateContentConfig(
+            system_instruction=prompt.text, temperature=0.3, response_mime_type="application/json",
+            response_json_schema=ReportNarrative.model_json_schema(),
+            thinking_config=types.ThinkingConfig(thinking_budget=0))
+        facts = report.model_dump_json(include={"study", "findings", "impression", "recommendations"})
+        contents = [types.Content(role="user", parts=[types.Part(text=f"Instruction: {instruction}\n\nReport: {facts}")])
+                    .model_dump(mode="json", exclude_none=True)]
+        response = self.caller.generate(contents, config, self.usage, self.boundary, purpose="report", prompt=prompt)
+        try:
+            return ReportNarrative.model_validate_json(_strip_fences(response.text or ""))
+        except ValueError as error:
+            raise ModelUnavailableError("Gemini's wording of the report could not be read; the template is used.") from error
+
+
+def _strip_fences(text: str) -> str:
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.split("\n", 1)[-1].rsplit("```", 1)[0]
+    return stripped
 
 
 PROPOSALS_SCHEMA: dict[str, Any] = {

@@ -15,11 +15,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, select, update
 
 from agent.events import Event, ToolFailed, ToolFinished, ToolStarted
-from agent.store import AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, SessionRow, Store, StudyRow, ToolCallRow, _now
+from agent.store import (AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, ReportVersionRow, SessionRow, Store,
+                         StudyRow, ToolCallRow, _now)
 from tools.findings import Finding
+from tools.report import ClinicalReport, ReportHistory
 from tools.study import Study, Window
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ class SessionRecorder:
             for content in contents:
                 db.add(HistoryRow(session_id=self.session_id, content=content))
             self._write_findings(db, conversation)
+            self._write_report_versions(db, conversation)
             db.execute(update(SessionRow).where(SessionRow.id == self.session_id)
                        .values(state=session_state(conversation), updated_at=_now()))
 
@@ -91,6 +94,20 @@ class SessionRecorder:
         for finding in conversation.ctx.findings.values():
             db.add(FindingRow(session_id=self.session_id, finding_id=finding.id, study_id=finding.study_id,
                               data=finding.model_dump(mode="json")))
+
+    def _write_report_versions(self, db, conversation: Conversation) -> None:
+        """Versions are immutable: write the ones not stored yet, and audit each change."""
+        for study_id, history in conversation.ctx.reports.items():
+            stored = db.scalar(select(func.max(ReportVersionRow.version)).where(
+                ReportVersionRow.session_id == self.session_id, ReportVersionRow.study_id == study_id)) or 0
+            for report in history.versions[stored:]:
+                db.add(ReportVersionRow(session_id=self.session_id, study_id=study_id, version=report.version,
+                                        author=report.author_name or report.author, reason=report.reason,
+                                        status=report.status, data=report.model_dump(mode="json")))
+                action = "report_signed" if report.status == "signed" and report.reason == "signed" else "report_change"
+                self.audit(action, {"study_id": study_id, "version": report.version, "author": report.author,
+                                    "reason": report.reason, "status": report.status,
+                                    "sha256": hashlib.sha256(report.model_dump_json().encode()).hexdigest()}, db=db)
 
     # -- studies --------------------------------------------------------------------------------
 
@@ -157,6 +174,8 @@ def restore_state(conversation: Conversation, store: Store, session_id: str, sta
     for data in store.findings(session_id):
         finding = Finding.model_validate(data)
         ctx.findings[finding.id] = finding
+    for row in store.report_versions(session_id):
+        ctx.reports.setdefault(row.study_id, ReportHistory()).versions.append(ClinicalReport.model_validate(row.data))
     ctx._finding_counter = int(state.get("finding_counter", len(ctx.findings)))
     ctx.finding_samples = {fid: tuple(tuple(c) for c in centres)
                            for fid, centres in state.get("finding_samples", {}).items()}

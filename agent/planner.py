@@ -19,12 +19,11 @@ from prompts import load_table
 from tools.coordinates import BoxPx, SentImage, box_2d_to_px
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.findings import Finding
-from tools.render_overlay import orientation_labels
+from tools.location import location_in_words
 
 #: Intents in the order their tools run and their answers are written.
 INTENT_ORDER = ("window", "frame", "analyse", "where", "size", "heatmap", "crops", "statistics",
-                "report", "second_read", "differential")
-_SIDE_WORDS = {"R": "patient's right", "L": "patient's left"}
+                "revise", "report", "second_read", "differential")
 
 
 def classify(message: str) -> list[str]:
@@ -32,6 +31,8 @@ def classify(message: str) -> list[str]:
     text = f" {message.lower()} "
     keywords = load_table("planner.toml")["intents"]
     intents = [intent for intent in INTENT_ORDER if any(k in text for k in keywords.get(intent, ()))]
+    if "revise" in intents and "report" in intents:
+        intents.remove("report")  # "remove F2 from the report" revises the report; it is not a new draft
     if not intents and any(k in text for k in keywords["subject"]):
         intents = ["analyse"]
     return intents
@@ -195,8 +196,22 @@ class _Plan:
         yield from self._draw(["statistics"])
 
     def _report(self) -> Generator[Event, None, None]:
-        findings = yield from self._findings()
-        self.lines.append(self.report_text(findings))
+        yield from self._findings()
+        outcome = yield from self._run("draft_report", {"use_model_wording": False})
+        if outcome.ok:
+            self.lines.append(outcome.output["markdown"])
+
+    def _revise(self) -> Generator[Event, None, None]:
+        """Explicit edits the planner can read from a message: removing findings by id."""
+        text = self.turn.message
+        removed = re.findall(r"\b(F[1-9]\d*)\b", text) if re.search(r"\b(drop|remove|delete)\b", text, re.I) else []
+        if not removed:
+            self.lines.append(_templates()["revise_needs_model"])
+            return
+        edits = [{"op": "remove_finding", "finding_id": finding_id} for finding_id in dict.fromkeys(removed)]
+        outcome = yield from self._run("revise_report", {"edits": edits, "reason": text.strip()[:200]})
+        if outcome.ok:
+            self.lines.append(f"Report version {outcome.output['version']}: removed {', '.join(dict.fromkeys(removed))}.")
 
     def _second_read(self) -> Generator[Event, None, None]:
         findings = yield from self._findings()
@@ -226,39 +241,7 @@ class _Plan:
                                                    verification=_verification_words(finding))
 
     def location(self, finding: Finding) -> str:
-        """Where a finding is, in words: image region, and the patient's side when the geometry
-        says which side is which."""
-        study = self.ctx.view().study
-        width, height = study.safe.columns, study.safe.rows
-        x, y = finding.center_px
-        vertical = ("upper", "middle", "lower")[min(int(3 * y / height), 2)]
-        horizontal = ("left", "central", "right")[min(int(3 * x / width), 2)]
-        if (vertical, horizontal) == ("middle", "central"):
-            region = "centre of the image"
-        else:
-            region = f"{vertical} {'' if horizontal == 'central' else horizontal + ' '}part of the image"
-        labels = orientation_labels(study.geometry(finding.frame).orientation)
-        if labels is None or horizontal == "central":
-            return region
-        side = _SIDE_WORDS.get(labels["left" if horizontal == "left" else "right"][0])
-        return f"{region} ({side})" if side else region
-
-    def report_text(self, findings: list[Finding]) -> str:
-        study = self.ctx.view().study
-        safe = study.safe
-        spacing = study.pixel_spacing_mm(self.ctx.view().frame)
-        technique = f"{safe.modality or 'Image'}{', ' + safe.body_part if safe.body_part else ''}, " \
-                    f"{safe.columns}×{safe.rows} px, {study.frame_count} frame(s)" + \
-                    (f", pixel spacing {spacing[0]:.2f} mm" if spacing else ", no pixel spacing (sizes in px)")
-        called = [f for f in findings if f.confidence >= ANOMALY_THRESHOLD]
-        lines = ["DRAFT REPORT (AI-assisted, requires physician review)", "", f"Technique: {technique}.", "", "Findings:"]
-        lines += [self._finding_line(f) for f in called] or ["- No focal abnormality reached the detection threshold."]
-        impression = (f"{len(called)} focal finding(s), " + ", ".join(f"{f.id} {f.label} ({self.location(f)})" for f in called) + "."
-                      if called else "No significant focal abnormality detected by the offline detector.")
-        lines += ["", f"Impression: {impression}", "",
-                  "Recommendations: correlation with the clinical picture and prior imaging.", "",
-                  f"Limitations: {_templates()['report_limitations']}"]
-        return "\n".join(lines)
+        return location_in_words(self.ctx.view().study, finding)
 
 
 def _regions(modality: str | None, width: int, height: int) -> list[tuple[str, BoxPx]]:

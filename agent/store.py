@@ -126,6 +126,7 @@ class FindingRow(Base):
 class ReportVersionRow(Base):
     __tablename__ = "report_versions"
     session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     author: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text, default="")
@@ -287,6 +288,11 @@ class Store:
     def findings(self, session_id: str) -> list[dict[str, Any]]:
         with Session(self.engine) as db:
             return list(db.scalars(select(FindingRow.data).where(FindingRow.session_id == session_id)))
+
+    def report_versions(self, session_id: str) -> list[ReportVersionRow]:
+        with Session(self.engine, expire_on_commit=False) as db:
+            return list(db.scalars(select(ReportVersionRow).where(ReportVersionRow.session_id == session_id)
+                                   .order_by(ReportVersionRow.study_id, ReportVersionRow.version)))
 
     def tool_calls(self, session_id: str) -> list[ToolCallRow]:
         with Session(self.engine, expire_on_commit=False) as db:

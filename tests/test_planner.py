@@ -34,6 +34,7 @@ def tools_run(events) -> list[str]:
     ("Analyse this scan", ["analyse"]),
     ("Where is the lesion and how big?", ["where", "size"]),
     ("Draft a report", ["report"]),
+    ("Remove F2 from the report", ["revise"]),
     ("Start a second read", ["second_read"]),
     ("Show the lung window", ["window"]),
     ("What else could this be?", ["differential"]),
@@ -71,16 +72,30 @@ def test_sizes_are_in_mm_when_the_study_has_spacing(eval_dir):
 
 
 def test_report_request_gives_a_readable_draft(ultrasound):
-    answer, _ = turn(ultrasound, "Draft a report")
-    assert answer.startswith("DRAFT REPORT")
-    for section in ("Technique: US", "Findings:", "Impression:", "Recommendations:", "Limitations:"):
+    answer, events = turn(ultrasound, "Draft a report")
+    assert "draft_report" in tools_run(events)
+    assert answer.startswith("# US report — DRAFT — not signed")
+    for section in ("## Technique", "## Findings", "## Impression", "## Recommendations", "## Limitations"):
         assert section in answer
-    assert "requires review and sign-off" in answer.lower() or "requires physician review" in answer.lower()
+    assert "requires review and sign-off by the reading physician" in answer
     called = [f for f in ultrasound.ctx.findings.values() if f.confidence >= ANOMALY_THRESHOLD]
     for finding in called:
-        assert finding.id in answer
+        assert f"| {finding.id} |" in answer
     if not called:
         assert "No focal abnormality" in answer
+    assert ultrasound.ctx.reports[ultrasound.ctx.current_study_id].current.version == 1
+
+
+def test_offline_report_revision_removes_findings_and_says_what_needs_a_model(ultrasound):
+    turn(ultrasound, "Draft a report")
+    report = ultrasound.ctx.reports[ultrasound.ctx.current_study_id]
+    listed = [f.finding_id for f in report.current.findings]
+    answer, _ = turn(ultrasound, f"Remove {listed[0]} from the report" if listed else "Remove F1 from the report")
+    if listed:
+        assert f"Report version 2: removed {listed[0]}" in answer
+        assert listed[0] not in [f.finding_id for f in report.current.findings]
+    answer, events = turn(ultrasound, "Make the impression more concise")
+    assert "needs the Gemini backend" in answer and tools_run(events) == []
 
 
 def test_second_read_walks_the_modality_regions(eval_dir):

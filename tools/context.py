@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.errors import NoStudyOpenError, UnreadableStudyError
 from tools.findings import Finding
+from tools.report import ClinicalReport, ReportHistory, ReportNarrative
 from tools.study import Study, StudyLimits, Window
 
 
@@ -52,6 +53,18 @@ class VisionProposer(Protocol):
     name: str
 
     def propose(self, image_png: bytes, *, modality: str | None, samples: int) -> list[VisionProposal]: ...
+
+
+class ReportWriter(Protocol):
+    """A language model that words a report (Gemini, or a test double).
+
+    ``write`` gets the report as the tools built it and an instruction ("draft", or a style such
+    as "concise"), and returns new prose for the narrative fields only.
+    """
+
+    name: str
+
+    def write(self, report: ClinicalReport, instruction: str) -> ReportNarrative: ...
 
 
 class ImagePolicy(Protocol):
@@ -101,6 +114,9 @@ class ToolContext:
     vision: VisionProposer | None = None
     #: Applied to every image prepared for a vision model; None = no restriction (no model).
     image_policy: ImagePolicy | None = None
+    report_writer: ReportWriter | None = None
+    #: Every version of each study's report, by study id.
+    reports: dict[str, ReportHistory] = field(default_factory=dict)
     model_image_max_side: int = 1024
     findings: dict[str, Finding] = field(default_factory=dict)
     #: Centres (x, y) of the vision model's repeated samples behind a finding, by finding id.

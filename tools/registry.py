@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tools import detect_anomalies, fit_gaussian, load_study, render_overlay, verify_coordinates
+from tools import (detect_anomalies, draft_report, fit_gaussian, load_study, render_overlay, revise_report,
+                   verify_coordinates)
 from tools.context import ToolContext, ToolResult
 
 
@@ -60,5 +61,7 @@ TOOLS: dict[str, Tool] = {
         Tool("fit_gaussian", fit_gaussian.FitGaussianInput, fit_gaussian.FitGaussianOutput, fit_gaussian.fit_gaussian),
         Tool("render_overlay", render_overlay.RenderOverlayInput, render_overlay.RenderOverlayOutput,
              render_overlay.render_overlay),
+        Tool("draft_report", draft_report.DraftReportInput, draft_report.ReportOutput, draft_report.draft_report),
+        Tool("revise_report", revise_report.ReviseReportInput, draft_report.ReportOutput, revise_report.revise_report),
     )
 }

@@ -1,0 +1,167 @@
+"""draft_report: a structured report from the session's verified, measured findings.
+
+Numbers (sizes, confidences, positions) come from the tools only. The narrative — each
+finding's characteristics, the impression, the recommendations — comes from the report writer
+(a language model, ``ctx.report_writer``) when one is configured, else from the templates in
+``prompts/report_templates.toml``. A model's wording that states a measurement no tool produced
+is replaced by the template's, and the draft says so.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from prompts import load_table
+from tools.context import ToolContext, ToolResult
+from tools.detection.scoring import ANOMALY_THRESHOLD
+from tools.errors import ModelUnavailableError
+from tools.findings import Finding, FindingId
+from tools.fit_gaussian import FitGaussianInput, fit_gaussian
+from tools.location import location_in_words
+from tools.report import (AI_LIMITATION, ClinicalReport, ReportError, ReportFinding, ReportHistory, StudySummary,
+                          guard_numbers, measured_size)
+from tools.report_markdown import report_markdown
+from tools.study import Study
+
+
+class DraftReportInput(BaseModel):
+    """Arguments of ``draft_report``."""
+
+    study_id: str | None = Field(default=None, description="Which open study; default the current one.")
+    finding_ids: list[FindingId] | None = Field(
+        default=None, description="Findings to report; default every finding that reached the anomaly threshold "
+                                  "and was not rejected.")
+    use_model_wording: bool = Field(default=True, description="Let the language model word the narrative, if one is configured.")
+
+
+class ReportOutput(BaseModel):
+    """A report version, as drafted or revised."""
+
+    study_id: str
+    version: int
+    status: str
+    markdown: str
+    notes: list[str] = Field(default_factory=list, description="What the clinician should know about this version.")
+
+
+def draft_report(ctx: ToolContext, args: DraftReportInput) -> ToolResult:
+    """Draft a structured report (technique, findings with sizes, impression, recommendations,
+    limitations) from the session's findings; every draft is a new version.
+
+    Sizes and confidences come from the measuring tools; only the wording may come from the model.
+    """
+    view = ctx.view(args.study_id)
+    study = view.study
+    findings = _chosen(ctx, study, args.finding_ids)
+    _measure(ctx, study, findings)
+    findings = [ctx.findings[f.id] for f in findings]
+    report = template_report(study, findings)
+    notes: list[str] = []
+    author = "loupe"
+    if args.use_model_wording and ctx.report_writer is not None:
+        report, notes = _worded(ctx, report)
+        author = "model"
+    history = ctx.reports.setdefault(study.id, ReportHistory())
+    version = history.add(report, author=author, reason="drafted")
+    return ToolResult(output=ReportOutput(study_id=study.id, version=version.version, status=version.status,
+                                          markdown=report_markdown(version), notes=notes))
+
+
+def _chosen(ctx: ToolContext, study: Study, ids: list[str] | None) -> list[Finding]:
+    known = ctx.study_findings(study.id)
+    if ids is None:
+        reportable = [f for f in known if f.confidence >= ANOMALY_THRESHOLD
+                      and (f.verification is None or f.verification.status != "rejected")]
+        return sorted(reportable, key=lambda f: -f.confidence)
+    by_id = {f.id: f for f in known}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ReportError(f"There is no finding {', '.join(missing)} on this study; run detect_anomalies first.")
+    return [by_id[i] for i in ids]
+
+
+def _measure(ctx: ToolContext, study: Study, findings: list[Finding]) -> None:
+    """Fit the findings that have no size yet, so the report never states a size no tool made."""
+    unmeasured = [f.id for f in findings if measured_size(f) is None]
+    if unmeasured:
+        fit_gaussian(ctx, FitGaussianInput(finding_ids=unmeasured, study_id=study.id))
+
+
+def template_report(study: Study, findings: list[Finding]) -> ClinicalReport:
+    """The report as the offline template words it."""
+    table = load_table("report_templates.toml")
+    reported = [_report_finding(study, f, table) for f in findings]
+    modality = (study.safe.modality or "").upper()
+    if reported:
+        listing = "; ".join(table["impression"]["finding"].format(
+            id=f.finding_id, label=_label(findings, f.finding_id), location=f.location,
+            size=f", {f.size.text()}" if f.size else "") for f in reported)
+        impression = table["impression"]["findings"].format(count=len(reported), listing=listing)
+        recommendations = table["recommendations"].get(modality, table["recommendations"]["default"])
+    else:
+        impression = table["impression"]["none"]
+        recommendations = table["recommendations"]["none"]
+    limitations = [AI_LIMITATION, table["limitations"]["offline"]]
+    if reported:
+        limitations.append(table["limitations"]["sizes"])
+    if study.pixel_spacing_mm(0) is None:
+        limitations.append(table["limitations"]["no_spacing"])
+    return ClinicalReport(study_id=study.id, study=study_summary(study), findings=reported, impression=impression,
+                          recommendations=list(recommendations), limitations=limitations)
+
+
+def study_summary(study: Study) -> StudySummary:
+    safe = study.safe
+    spacing = study.pixel_spacing_mm(0)
+    parts = [safe.modality or "Image", f"{safe.columns}×{safe.rows} px",
+             f"{study.frame_count} frame{'s' if study.frame_count != 1 else ''}"]
+    parts.append(f"pixel spacing {spacing[0]:.2f} × {spacing[1]:.2f} mm" if spacing else "no pixel spacing")
+    if safe.slice_thickness_mm:
+        parts.append(f"slice thickness {safe.slice_thickness_mm:.2g} mm")
+    return StudySummary(modality=safe.modality, body_part=safe.body_part, technique=", ".join(parts) + ".")
+
+
+def _report_finding(study: Study, finding: Finding, table: dict) -> ReportFinding:
+    status = finding.verification.status if finding.verification else "unverified"
+    cnr = finding.verification.contrast_to_noise if finding.verification else None
+    wording = table["characteristics"][status].format(
+        label=finding.label, cnr=f" (contrast-to-noise {cnr:.1f})" if cnr is not None else "")
+    return ReportFinding(finding_id=finding.id, location=location_in_words(study, finding),
+                         size=measured_size(finding), characteristics=wording,
+                         confidence=round(finding.confidence, 2), verification=status, frame=finding.frame)
+
+
+def report_finding(study: Study, finding: Finding) -> ReportFinding:
+    """A session finding as the report first states it (for ``add_finding`` edits)."""
+    return _report_finding(study, finding, load_table("report_templates.toml"))
+
+
+def _label(findings: list[Finding], finding_id: str) -> str:
+    return next(f.label for f in findings if f.id == finding_id)
+
+
+def _worded(ctx: ToolContext, report: ClinicalReport) -> tuple[ClinicalReport, list[str]]:
+    """The model's wording of the narrative fields, each kept only if it invents no numbers."""
+    try:
+        narrative = ctx.report_writer.write(report, "draft")
+    except ModelUnavailableError as error:
+        return report, [f"Worded from the template: {error}"]
+    notes: list[str] = []
+
+    def kept(text: str, what: str) -> bool:
+        try:
+            guard_numbers(text, report, ctx.findings)
+        except ReportError:
+            notes.append(f"The model's {what} stated a measurement no tool made; the template's wording was kept.")
+            return False
+        return bool(text.strip())
+
+    impression = narrative.impression.strip() if kept(narrative.impression, "impression") else report.impression
+    recommendations = [r.strip() for r in narrative.recommendations if kept(r, "recommendation")]
+    findings = []
+    for finding in report.findings:
+        text = narrative.characteristics.get(finding.finding_id, "")
+        findings.append(finding.model_copy(update={"characteristics": text.strip()})
+                        if text and kept(text, f"wording of {finding.finding_id}") else finding)
+    return report.model_copy(update={"impression": impression, "findings": findings,
+                                     "recommendations": recommendations or report.recommendations}), notes

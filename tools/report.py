@@ -1,0 +1,330 @@
+"""The clinical report: a structured draft, immutable versions, typed edits, sign-off.
+
+``ClinicalReport`` is one version. ``ReportHistory`` keeps every version of a study's report:
+each edit, restore or sign-off appends a new version with its author, time and reason; nothing
+is overwritten. Edits are explicit operations (``ReportEdit``) rather than free text, so what
+changed is always clear, and the rule that guards measurements can be enforced: sizes and
+positions change only when a tool measured them or the clinician typed them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tools.errors import LoupeError
+from tools.findings import Finding, FindingId
+
+Author = Literal["clinician", "model", "loupe"]
+ReportStatus = Literal["draft", "signed"]
+AI_LIMITATION = "AI-assisted draft: requires review and sign-off by the reading physician."
+_NUMBER_WITH_UNIT = re.compile(r"(\d+(?:[.,]\d+)?)\s*(mm|cm|px)\b", re.IGNORECASE)
+
+
+class ReportError(LoupeError):
+    """A report action that cannot be done as asked (unknown finding, signed version, invented
+    measurement, ...); the message says why."""
+
+
+class Measurement(BaseModel):
+    """A size with its unit; ``source`` says who produced the numbers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    major: float = Field(gt=0)
+    minor: float | None = Field(default=None, gt=0)
+    unit: Literal["mm", "px"]
+    source: Literal["tool", "clinician"] = "tool"
+
+    def text(self) -> str:
+        digits = 1 if self.unit == "mm" else 0
+        if self.minor is None:
+            return f"{self.major:.{digits}f} {self.unit}"
+        return f"{self.major:.{digits}f} × {self.minor:.{digits}f} {self.unit}"
+
+
+class ReportFinding(BaseModel):
+    """One finding as the report states it, linked to the session's finding by id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    finding_id: FindingId
+    location: str = Field(description="Anatomical region and patient side, in words, where determinable.")
+    size: Measurement | None = None
+    characteristics: str = ""
+    confidence: float | None = Field(default=None, ge=0, le=1)
+    verification: str = Field(default="unverified", description="The verification status from the tools.")
+    frame: int = Field(default=0, ge=0)
+
+
+class StudySummary(BaseModel):
+    """What was examined, from allow-listed metadata only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    modality: str | None
+    body_part: str | None = None
+    technique: str = Field(description="Acquisition in words, e.g. 'CT, 512×512 px, 1 slice, 0.70 mm pixels'.")
+
+
+class ClinicalReport(BaseModel):
+    """One immutable version of a study's report."""
+
+    model_config = ConfigDict(frozen=True)
+
+    study_id: str
+    study: StudySummary
+    findings: list[ReportFinding] = Field(default_factory=list)
+    impression: str
+    recommendations: list[str] = Field(default_factory=list)
+    limitations: list[str] = Field(default_factory=lambda: [AI_LIMITATION])
+    status: ReportStatus = "draft"
+    version: int = Field(default=1, ge=1)
+    author: Author = "loupe"
+    author_name: str | None = Field(default=None, description="Who, when the author is the clinician.")
+    reason: str = ""
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    signed_by: str | None = None
+
+    @model_validator(mode="after")
+    def _invariants(self) -> ClinicalReport:
+        if AI_LIMITATION not in self.limitations:
+            raise ValueError("the limitations must say that this is an AI-assisted draft requiring physician review")
+        ids = [f.finding_id for f in self.findings]
+        if len(ids) != len(set(ids)):
+            raise ValueError("a finding appears twice in the report")
+        if (self.status == "signed") != (self.signed_by is not None):
+            raise ValueError("a signed report names its signer, and only a signed one does")
+        return self
+
+    def check_findings_exist(self, known: Iterable[str]) -> None:
+        missing = sorted({f.finding_id for f in self.findings} - set(known))
+        if missing:
+            raise ReportError(f"The report refers to {', '.join(missing)}, which the session does not have.")
+
+
+class ReportNarrative(BaseModel):
+    """The prose a language model may write: never numbers of its own (see ``guard_numbers``)."""
+
+    impression: str
+    recommendations: list[str] = Field(default_factory=list)
+    characteristics: dict[str, str] = Field(default_factory=dict, description="Finding id -> wording.")
+
+
+# -- edits ---------------------------------------------------------------------------------------
+
+
+class SetSection(BaseModel):
+    op: Literal["set_section"] = "set_section"
+    section: Literal["impression", "technique", "recommendations", "limitations"]
+    text: str = Field(description="New text; for recommendations/limitations one item per line.")
+
+
+class EditFinding(BaseModel):
+    op: Literal["edit_finding"] = "edit_finding"
+    finding_id: FindingId
+    location: str | None = None
+    characteristics: str | None = None
+    size: Measurement | None = Field(default=None, description="Only a tool's measurement, or the clinician's.")
+
+
+class RemoveFinding(BaseModel):
+    op: Literal["remove_finding"] = "remove_finding"
+    finding_id: FindingId
+
+
+class AddFinding(BaseModel):
+    op: Literal["add_finding"] = "add_finding"
+    finding_id: FindingId = Field(description="A finding of the session not yet in the report.")
+    location: str | None = None
+    characteristics: str = ""
+
+
+class ReorderFindings(BaseModel):
+    op: Literal["reorder_findings"] = "reorder_findings"
+    order: list[FindingId] = Field(description="All finding ids of the report, in the new order.")
+
+
+class AddRecommendation(BaseModel):
+    op: Literal["add_recommendation"] = "add_recommendation"
+    text: str = Field(min_length=1)
+
+
+ReportEdit = Annotated[SetSection | EditFinding | RemoveFinding | AddFinding | ReorderFindings | AddRecommendation,
+                       Field(discriminator="op")]
+
+
+def apply_edits(report: ClinicalReport, edits: Iterable[ReportEdit], *, author: Author,
+                findings: Mapping[str, Finding], describe: callable) -> ClinicalReport:
+    """The report with ``edits`` applied (a new object; version fields are set by the history).
+
+    ``findings`` are the session's findings (for measurements and for adding); ``describe``
+    turns a session finding into a ``ReportFinding`` for ``add_finding``.
+    """
+    data = report.model_dump()
+    for edit in edits:
+        _apply(data, edit, author=author, findings=findings, describe=describe, before=report)
+    return ClinicalReport.model_validate(data)
+
+
+def _apply(data: dict, edit: ReportEdit, *, author: Author, findings: Mapping[str, Finding], describe,
+           before: ClinicalReport) -> None:
+    listed = {f["finding_id"]: f for f in data["findings"]}
+    if isinstance(edit, SetSection):
+        if author == "model":
+            guard_numbers(edit.text, before, findings)
+        if edit.section in ("impression",):
+            data["impression"] = edit.text.strip()
+        elif edit.section == "technique":
+            data["study"]["technique"] = edit.text.strip()
+        else:
+            items = [line.strip(" -•\t") for line in edit.text.splitlines() if line.strip(" -•\t")]
+            if edit.section == "limitations" and AI_LIMITATION not in items:
+                items.append(AI_LIMITATION)  # this one limitation is not negotiable
+            data[edit.section] = items
+    elif isinstance(edit, EditFinding):
+        target = _listed(listed, edit.finding_id)
+        if edit.location is not None:
+            target["location"] = edit.location.strip()
+        if edit.characteristics is not None:
+            if author == "model":
+                guard_numbers(edit.characteristics, before, findings)
+            target["characteristics"] = edit.characteristics.strip()
+        if edit.size is not None:
+            target["size"] = _checked_size(edit, author, findings).model_dump()
+    elif isinstance(edit, RemoveFinding):
+        _listed(listed, edit.finding_id)
+        data["findings"] = [f for f in data["findings"] if f["finding_id"] != edit.finding_id]
+    elif isinstance(edit, AddFinding):
+        if edit.finding_id in listed:
+            raise ReportError(f"{edit.finding_id} is already in the report.")
+        if edit.finding_id not in findings:
+            raise ReportError(f"The session has no finding {edit.finding_id}.")
+        added = describe(findings[edit.finding_id]).model_dump()
+        added["location"] = edit.location or added["location"]
+        added["characteristics"] = edit.characteristics or added["characteristics"]
+        data["findings"].append(added)
+    elif isinstance(edit, ReorderFindings):
+        if sorted(edit.order) != sorted(listed):
+            raise ReportError("A new order must list every finding of the report exactly once: "
+                              f"{', '.join(sorted(listed))}.")
+        data["findings"] = [listed[i] for i in edit.order]
+    elif isinstance(edit, AddRecommendation):
+        if author == "model":
+            guard_numbers(edit.text, before, findings)
+        data["recommendations"].append(edit.text.strip())
+
+
+def _listed(listed: dict, finding_id: str) -> dict:
+    if finding_id not in listed:
+        raise ReportError(f"{finding_id} is not in the report; findings listed: {', '.join(listed) or 'none'}.")
+    return listed[finding_id]
+
+
+def _checked_size(edit: EditFinding, author: Author, findings: Mapping[str, Finding]) -> Measurement:
+    """A new size is kept only if a tool measured it, or the clinician typed it."""
+    if author == "clinician":
+        return edit.size.model_copy(update={"source": "clinician"})
+    measured = measured_size(findings.get(edit.finding_id))
+    if measured is not None and _same_size(measured, edit.size):
+        return measured
+    raise ReportError(f"The size of {edit.finding_id} was not changed: sizes come from the measuring tools "
+                      "(run fit_gaussian again) or from the clinician, not from the model's wording.")
+
+
+def measured_size(finding: Finding | None) -> Measurement | None:
+    """The tools' current measurement of a finding (mm where the study has spacing)."""
+    if finding is None:
+        return None
+    if finding.size_mm is not None:
+        return Measurement(major=finding.size_mm[0], minor=finding.size_mm[1], unit="mm")
+    if finding.size_px is not None:
+        return Measurement(major=finding.size_px[0], minor=finding.size_px[1], unit="px")
+    return None
+
+
+def _same_size(a: Measurement, b: Measurement) -> bool:
+    tolerance = 0.06 if a.unit == "mm" else 0.6  # the report rounds to 0.1 mm / 1 px
+    minors_match = b.minor is None or (a.minor is not None and abs(a.minor - b.minor) <= tolerance)
+    return a.unit == b.unit and abs(a.major - b.major) <= tolerance and minors_match
+
+
+def guard_numbers(text: str, before: ClinicalReport, findings: Mapping[str, Finding]) -> None:
+    """Refuse model-written text that states a measurement no tool produced."""
+    allowed = _numbers_in(before.model_dump_json())
+    for finding in findings.values():
+        for size in (finding.size_mm, finding.size_px):
+            allowed.update(f"{v:.{d}f}" for v in size or () for d in (0, 1))
+    invented = [f"{value} {unit}" for value, unit in _NUMBER_WITH_UNIT.findall(text)
+                if _normalise(value) not in allowed]
+    if invented:
+        raise ReportError(f"Not changed: the new text states {', '.join(invented)}, which no tool measured; "
+                          "measurements come from the tools or the clinician.")
+
+
+def _numbers_in(text: str) -> set[str]:
+    found = set()
+    for match in re.finditer(r"\d+(?:\.\d+)?", text):
+        value = float(match.group())
+        found.update({_normalise(match.group()), f"{value:.0f}", f"{value:.1f}"})
+    return found
+
+
+def _normalise(value: str) -> str:
+    return value.replace(",", ".")
+
+
+# -- versions ------------------------------------------------------------------------------------
+
+
+class ReportHistory(BaseModel):
+    """Every version of one study's report, oldest first."""
+
+    versions: list[ClinicalReport] = Field(default_factory=list)
+
+    @property
+    def current(self) -> ClinicalReport:
+        if not self.versions:
+            raise ReportError("There is no report yet; draft one first.")
+        return self.versions[-1]
+
+    def version(self, number: int) -> ClinicalReport:
+        if not 1 <= number <= len(self.versions):
+            raise ReportError(f"There is no version {number}; versions 1 to {len(self.versions)} exist.")
+        return self.versions[number - 1]
+
+    def add(self, report: ClinicalReport, *, author: Author, reason: str, author_name: str | None = None,
+            status: ReportStatus = "draft", signed_by: str | None = None) -> ClinicalReport:
+        """Append ``report`` as the next version."""
+        version = report.model_copy(update={
+            "version": len(self.versions) + 1, "author": author, "author_name": author_name, "reason": reason,
+            "status": status, "signed_by": signed_by, "created_at": datetime.now(UTC)})
+        self.versions.append(ClinicalReport.model_validate(version.model_dump()))
+        return self.versions[-1]
+
+    def restore(self, number: int, *, author: Author, author_name: str | None = None) -> ClinicalReport:
+        """Make an old version current again — as a new version, so nothing is lost."""
+        return self.add(self.version(number), author=author, author_name=author_name,
+                        reason=f"restored version {number}")
+
+    def sign(self, number: int, signer: str) -> ClinicalReport:
+        """The clinician signs version ``number`` (the current one): a new, signed version."""
+        if number != self.current.version:
+            raise ReportError(f"Only the current version ({self.current.version}) can be signed; restore "
+                              f"version {number} first if that is the one to sign.")
+        if self.current.status == "signed":
+            raise ReportError(f"Version {number} is already signed.")
+        if not signer.strip():
+            raise ReportError("Signing needs the signing physician's name.")
+        return self.add(self.current, author="clinician", author_name=signer.strip(), reason="signed",
+                        status="signed", signed_by=signer.strip())
+
+    def diff(self, old: int, new: int, render) -> str:
+        """A unified diff between two versions as ``render`` (e.g. Markdown) shows them."""
+        a, b = render(self.version(old)).splitlines(), render(self.version(new)).splitlines()
+        return "\n".join(difflib.unified_diff(a, b, f"version {old}", f"version {new}", lineterm=""))

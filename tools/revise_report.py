@@ -1,0 +1,100 @@
+"""revise_report: change the current report with explicit, typed edits — a new version each time.
+
+The model turns a clinician's request ("shorten the impression", "drop F2, it is a vessel")
+into edit operations; each revision is a new immutable version with its author, time and
+reason. All edits of one call apply together or not at all. A model's edit that would state a
+measurement no tool produced is rejected with the reason; the clinician's own edits (through
+the app, ``revise(..., author="clinician")``) may set sizes they measured.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from tools.context import ToolContext, ToolResult
+from tools.draft_report import ReportOutput, report_finding
+from tools.errors import ModelUnavailableError
+from tools.report import (AddFinding, AddRecommendation, Author, ClinicalReport, EditFinding, RemoveFinding,
+                          ReorderFindings, ReportError, ReportHistory, SetSection, apply_edits, guard_numbers)
+from tools.report_markdown import report_markdown
+
+
+class Restyle(BaseModel):
+    """Reword the narrative (impression, recommendations, finding wording) in a style; needs a
+    language model, and may not change any number."""
+
+    op: Literal["restyle"] = "restyle"
+    style: str = Field(min_length=2, description="e.g. 'concise', 'plain language', 'formal'.")
+
+
+RevisionEdit = Annotated[SetSection | EditFinding | RemoveFinding | AddFinding | ReorderFindings | AddRecommendation
+                         | Restyle, Field(discriminator="op")]
+
+
+class ReviseReportInput(BaseModel):
+    """Arguments of ``revise_report``."""
+
+    edits: list[RevisionEdit] = Field(min_length=1, description=(
+        "Edit operations, applied in order: set_section (impression, technique, recommendations, limitations), "
+        "edit_finding (location, characteristics; size only as the tools measured it), remove_finding, add_finding, "
+        "reorder_findings, add_recommendation, restyle."))
+    reason: str = Field(min_length=1, description="Short reason for the change, in the clinician's words.")
+    study_id: str | None = Field(default=None, description="Which open study; default the current one.")
+
+
+def revise_report(ctx: ToolContext, args: ReviseReportInput) -> ToolResult:
+    """Revise the current report with explicit edit operations; the result is a new version.
+
+    Sizes and other numbers cannot be changed by wording: only the measuring tools or the
+    clinician set them. A signed version is never changed; revising it starts a new draft.
+    """
+    return ToolResult(output=revise(ctx, args.edits, author="model", reason=args.reason, study_id=args.study_id))
+
+
+def revise(ctx: ToolContext, edits: list, *, author: Author, reason: str, study_id: str | None = None,
+           author_name: str | None = None) -> ReportOutput:
+    """Apply ``edits`` to the current version and store the result as the next version."""
+    study = ctx.view(study_id).study
+    history = history_of(ctx, study_id)
+    report = history.current
+    for index, edit in enumerate(edits, start=1):
+        try:
+            report = (_restyled(ctx, report, edit.style) if isinstance(edit, Restyle) else
+                      apply_edits(report, [edit], author=author, findings=ctx.findings,
+                                  describe=lambda finding: report_finding(study, finding)))
+        except ReportError as error:
+            raise ReportError(f"Edit {index} ({edit.op}) was not applied, so nothing changed: {error}") from error
+    report.check_findings_exist(ctx.findings)
+    notes = [] if history.current.status == "draft" else [
+        f"Version {history.current.version} is signed and stays as it is; this revision is a new draft."]
+    version = history.add(report, author=author, author_name=author_name, reason=reason)
+    return ReportOutput(study_id=study.id, version=version.version, status=version.status,
+                        markdown=report_markdown(version), notes=notes)
+
+
+def _restyled(ctx: ToolContext, report: ClinicalReport, style: str) -> ClinicalReport:
+    if ctx.report_writer is None:
+        raise ReportError("Rewording in a style needs the Gemini backend; the offline planner can only make "
+                          "explicit edits (set a section, remove or reorder findings, add a recommendation).")
+    try:
+        narrative = ctx.report_writer.write(report, f"restyle: {style}")
+    except ModelUnavailableError as error:
+        raise ReportError(f"The model could not reword the report: {error}") from error
+    for text in (narrative.impression, *narrative.recommendations, *narrative.characteristics.values()):
+        guard_numbers(text, report, ctx.findings)
+    findings = [f.model_copy(update={"characteristics": narrative.characteristics.get(f.finding_id, f.characteristics)})
+                for f in report.findings]
+    return report.model_copy(update={"impression": narrative.impression.strip() or report.impression,
+                                     "recommendations": narrative.recommendations or report.recommendations,
+                                     "findings": findings})
+
+
+def history_of(ctx: ToolContext, study_id: str | None = None) -> ReportHistory:
+    """The report history of a study (a ReportError when there is none yet)."""
+    study = ctx.view(study_id).study
+    history = ctx.reports.get(study.id)
+    if history is None or not history.versions:
+        raise ReportError("There is no report for this study yet; draft one first.")
+    return history
