@@ -167,6 +167,36 @@ def test_mr_enhancing_lesion_is_the_top_detection():
     assert inside(top, (300, 220), 14), top
 
 
+def test_large_textured_lesion_is_found_at_its_own_scale():
+    """Bright speckle inside a large lesion must not hide the lesion: candidates are scale-space
+    maxima per level, so the whole lesion is a candidate and outranks the bumps of its texture."""
+    centre, radius = (260, 240), 45
+    image = mr_head(lesion=None, seed=1)
+    yy, xx = _grid(image.shape)
+    lesion = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= radius**2
+    texture = np.random.default_rng(2).random(image.shape) < 0.08  # dense bright dots
+    image[lesion] = 120.0
+    image[lesion & ndi.binary_dilation(texture, iterations=1)] = 255.0
+    top = detect_on_work(prepare(image, "MR"))[0]
+    assert inside(top, centre, radius * 0.5), top
+    assert top.radius_px >= 0.5 * radius
+
+
+def test_mr_blob_among_air_and_bone_ranks_below_one_in_brain():
+    """Two equal enhancing blobs: the one whose surroundings are dark (a sinus, the skull base)
+    is less lesion-like than the one surrounded by brain tissue, although it is more central
+    and its dark surroundings give it more raw contrast (without the dark-ring term it wins)."""
+    image = mr_head(lesion=(185, 256), radius=12, seed=4)
+    yy, xx = _grid(image.shape)
+    sinus = (300, 256)
+    image[(np.hypot(xx - sinus[0], yy - sinus[1]) > 18) & (np.hypot(xx - sinus[0], yy - sinus[1]) <= 30)] = 5.0
+    image[np.hypot(xx - sinus[0], yy - sinus[1]) <= 12] = 200.0
+    detections = detect_on_work(prepare(image, "MR"))
+    assert inside(detections[0], (185, 256), 12), detections[0]
+    in_sinus = [d for d in detections if inside(d, sinus, 12)]
+    assert in_sinus and in_sinus[0].score < detections[0].score
+
+
 @pytest.mark.parametrize("modality", ["CT", "MR", "US", "DX", None])
 @pytest.mark.parametrize("kind", ["uniform", "noise"])
 def test_uniform_or_noise_only_is_not_an_anomaly(modality, kind):
@@ -348,4 +378,4 @@ def test_detector_beats_centre_guess_on_eval_set(eval_dir):
     # The baseline numbers of evaluation.md: centre guess hit@1 .16–.18 overall.
     assert 0.1 <= baseline["hit_at_1"] <= 0.25
     per_group = {r["group"]: r for r in report.data["detector"]}
-    assert per_group["busi"]["hit_at_1"] >= 0.5 and per_group["figshare_brain_mri"]["hit_at_1"] >= 0.4
+    assert per_group["busi"]["hit_at_1"] >= 0.5 and per_group["figshare_brain_mri"]["hit_at_1"] >= 0.55

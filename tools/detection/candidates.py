@@ -1,20 +1,26 @@
-"""Candidate lesions: multi-scale blob maxima inside the search mask, described by features.
+"""Candidate lesions: scale-space blob maxima inside the search mask, described by features.
 
-Candidates are local maxima of the polarity-signed, scale-normalised LoG (max over scales),
-inside the organ mask, with non-maximum suppression between overlapping blobs. Each carries
-the ``Evidence`` at its best scale; ``tools.detection.scoring`` turns that into a confidence.
+Candidates are local maxima of the polarity-signed, scale-normalised LoG in space *and* scale,
+found level by level, inside the organ mask. Taking maxima per level (not of the max over
+scales) keeps a large lesion as a candidate even when fine texture inside it responds more
+strongly at small scales. Each carries the ``Evidence`` at its scale; the detector ranks them
+with ``tools.detection.scoring`` and then suppresses overlapping blobs, so the best-scored
+blob of a lesion speaks for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from tools.detection.evidence import SQRT2, Evidence, ScaleSpace, measure
 
 MAX_CANDIDATES = 30
+#: Peaks kept per scale level (strongest first) before evidence is measured: enough that every
+#: level contributes, few enough to keep the per-candidate measurements cheap.
+PEAKS_PER_LEVEL = 15
 
 
 @dataclass(frozen=True)
@@ -43,23 +49,55 @@ def _refine_subpixel(response: np.ndarray, xi: int, yi: int) -> tuple[float, flo
     return xi + dx, yi + dy
 
 
-def find_candidates(space: ScaleSpace, limit: int = MAX_CANDIDATES) -> list[Candidate]:
-    """Local maxima of the best-scale response inside the search mask, strongest first."""
-    response, level = space.best
-    search = space.work.search
-    footprint = max(3, int(round(space.sigmas[0] * 2)) | 1)
-    peaks = (response == ndi.maximum_filter(response, size=footprint)) & search & (response > 0)
+def _max3x3(layer: np.ndarray) -> np.ndarray:
+    """3×3 maximum filter by shifted maxima (separable); several times faster than ndimage's."""
+    padded = np.pad(layer, 1, mode="edge")
+    rows = np.maximum(np.maximum(padded[:-2], padded[1:-1]), padded[2:])
+    return np.maximum(np.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
+
+
+def _level_peaks(space: ScaleSpace, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of this level's spatial maxima that are also maxima across neighbouring scales."""
+    stack = space.stack
+    layer = stack[level]
+    peaks = (layer == _max3x3(layer)) & space.work.search & (layer > 0)
+    if level > 0:
+        peaks &= layer >= stack[level - 1]
+    if level < len(space.sigmas) - 1:
+        peaks &= layer >= stack[level + 1]
     ys, xs = np.nonzero(peaks)
-    order = np.argsort(response[ys, xs])[::-1]
-    chosen: list[Candidate] = []
-    for index in order:
-        xi, yi = int(xs[index]), int(ys[index])
-        sigma = space.sigmas[int(level[yi, xi])]
-        # A weaker peak inside a stronger blob is part of it, not a second lesion.
-        if any(np.hypot(c.x - xi, c.y - yi) < 1.2 * max(c.radius, sigma * SQRT2) for c in chosen):
+    order = np.argsort(layer[ys, xs])[::-1][:PEAKS_PER_LEVEL]
+    return ys[order], xs[order]
+
+
+def find_candidates(space: ScaleSpace) -> list[Candidate]:
+    """Every scale-space peak (the strongest per level) with its evidence, unranked."""
+    found: list[Candidate] = []
+    for level, sigma in enumerate(space.sigmas):
+        layer = space.stack[level]
+        for yi, xi in zip(*_level_peaks(space, level)):
+            x, y = _refine_subpixel(layer, int(xi), int(yi))
+            found.append(Candidate(x=x, y=y, sigma=sigma, evidence=measure(space, x, y, sigma)))
+    return found
+
+
+def suppress_overlaps(ranked: Sequence[Candidate], limit: int = MAX_CANDIDATES) -> list[Candidate]:
+    """Greedy non-maximum suppression over candidates sorted best first.
+
+    A lower-ranked blob whose centre lies inside a better blob (or the better one's centre
+    inside it) is the same lesion seen at another scale or a bump of its texture.
+    """
+    kept: list[Candidate] = []
+    for candidate in ranked:
+        if any(np.hypot(k.x - candidate.x, k.y - candidate.y) < 1.2 * max(k.radius, candidate.radius) for k in kept):
             continue
-        x, y = _refine_subpixel(response, xi, yi)
-        chosen.append(Candidate(x=x, y=y, sigma=sigma, evidence=measure(space, x, y, sigma)))
-        if len(chosen) >= limit * 2:
+        kept.append(candidate)
+        if len(kept) >= limit:
             break
-    return chosen[: limit * 2]
+    return kept
+
+
+def ranked_candidates(space: ScaleSpace, rank: Callable[[Candidate], float],
+                      limit: int = MAX_CANDIDATES) -> list[Candidate]:
+    """Candidates ordered by ``rank`` (higher first), overlaps suppressed."""
+    return suppress_overlaps(sorted(find_candidates(space), key=lambda c: -rank(c)), limit)

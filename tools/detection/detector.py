@@ -15,7 +15,7 @@ import numpy as np
 
 from tools.context import ToolContext
 from tools.coordinates import BoxPx
-from tools.detection.candidates import Candidate, find_candidates
+from tools.detection.candidates import Candidate, ranked_candidates
 from tools.detection.evidence import ScaleSpace
 from tools.detection.scoring import confidence, score
 from tools.detection.working import WorkingImage, prepare_study_frame
@@ -63,9 +63,8 @@ def _to_detection(candidate: Candidate, work: WorkingImage, frame: int) -> Detec
 def detect_on_work(work: WorkingImage, frame: int = 0, limit: int = 10,
                    space: ScaleSpace | None = None) -> list[Detection]:
     """Ranked detections on a prepared working image, most confident first."""
-    candidates = find_candidates(space or ScaleSpace(work))
-    detections = sorted((_to_detection(c, work, frame) for c in candidates), key=lambda d: -d.score)
-    return detections[:limit]
+    candidates = ranked_candidates(space or ScaleSpace(work), lambda c: score(c, work), limit)
+    return [_to_detection(c, work, frame) for c in candidates]
 
 
 def detect_frame(study: Study, frame: int, limit: int = 10) -> list[Detection]:

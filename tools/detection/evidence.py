@@ -8,7 +8,7 @@ polarity, so "more evidence" is always a larger number.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 from scipy import fft as sp_fft
@@ -88,19 +88,38 @@ class ScaleSpace:
         return float(max(1.4826 * np.median(np.abs(fine - np.median(fine))), 1e-3))
 
     @cached_property
+    def dark_level(self) -> float:
+        """Half the typical tissue value in the search mask: air, bone and fluid lie below it."""
+        inside = self.work.image[self.work.search]
+        return 0.5 * float(np.median(inside)) if inside.size else 0.0
+
+    @cached_property
     def border_map(self) -> np.ndarray:
         """Distance (working px) from each pixel to the outside of the search mask."""
         return ndi.distance_transform_edt(self.work.search)
 
 
+@lru_cache(maxsize=64)
+def _distance_template(reach: int) -> np.ndarray:
+    """Distances from the centre pixel of a (2·reach+1)² window; shared by all candidates."""
+    offsets = np.arange(-reach, reach + 1, dtype=np.float32)
+    return np.hypot(offsets[None, :], offsets[:, None])
+
+
 def disk_and_ring(shape: tuple[int, int], x: float, y: float, radius: float,
                   ring_inner: float = 1.5, ring_outer: float = 2.5) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
-    """Boolean disk of ``radius`` and surrounding ring, within a bounding window."""
-    reach = radius * ring_outer + 1
-    r0, r1 = max(0, int(y - reach)), min(shape[0], int(y + reach) + 2)
-    c0, c1 = max(0, int(x - reach)), min(shape[1], int(x + reach) + 2)
-    yy, xx = np.mgrid[r0:r1, c0:c1]
-    distance = np.hypot(xx - x, yy - y)
+    """Boolean disk of ``radius`` and surrounding ring, within a bounding window.
+
+    Centred on the nearest pixel: half a pixel does not change a mean over a disk, and a
+    cached distance template makes this cheap enough to run for hundreds of candidates.
+    """
+    reach = int(radius * ring_outer) + 1
+    xi, yi = int(round(x)), int(round(y))
+    # Clamped so that a point far outside the image gives an empty window, not a bad slice.
+    r0, r1 = min(max(0, yi - reach), shape[0]), max(min(shape[0], yi + reach + 1), 0)
+    c0, c1 = min(max(0, xi - reach), shape[1]), max(min(shape[1], xi + reach + 1), 0)
+    r1, c1 = max(r1, r0), max(c1, c0)
+    distance = _distance_template(reach)[r0 - yi + reach:r1 - yi + reach, c0 - xi + reach:c1 - xi + reach]
     disk = distance <= radius
     ring = (distance > radius * ring_inner) & (distance <= radius * ring_outer)
     return (slice(r0, r1), slice(c0, c1)), disk, ring
@@ -115,6 +134,7 @@ class Evidence:
     cnr: float  # contrast / std(ring)
     inside: bool  # within the search mask
     border: float  # distance to the search-mask border, in units of the radius
+    dark_ring: float = 0.0  # fraction of the ring darker than half the tissue level (air, bone, fluid)
 
 
 def measure(space: ScaleSpace, x: float, y: float, sigma: float) -> Evidence:
@@ -129,10 +149,11 @@ def measure(space: ScaleSpace, x: float, y: float, sigma: float) -> Evidence:
     patch = work.image[window]
     inside_values, ring_values = patch[disk], patch[ring]
     if inside_values.size == 0 or ring_values.size < 4:
-        contrast, cnr = 0.0, 0.0
+        contrast, cnr, dark_ring = 0.0, 0.0, 0.0
     else:
         contrast = work.sign * float(inside_values.mean() - np.median(ring_values))
         cnr = contrast / max(float(ring_values.std()), 0.01)
+        dark_ring = float(np.count_nonzero(ring_values < space.dark_level)) / ring_values.size
     return Evidence(response=response, contrast=contrast, cnr=cnr, inside=bool(work.search[yi, xi]),
-                    border=float(space.border_map[yi, xi]) / radius)
+                    border=float(space.border_map[yi, xi]) / radius, dark_ring=dark_ring)
 
