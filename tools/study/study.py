@@ -164,16 +164,17 @@ class DicomStudy(Study):
         super().__init__(**kwargs)
         self.files = files
 
-    def _locate(self, frame: int) -> tuple[DicomFile, int]:
+    def locate(self, frame: int) -> tuple[DicomFile, int]:
+        """The file holding ``frame`` and the frame's index within that file."""
         self.check_frame(frame)
         return (self.files[0], frame) if len(self.files) == 1 else (self.files[frame], 0)
 
     def _stored(self, frame: int) -> np.ndarray:
-        file, index = self._locate(frame)
+        file, index = self.locate(frame)
         return self._memo(("stored", frame), lambda: file.decode(index))
 
     def _decode_physical(self, frame: int) -> np.ndarray:
-        file, index = self._locate(frame)
+        file, index = self.locate(frame)
         if self.is_colour:
             # Colour has no physical unit; measure on the luma of what the clinician sees.
             rgb = self.render(frame).pixels.astype(np.float32)
@@ -181,7 +182,7 @@ class DicomStudy(Study):
         return file.modality_lut(self._stored(frame), index)
 
     def _render(self, frame: int, override: Window | None) -> RenderedFrame:
-        file, index = self._locate(frame)
+        file, index = self.locate(frame)
         if self.is_colour:
             return render_colour(self._stored(frame), file.header)
         return render_grey(
@@ -194,7 +195,7 @@ class DicomStudy(Study):
         )
 
     def geometry(self, frame: int = 0) -> FrameGeometry:
-        file, index = self._locate(frame)
+        file, index = self.locate(frame)
         return file.geometry(index)
 
 
