@@ -15,6 +15,8 @@ Commands (a contract other issues and checks rely on):
   "duration_ms"}], "findings", "usage", ...}``.
 - ``loupe chat STUDY [--backend ...] [--images DIR]`` — an interactive conversation.
 - ``loupe sessions list [--json] | rename ID TITLE | delete ID`` — stored sessions.
+- ``loupe report STUDY --out DIR [--format md,pdf,sr,json]`` or ``loupe report --session ID --out DIR
+  [--version N] [--sign NAME]`` — draft, sign and export reports.
 - ``loupe deid IN OUT [--map FILE] [--json]`` — a PS3.15 basic-profile de-identified copy.
 - ``loupe audit OUT.jsonl [--session ID]`` — the audit trail as JSON lines.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
@@ -92,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backend", choices=["offline", "gemini"], default="offline")
     evaluate.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="Also write the scores as JSON.")
     evaluate.add_argument("--simulate-proposals", type=float, metavar="SIGMA_PCT",
-                          help="Verify simulated proposals shifted by this σ (% of the diagonal).")
+                          help="Verify simulated proposals shifted by this σ (%% of the diagonal).")
 
     backends = ["auto", "gemini", "offline"]
     ask = commands.add_parser("ask", help="Ask one question about a study (one conversation turn).")
@@ -124,6 +126,18 @@ def _build_parser() -> argparse.ArgumentParser:
     rename.add_argument("title")
     remove = sessions_commands.add_parser("delete", help="Delete a session and everything stored for it.")
     remove.add_argument("session_id")
+
+    report = commands.add_parser("report", help="Draft a report for a study, or export / sign one from a session.")
+    report.add_argument("paths", nargs="*", metavar="STUDY", help="Study to analyse and report on (a new session).")
+    report.add_argument("--session", help="A stored session: export (or continue) its report.")
+    report.add_argument("--out", required=True, type=Path, help="Folder for the exported files.")
+    report.add_argument("--format", default="md,pdf,sr,json", help="Comma-separated: md, pdf, sr, json (default all).")
+    report.add_argument("--version", type=int, help="Report version to export (default the current one).")
+    report.add_argument("--sign", metavar="NAME", help="Sign the current version as this physician, then export it.")
+    report.add_argument("--backend", choices=backends, default=None)
+    report.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+    report.add_argument("--confirm-no-burned-in-text", action="store_true", dest="confirm_images",
+                        help="You checked the image: no identifying text on it, so Gemini may see its pixels.")
 
     deid = commands.add_parser("deid", help="Write a de-identified copy (PS3.15 basic profile) of a DICOM file or folder.")
     deid.add_argument("source", type=Path, metavar="IN")
@@ -321,6 +335,16 @@ def _sessions(args: argparse.Namespace, settings: LoupeSettings) -> None:
             print(f"{row.id}  {row.updated_at:%Y-%m-%d %H:%M}  {row.turns:3d} turn(s)  {row.title}")
 
 
+def _report(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.report_command import parse_formats, run_report
+
+    study = _study_path(args.paths) if args.paths else None
+    raise SystemExit(run_report(settings, study=study, session_id=args.session, out_dir=args.out,
+                                formats=parse_formats(args.format), version=args.version, signer=args.sign,
+                                backend_name=_backend_choice(args.backend), modality=args.modality,
+                                confirm_images=args.confirm_images))
+
+
 def _deid(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.deid import default_pseudonym_map, deidentify
     from agent.store import Store
@@ -385,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
     args = _build_parser().parse_args(arguments)
     handlers = {"info": _info, "view": _view, "analyze": _analyze, "verify": _verify, "eval": _eval,
-                "ask": _ask, "chat": _chat, "sessions": _sessions, "deid": _deid, "audit": _audit, "serve": _serve}
+                "ask": _ask, "chat": _chat, "sessions": _sessions, "report": _report, "deid": _deid, "audit": _audit, "serve": _serve}
     try:
         handlers[args.command](args, LoupeSettings())
     except LoupeError as error:

@@ -255,24 +255,38 @@ def _same_size(a: Measurement, b: Measurement) -> bool:
 
 
 def guard_numbers(text: str, before: ClinicalReport, findings: Mapping[str, Finding]) -> None:
-    """Refuse model-written text that states a measurement no tool produced."""
-    allowed = _numbers_in(before.model_dump_json())
+    """Refuse model-written text that states a measurement (number and unit) no tool produced
+    and the report did not already state."""
+    allowed = _stated_measurements(before)
     for finding in findings.values():
-        for size in (finding.size_mm, finding.size_px):
-            allowed.update(f"{v:.{d}f}" for v in size or () for d in (0, 1))
+        allowed |= _variants(finding.size_mm or (), "mm") | _variants(finding.size_px or (), "px")
     invented = [f"{value} {unit}" for value, unit in _NUMBER_WITH_UNIT.findall(text)
-                if _normalise(value) not in allowed]
+                if (_normalise(value), unit.lower()) not in allowed]
     if invented:
         raise ReportError(f"Not changed: the new text states {', '.join(invented)}, which no tool measured; "
                           "measurements come from the tools or the clinician.")
 
 
-def _numbers_in(text: str) -> set[str]:
-    found = set()
-    for match in re.finditer(r"\d+(?:\.\d+)?", text):
-        value = float(match.group())
-        found.update({_normalise(match.group()), f"{value:.0f}", f"{value:.1f}"})
-    return found
+def _stated_measurements(report: ClinicalReport) -> set[tuple[str, str]]:
+    stated: set[tuple[str, str]] = set()
+    for finding in report.findings:
+        if finding.size is not None:
+            values = [v for v in (finding.size.major, finding.size.minor) if v is not None]
+            stated |= _variants(values, finding.size.unit)
+    texts = [report.impression, *report.recommendations, *(f.characteristics for f in report.findings)]
+    for value, unit in _NUMBER_WITH_UNIT.findall(" ".join(texts)):
+        stated.add((_normalise(value), unit.lower()))
+    return stated
+
+
+def _variants(values: Iterable[float], unit: str) -> set[tuple[str, str]]:
+    """How a measured value may be written: 0 or 1 decimals, and in cm for mm values."""
+    variants = set()
+    for value in values:
+        variants |= {(f"{value:.0f}", unit), (f"{value:.1f}", unit)}
+        if unit == "mm":
+            variants |= {(f"{value / 10:.1f}", "cm"), (f"{value / 10:.2f}", "cm")}
+    return variants
 
 
 def _normalise(value: str) -> str:

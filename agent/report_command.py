@@ -1,0 +1,76 @@
+"""``loupe report``: draft a report for a study, or export / sign one from a stored session.
+
+- ``loupe report STUDY --out DIR`` — new session: analyse (detect, verify, fit), draft, export.
+- ``loupe report --session ID --out DIR [--version N] [--sign NAME]`` — from a stored session.
+
+``--format`` takes ``md,pdf,sr,json`` (default all). PNG/JPEG studies have no source DICOM to
+reference, so their SR is skipped with a note; the other formats are still written.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from agent.analysis import analyse_current
+from agent.atomic_file import write_atomically
+from agent.backends import make_backend
+from agent.chat_cli import open_conversation
+from agent.conversation import Conversation
+from agent.reports import export, sign
+from agent.settings import LoupeSettings
+from agent.store import Store
+from agent.toolbox import run_tool
+from tools.errors import LoupeError
+
+FORMATS = ("md", "pdf", "sr", "json")
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise LoupeError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got '{text}'.")
+    return formats
+
+
+def run_report(settings: LoupeSettings, *, study: Path | None, session_id: str | None, out_dir: Path, formats: list[str],
+               version: int | None, signer: str | None, backend_name: str | None, modality: str | None,
+               confirm_images: bool) -> int:
+    if study is None and session_id is None:
+        raise LoupeError("Give a study to report on, or --session ID of a stored session.")
+    if study is None:
+        store = Store.for_data_dir(settings.data_dir, settings.db_url)
+        conversation = Conversation.resume(settings, store, session_id, settings.user)
+    else:
+        conversation = _drafted(settings, study, session_id, backend_name, modality, confirm_images)
+    if signer:
+        history = conversation.ctx.reports.get(conversation.ctx.current_study_id)
+        number = version or (history.current.version if history and history.versions else 1)
+        signed = sign(conversation, number, name=signer)
+        version = signed.version
+    files, notes = export(conversation, formats, version=version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        write_atomically(out_dir / file.name, file.data)
+        print(out_dir / file.name)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"session: {conversation.session_id}", file=sys.stderr)
+    return 0 if files else 2
+
+
+def _drafted(settings: LoupeSettings, study: Path, session_id: str | None, backend_name: str | None,
+             modality: str | None, confirm_images: bool) -> Conversation:
+    """A session on ``study`` with its findings analysed and a report drafted."""
+    conversation = open_conversation(settings, study, modality=modality, session_id=session_id)
+    if confirm_images:
+        conversation.confirm_no_burned_in_text()
+    backend = make_backend(settings, backend_name)
+    if backend.name == "gemini":  # Gemini proposes locations and words the report
+        conversation.ctx.vision, conversation.ctx.report_writer = backend.proposer, backend.writer
+        backend.proposer.boundary = backend.writer.boundary = conversation.boundary
+    analyse_current(conversation.ctx)
+    run_tool(conversation.ctx, "draft_report", {})
+    conversation.save()
+    return conversation

@@ -1,0 +1,121 @@
+"""The clinician's report actions on a conversation: edit, restore, sign, diff, export.
+
+The model changes a report only through the ``revise_report`` tool; these functions are what the
+clinician does directly (in the app or on the command line). Every action creates a version,
+is committed with the session, and lands in the audit trail.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import TypeAdapter
+
+from agent.conversation import Conversation
+from agent.toolbox import run_tool
+from tools.draft_report import ReportOutput
+from tools.report import ClinicalReport, ReportError, ReportHistory
+from tools.report_markdown import report_markdown
+from tools.revise_report import RevisionEdit, history_of, revise
+
+ExportFormat = Literal["md", "pdf", "sr", "json"]
+_EDITS = TypeAdapter(list[RevisionEdit])
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    name: str
+    mime_type: str
+    data: bytes
+
+
+def history(conversation: Conversation, study_id: str | None = None) -> ReportHistory:
+    return history_of(conversation.ctx, study_id)
+
+
+def clinician_edit(conversation: Conversation, edits: list[dict[str, Any]], *, name: str, reason: str,
+                   study_id: str | None = None) -> ReportOutput:
+    """The clinician's own edits (sizes they measured are accepted, marked as theirs)."""
+    output = revise(conversation.ctx, _EDITS.validate_python(edits), author="clinician", author_name=name,
+                    reason=reason, study_id=study_id)
+    conversation.save()
+    return output
+
+
+def restore(conversation: Conversation, version: int, *, name: str, study_id: str | None = None) -> ClinicalReport:
+    restored = history(conversation, study_id).restore(version, author="clinician", author_name=name)
+    conversation.save()
+    return restored
+
+
+def sign(conversation: Conversation, version: int, *, name: str, study_id: str | None = None) -> ClinicalReport:
+    """Sign ``version`` (the current one); the signed version can no longer change."""
+    signed = history(conversation, study_id).sign(version, name)
+    conversation.save()
+    return signed
+
+
+def diff(conversation: Conversation, old: int, new: int, study_id: str | None = None) -> str:
+    return history(conversation, study_id).diff(old, new, report_markdown)
+
+
+def export(conversation: Conversation, formats: list[ExportFormat], *, version: int | None = None,
+           study_id: str | None = None) -> tuple[list[ExportFile], list[str]]:
+    """The report version (default current) in each format, and notes on what could not be made."""
+    report_history = history(conversation, study_id)
+    report = report_history.current if version is None else report_history.version(version)
+    stem = f"report-v{report.version}-{report.status}"
+    files, notes = [], []
+    for fmt in formats:
+        try:
+            files += _exported(conversation, report, fmt, stem)
+        except ReportError as error:
+            notes.append(str(error))
+    if conversation.recorder is not None:
+        conversation.recorder.audit("report_exported", {"version": report.version, "status": report.status,
+                                                        "formats": [f.name.rsplit(".", 1)[-1] for f in files]})
+    return files, notes
+
+
+def _exported(conversation: Conversation, report: ClinicalReport, fmt: ExportFormat, stem: str) -> list[ExportFile]:
+    if fmt == "md":
+        return [ExportFile(f"{stem}.md", "text/markdown", report_markdown(report).encode())]
+    if fmt == "json":
+        return [ExportFile(f"{stem}.json", "application/json",
+                           json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False).encode())]
+    if fmt == "pdf":
+        from tools.report_pdf import report_pdf
+
+        image, caption = _key_image(conversation, report)
+        return [ExportFile(f"{stem}.pdf", "application/pdf",
+                           report_pdf(report, key_image_png=image, key_image_caption=caption))]
+    from tools.report_sr import report_sr
+
+    study = conversation.ctx.view(report.study_id).study
+    measurements, narrative = report_sr(report, study, conversation.ctx.findings)
+    files = [ExportFile(f"{stem}-narrative-sr.dcm", "application/dicom", _dicom_bytes(narrative))]
+    if measurements is not None:  # a report without findings has nothing to measure
+        files.insert(0, ExportFile(f"{stem}-measurements-sr.dcm", "application/dicom", _dicom_bytes(measurements)))
+    return files
+
+
+def _key_image(conversation: Conversation, report: ClinicalReport) -> tuple[bytes | None, str]:
+    """The annotated overlay of the report's findings (on the first finding's frame)."""
+    ctx = conversation.ctx
+    view = ctx.view(report.study_id)
+    if report.findings:
+        view.frame = report.findings[0].frame
+    ids = [f.finding_id for f in report.findings if f.frame == view.frame]
+    result = run_tool(ctx, "render_overlay", {"layers": ["annotated"], "finding_ids": ids,
+                                               "study_id": report.study_id})
+    artifact = result.artifacts[0] if result.artifacts else None
+    return (artifact.data, artifact.caption) if artifact else (None, "")
+
+
+def _dicom_bytes(dataset) -> bytes:
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
