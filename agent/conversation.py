@@ -193,6 +193,11 @@ class Conversation:
         if self.recorder is not None:
             self.recorder.commit(contents, self)
 
+    def save(self) -> None:
+        """Commit the session's state now (after an action outside a turn, e.g. a sign-off)."""
+        if self.recorder is not None:
+            self.recorder.commit([], self)
+
     def close_unanswered(self, note: str) -> None:
         """If the history ends with a user turn, add the model's ``note`` so turns alternate."""
         if self.history and self.history[-1].get("role") == "user":
