@@ -14,7 +14,12 @@ comparable across machines. A second table gives the same medians in CPU time of
 with the load, while the CPU time of the (mostly single-threaded) tools stays comparable
 between runs.
 
-Run: ``.venv/bin/python bench/bench_tools.py [--runs N]``.
+render_overlay keeps rasterised strings for the next figure (orientation letters, legends,
+axis titles recur). Every run repeats the same image, so by default that cache is emptied
+before each run and every run pays for its text as the first analysis of a new study would;
+``--warm-text`` keeps it, as in a session that has already drawn a few studies.
+
+Run: ``.venv/bin/python bench/bench_tools.py [--runs N] [--warm-text]``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from agent.analysis import measured_ids, render_layers  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
 from agent.toolbox import new_context, run_tool  # noqa: E402
 from tools.coordinates import SentImage, px_to_box_2d  # noqa: E402
+from tools.render_overlay import clear_text_cache  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "data" / "eval"
 TOOLS = ("load_study", "detect_anomalies", "verify_coordinates", "fit_gaussian", "render_overlay")
@@ -56,8 +62,10 @@ def _images(folder: Path) -> list[tuple[str, Path, str]]:
     ]
 
 
-def _one_run(path: Path, modality: str) -> tuple[dict[str, float], dict[str, float]]:
+def _one_run(path: Path, modality: str, warm_text: bool = False) -> tuple[dict[str, float], dict[str, float]]:
     """Wall-clock and CPU seconds per tool for one fresh session."""
+    if not warm_text:
+        clear_text_cache()
     ctx = new_context(LoupeSettings())
     times: dict[str, float] = {}
     cpu: dict[str, float] = {}
@@ -114,17 +122,20 @@ def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warm-text", action="store_true",
+                        help="keep render_overlay's text cache between runs (default: empty it before each)")
     args = parser.parse_args()
     wall_rows, cpu_rows = [], []
     with tempfile.TemporaryDirectory() as folder:
         for label, path, modality in _images(Path(folder)):
             print(f"  timing {label} ...", file=sys.stderr)
             _one_run(path, modality)  # warm-up
-            runs = [_one_run(path, modality) for _ in range(args.runs)]
+            runs = [_one_run(path, modality, args.warm_text) for _ in range(args.runs)]
             baseline = statistics.median(_baseline(path) for _ in range(args.runs))
             wall_rows.append((label, _medians([wall for wall, _ in runs]), baseline))
             cpu_rows.append((label, _medians([cpu for _, cpu in runs]), baseline))
-    what = f"median of {args.runs} runs after a warm-up (analyze = detect + verify + fit + render)"
+    text = "text cache kept" if args.warm_text else "text cache emptied before each run"
+    what = f"median of {args.runs} runs after a warm-up, {text} (analyze = detect + verify + fit + render)"
     _table(f"Tool latency, {what}", wall_rows)
     _table(f"CPU time of this process, {what}; baseline in wall-clock time as above", cpu_rows)
 

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from matplotlib.text import Text
 from PIL import Image
 
 from tests.conftest import pydicom_file
@@ -25,6 +26,7 @@ from tools.render_overlay import (
     STATUS_STYLE,
     RenderOverlayInput,
     annotated_figure,
+    clear_text_cache,
     crop_bounds,
     direction_letters,
     figure_png,
@@ -89,10 +91,21 @@ def _near(pixels: np.ndarray, hex_colour: str, tolerance: int = 40) -> int:
     return int((np.abs(pixels.astype(int) - rgb).max(axis=2) <= tolerance).sum())
 
 
+def _by_gid(figure, gid: str) -> list:
+    """Every artist of the figure with this gid (however the figure nests them)."""
+    return figure.findobj(lambda artist: artist.get_gid() == gid, include_self=False)
+
+
 def _text(figure, gid: str):
-    found = [t for ax in figure.axes for t in ax.texts if t.get_gid() == gid]
+    found = [t for t in _by_gid(figure, gid) if isinstance(t, Text)]
     assert len(found) == 1, gid
     return found[0]
+
+
+def _image_box(figure):
+    """Where the figure shows the image (display coordinates, y upwards)."""
+    (image,) = _by_gid(figure, "image")
+    return image.get_window_extent()
 
 
 @pytest.fixture
@@ -213,6 +226,16 @@ def test_same_input_gives_identical_bytes(synthetic):
         assert render() == render()
 
 
+def test_remembered_text_draws_the_same_pixels(synthetic):
+    # Rasterised strings are kept across figures: a first and a repeated render must match.
+    physical, _, finding = synthetic
+    clear_text_cache()
+    first = render_statistics(physical, finding, spacing_mm=(0.7, 0.7), unit="HU")
+    assert render_statistics(physical, finding, spacing_mm=(0.7, 0.7), unit="HU") == first
+    clear_text_cache()
+    assert render_statistics(physical, finding, spacing_mm=(0.7, 0.7), unit="HU") == first
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (7, 5, 3), (64, 48, 3)])
 def test_png_encoder_is_lossless_and_reads_strided_views(shape):
     # tools.png filters and deflates by itself: Pillow must decode exactly the input pixels.
@@ -245,12 +268,12 @@ def test_shapes_follow_the_fit_or_the_box():
     fitted = _finding("F1", x=60, y=60, fit=_fit(60, 60, 30, 12, 40), status="rejected", size_px=(30, 12))
     boxed = _finding("F2", x=140, y=140, w=20, h=30, status=None)
     figure = annotated_figure(display, [fitted, boxed], spacing_mm=None, orientation=None)
-    patches = {p.get_gid(): p for p in figure.axes[0].patches}
-    ellipse, rectangle = patches["outline-F1"], patches["outline-F2"]
+    (ellipse,), (rectangle,) = _by_gid(figure, "outline-F1"), _by_gid(figure, "outline-F2")
     assert (ellipse.width, ellipse.height, ellipse.angle) == (30, 12, 40)
     assert ellipse.get_linestyle() in ("--", "dashed")  # rejected is dashed
     assert rectangle.get_bbox().bounds == (130, 125, 20, 30)  # pixel edges of the inclusive box
-    assert len(figure.axes[0].collections) == 2  # calipers (underlay + line) only for the sized finding
+    assert len(_by_gid(figure, "calipers-F1")) == 2  # calipers: underlay + line
+    assert not _by_gid(figure, "calipers-F2")  # only for the sized finding
     assert _text(figure, "label-F1").get_text() == "F1  30 × 12 px"
     assert _text(figure, "label-F2").get_text() == "F2"
 
@@ -260,8 +283,9 @@ def test_ellipse_angle_runs_down_and_right_for_positive_angles():
     display = np.zeros((256, 256), dtype=np.uint8)
     finding = _finding("F1", x=128, y=128, fit=_fit(128, 128, 160, 6, 30), status="confirmed")
     figure = annotated_figure(display, [finding], spacing_mm=None, orientation=None)
-    for text in list(figure.axes[0].texts) + list(figure.legends):
-        text.remove()  # keep only the outline and calipers
+    for artist in figure.findobj(lambda a: isinstance(a, Text) or (a.get_gid() or "").startswith("legend-"),
+                                 include_self=False):
+        artist.remove()  # keep only the outline and calipers
     pixels = _decode(figure_png(figure))
     green = np.abs(pixels.astype(int) - [0x2E, 0xCC, 0x40]).max(axis=2) < 40
     rows, cols = np.nonzero(green)
@@ -284,7 +308,7 @@ def test_sizes_use_mm_when_spacing_is_known():
 def test_scale_bar_and_orientation_only_when_known():
     display = np.zeros((128, 128), dtype=np.uint8)
     bare = annotated_figure(display, [], spacing_mm=None, orientation=None)
-    assert not [t for t in bare.axes[0].texts if t.get_gid()]
+    assert not [t for t in bare.texts if t.get_gid()]
     full = annotated_figure(display, [], spacing_mm=(0.661468, 0.661468), orientation=AXIAL)
     assert _text(full, "scale-label").get_text() == "2 cm"
     edges = ("left", "right", "top", "bottom")
@@ -297,7 +321,7 @@ def test_labels_stay_inside_the_image_near_edges(x, y):
     finding = _finding("F1", x=x, y=y, w=5, h=5, size_mm=(123.4, 56.7))  # a long label
     figure = annotated_figure(display, [finding], spacing_mm=(0.7, 0.7), orientation=AXIAL)
     figure.canvas.draw()
-    ax_box = figure.axes[0].get_window_extent()
+    ax_box = _image_box(figure)
     label_box = _text(figure, "label-F1").get_bbox_patch().get_window_extent()
     assert ax_box.x0 - 1 <= label_box.x0 and label_box.x1 <= ax_box.x1 + 1
     assert ax_box.y0 - 1 <= label_box.y0 and label_box.y1 <= ax_box.y1 + 1
@@ -384,7 +408,7 @@ def test_axial_ct_letters_are_on_the_expected_edges(ct):
     display = view.study.render(view.frame, view.window).pixels
     figure = annotated_figure(display, [], spacing_mm=view.study.pixel_spacing_mm(0), orientation=orientation)
     figure.canvas.draw()
-    box = figure.axes[0].get_window_extent()
+    box = _image_box(figure)
     where = {edge: _text(figure, f"orientation-{edge}").get_window_extent()
              for edge in ("left", "right", "top", "bottom")}  # display coordinates: y grows upwards
     assert where["left"].x1 < box.x0 + box.width * 0.2 and where["right"].x0 > box.x0 + box.width * 0.8

@@ -21,16 +21,21 @@ statistics
     One panel per finding: intensity histogram inside the lesion vs the surrounding ring, a line
     profile through the centre and, with a Gaussian fit, the fitted profile and its residuals.
 
-Figures use matplotlib's object API (``Figure`` + ``FigureCanvasAgg``; pyplot's global state is
+Figures use matplotlib's object API (``Figure`` on an Agg canvas; pyplot's global state is
 never touched), DejaVu Sans (matplotlib's bundled font) and 100 dpi at 7–9 in wide, so they are
-legible at chat width. The PNGs are encoded from the canvas pixels with ``tools.png`` and carry
-no text chunks, so equal input gives identical bytes. Coordinates follow ``tools.coordinates``:
+legible at chat width. For speed no figure has an Axes: image panels and the statistics plots
+are plain artists placed through their own transforms (hand-made ticks and colour bar), and
+text is rasterised once per string and remembered (see ``_Renderer``). The PNGs are encoded
+from the canvas pixels with ``tools.png`` and carry no text chunks, so equal input gives
+identical bytes. Coordinates follow ``tools.coordinates``:
 x = column, y = row, the centre of the top-left pixel at (0, 0), boxes inclusive.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,15 +43,19 @@ from typing import Literal
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.artist import Artist
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
+from matplotlib.backends.backend_agg import (
+    FigureCanvasAgg,
+    RendererAgg,
+    get_hinting_flag,
+)
 from matplotlib.collections import LineCollection
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.font_manager import fontManager, get_font
 from matplotlib.lines import Line2D
-from matplotlib.patches import Ellipse, Rectangle
+from matplotlib.patches import Ellipse, Rectangle, StepPatch
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import Affine2D, Bbox, TransformedBbox
 from PIL import Image
 from pydantic import BaseModel, Field
 from scipy import ndimage
@@ -60,7 +69,7 @@ from tools.png import encode_png
 
 __all__ = [
     "DPI", "STATUS_STYLE", "Layer", "LesionShape", "LineProfile", "RenderOverlayInput", "RenderOverlayOutput",
-    "annotated_figure", "crop_bounds", "direction_letters", "figure_png", "lesion_masks", "lesion_shape",
+    "annotated_figure", "clear_text_cache", "crop_bounds", "direction_letters", "figure_png", "lesion_masks", "lesion_shape",
     "line_profile", "orientation_labels", "probability_map", "render_annotated", "render_comparison",
     "render_crop", "render_heatmap", "render_image", "render_overlay", "render_statistics", "scale_bar_mm",
     "size_text", "status_of",
@@ -239,9 +248,119 @@ def _rotated_grid(shape: LesionShape, x0: int, x1: int, y0: int, y1: int) -> tup
 
 
 # == figure plumbing ============================================================================
+# Figures are drawn without Axes: an Axes (spines, tick machinery, three title slots) costs
+# ~12 ms before anything is on it, and most layers only need an image with shapes and labels
+# on top. Image panels (``_Panel``) and plots (``_Plot``) place plain artists on the figure
+# through their own pixel transforms and clip boxes.
+_TEXT_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
+_TEXT_CACHE_SIZE = 512
+_TEXT_LOCK = threading.Lock()
+
+
+def clear_text_cache() -> None:
+    """Forget the rasterised strings (benchmarks call this to time text as if first drawn)."""
+    with _TEXT_LOCK:
+        _TEXT_CACHE.clear()
+
+
+def _font_key(prop) -> tuple:
+    """What picks the font file and size of a FontProperties (the fields its hash uses).
+
+    Keying on these rather than on the file that ``findfont`` resolves saves a font look-up
+    per text; Loupe never changes the font rcParams while running.
+    """
+    return (tuple(prop.get_family()), prop.get_style(), prop.get_variant(), prop.get_weight(),
+            prop.get_stretch(), prop.get_size_in_points(), prop.get_file(), prop.get_math_fontfamily())
+
+
+class _Renderer(RendererAgg):
+    """Agg with each line of text rasterised by FreeType in one call and remembered.
+
+    matplotlib 3.11 lays text out and renders it glyph by glyph from Python (~0.1 ms a glyph,
+    plus ~1 ms of layout for a measurement and again for drawing). Here one ``set_text`` gives
+    both the metrics and the bitmap of the whole line (as matplotlib ≤ 3.10 drew it), and the
+    result is kept for the next use of the same string, font and size: orientation letters,
+    legends, titles and tick labels recur across layers and studies. The pixels depend only on
+    the string, font, size and dpi, so the output stays deterministic.
+    """
+
+    def _raster(self, s: str, prop) -> tuple:
+        flags = get_hinting_flag()
+        key = (s, _font_key(prop), self.dpi, str(flags))
+        with _TEXT_LOCK:
+            hit = _TEXT_CACHE.get(key)
+            if hit is not None:
+                _TEXT_CACHE.move_to_end(key)
+                return hit
+        font = self._prepare_font(prop)
+        font.set_text(s, 0.0, flags=flags)
+        font.draw_glyphs_to_bitmap(antialiased=True)
+        width, height = font.get_width_height()
+        x_offset, y_offset = font.get_bitmap_offset()
+        hit = (np.array(font.get_image(), dtype=np.uint8), x_offset / 64.0, y_offset / 64.0,
+               width / 64.0, height / 64.0, font.get_descent() / 64.0)
+        with _TEXT_LOCK:
+            _TEXT_CACHE[key] = hit
+            while len(_TEXT_CACHE) > _TEXT_CACHE_SIZE:
+                _TEXT_CACHE.popitem(last=False)
+        return hit
+
+    def _get_font_height_metrics(self, prop) -> tuple[float, float, float]:
+        """(ascent, descent, line gap) of the font in px, as ``Text._get_layout`` reads them
+        from the font's OS/2 or hhea table; remembered per font, size and dpi."""
+        key = ("height metrics", _font_key(prop), self.dpi)
+        hit = _TEXT_CACHE.get(key)
+        if hit is None:
+            font = get_font(fontManager._find_fonts_by_props(prop))
+            size = prop.get_size_in_points()
+            hit = (None, None, None)
+            for table_name, gap_key, ascent_key, descent_key in (
+                    ("OS/2", "sTypoLineGap", "sTypoAscender", "sTypoDescender"),
+                    ("hhea", "lineGap", "ascent", "descent")):
+                table = font.get_sfnt_table(table_name)
+                if table is not None:
+                    scale = size * self.dpi / 72 / font.get_sfnt_table("head")["unitsPerEm"]
+                    hit = (table[ascent_key] * scale, -table[descent_key] * scale, table[gap_key] * scale)
+                    break
+            with _TEXT_LOCK:
+                _TEXT_CACHE[key] = hit
+        return hit
+
+    def get_text_width_height_descent(self, s, prop, ismath):
+        if ismath:
+            return super().get_text_width_height_descent(s, prop, ismath)
+        _, _, _, width, height, descent = self._raster(s, prop)
+        return width, height, descent
+
+    def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        if ismath or not gc.get_antialiased():
+            return super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+        bitmap, x_offset, y_offset, _, _, descent = self._raster(s, prop)
+        if bitmap.size == 0:
+            return None
+        # As matplotlib 3.10's Agg backend: the bitmap is rotated in raster space.
+        x_descent = descent * math.sin(math.radians(angle))
+        y_descent = descent * math.cos(math.radians(angle))
+        self._renderer.draw_text_image(bitmap, round(x + x_offset + x_descent),
+                                       round(y + y_offset + y_descent) + 1, angle, gc)
+        return None
+
+
+class _Canvas(FigureCanvasAgg):
+    """An Agg canvas drawing with ``_Renderer``."""
+
+    def get_renderer(self):
+        w, h = self.get_width_height(physical=True)
+        key = w, h, self.figure.dpi
+        if self._lastKey != key:
+            self.renderer = _Renderer(w, h, self.figure.dpi)
+            self._lastKey = key
+        return self.renderer
+
+
 @dataclass(frozen=True)
 class _View:
-    """The image region an axes shows (pixel edges) and its zoom in figure px per image px."""
+    """The image region a panel shows (pixel edges) and its zoom in figure px per image px."""
 
     left: float
     right: float
@@ -262,7 +381,7 @@ def _figure(width_px: int, height_px: int) -> Figure:
     """A white figure of exactly ``width_px`` x ``height_px`` at ``DPI``, on its own Agg canvas."""
     # A quarter pixel more: Agg truncates the size, and 8.65 * 100 may come out as 864.99...
     figure = Figure(figsize=((width_px + 0.25) / DPI, (height_px + 0.25) / DPI), dpi=DPI, facecolor="white")
-    FigureCanvasAgg(figure)
+    _Canvas(figure)
     return figure
 
 
@@ -270,8 +389,12 @@ def figure_png(figure: Figure) -> bytes:
     """Draw ``figure`` and encode its pixels as RGB PNG (no metadata: deterministic bytes)."""
     canvas = figure.canvas
     canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return encode_png(rgba[..., :3])
+    width, height = canvas.get_width_height(physical=True)
+    # Pillow drops the alpha channel ~3x faster than a strided numpy copy.
+    rgb = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
+    return encode_png(np.asarray(rgb))
+
+
 
 
 def _fit_px(aspect: float, max_w: int, max_h: int) -> tuple[int, int]:
@@ -280,30 +403,44 @@ def _fit_px(aspect: float, max_w: int, max_h: int) -> tuple[int, int]:
     return max(1, round(width)), max(1, min(max_h, round(width * aspect)))
 
 
-def _place_axes(figure: Figure, left: float, bottom: float, width: float, height: float) -> Axes:
-    """An axes at pixel position (from the figure's bottom-left corner) and pixel size."""
-    fig_w, fig_h = figure.bbox.width, figure.bbox.height
-    return figure.add_axes((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
+def _px(figure: Figure) -> Affine2D:
+    """Figure pixels (from the bottom-left corner, at ``DPI``) to display coordinates."""
+    return Affine2D().scale(1.0 / DPI) + figure.dpi_scale_trans
+
+
+def _box(figure: Figure, left: float, bottom: float, width: float, height: float) -> TransformedBbox:
+    return TransformedBbox(Bbox.from_bounds(left, bottom, width, height), _px(figure))
 
 
 def _suptitle(figure: Figure, title: str) -> None:
     figure.suptitle(title, fontsize=TITLE_PT, y=1.0 - 8.0 / figure.bbox.height, va="top")
 
 
-class _Pixels(Artist):
-    """RGBA pixels already at their axes' size, copied 1:1 under the annotations.
+def _figure_text(figure: Figure, x: float, y: float, text: str, **kwargs) -> Text:
+    """Text at figure pixel (x, y), from the bottom-left corner."""
+    return figure.text(x, y, text, transform=_px(figure), **kwargs)
 
-    Pillow resamples beforehand; matplotlib's own resampler costs ~40 ms per image even at
-    1:1, which would dominate the time of every layer.
+
+class _Pixels(Artist):
+    """RGBA pixels already at their box's size, copied 1:1 (the image of a panel, a colour bar).
+
+    ``rows_up`` lists the rows from the bottom, as Agg's draw_image counts them. Pillow
+    resamples beforehand; matplotlib's own resampler costs ~40 ms per image even at 1:1, which
+    would dominate the time of every layer.
     """
 
-    def __init__(self, rgba: np.ndarray) -> None:
+    def __init__(self, rows_up: np.ndarray, box: TransformedBbox, gid: str | None = None) -> None:
         super().__init__()
-        self._rows_up = np.ascontiguousarray(rgba[::-1])  # Agg's draw_image counts rows from the bottom
+        self._rows_up = np.ascontiguousarray(rows_up)
+        self._box = box
         self.set_zorder(0)
+        self.set_gid(gid)
+
+    def get_window_extent(self, renderer=None) -> Bbox:
+        return Bbox(self._box.get_points())
 
     def draw(self, renderer) -> None:
-        box = self.axes.bbox
+        box = self._box
         gc = renderer.new_gc()
         gc.set_clip_rectangle(box)
         renderer.draw_image(gc, round(box.x0), round(box.y0), self._rows_up)
@@ -311,18 +448,25 @@ class _Pixels(Artist):
         self.stale = False
 
 
-def _rgba(pixels: np.ndarray) -> np.ndarray:
-    """uint8 grey or RGB -> RGBA; grey through the 'gray' colormap with vmin 0, vmax 255.
+# The 'gray' colormap's 256 RGBA entries, each packed in one uint32: one 4-byte take per pixel.
+_GREY_LUT = np.ascontiguousarray(colormaps["gray"](np.arange(256), bytes=True)).view(np.uint32).ravel()
 
-    uint8 values index the 256-entry LUT directly, which is what Normalize(0, 255) gives.
+
+def _rows_up(pixels: np.ndarray) -> np.ndarray:
+    """uint8 grey or RGB -> RGBA with the bottom row first; grey through the 'gray' colormap
+    with vmin 0, vmax 255 (uint8 values index its 256-entry LUT, as Normalize(0, 255) gives).
     """
+    flipped = pixels[::-1]
     if pixels.ndim == 2:
-        return colormaps["gray"](pixels, bytes=True)
-    return np.dstack([pixels, np.full(pixels.shape[:2], 255, dtype=np.uint8)])
+        return _GREY_LUT.take(flipped).view(np.uint8).reshape(*pixels.shape, 4)
+    rgba = np.empty((*pixels.shape[:2], 4), dtype=np.uint8)
+    rgba[..., :3] = flipped
+    rgba[..., 3] = 255
+    return rgba
 
 
 def _resized(image: np.ndarray, width_px: int, height_px: int, nearest: bool) -> np.ndarray:
-    """Resample to the axes' pixel size with Pillow (area-aware when shrinking).
+    """Resample to the panel's pixel size with Pillow (area-aware when shrinking).
 
     ``nearest`` asks for nearest-neighbour when enlarging, as zoomed crops want.
     """
@@ -337,21 +481,44 @@ def _resized(image: np.ndarray, width_px: int, height_px: int, nearest: bool) ->
     return np.asarray(resized)
 
 
-def _draw_pixels(ax: Axes, pixels: np.ndarray, bounds: tuple[int, int, int, int]) -> _View:
-    """Draw ``pixels`` (already at the axes' pixel size) over the native region ``bounds``."""
-    x0, y0, x1, y1 = bounds
-    ax.add_artist(_Pixels(_rgba(pixels)))
-    ax.set_xlim(x0 - 0.5, x1 - 0.5)
-    ax.set_ylim(y1 - 0.5, y0 - 0.5)
-    ax.set_axis_off()
-    return _View(x0 - 0.5, x1 - 0.5, y0 - 0.5, y1 - 0.5, pixels.shape[1] / (x1 - x0))
+class _Panel:
+    """An image region of a figure, in native image coordinates, without an Axes.
+
+    ``rows_up`` (RGBA already at the panel's size in figure px, bottom row first; see
+    ``_rows_up``) shows the native region ``bounds`` (x0, y0, x1, y1; x1, y1 exclusive) in the
+    figure-pixel rectangle (left, bottom, width, height). Artists added through the panel are drawn in image coordinates (x = column,
+    y = row, the centre of the top-left pixel at (0, 0)) and clipped to the panel.
+    """
+
+    def __init__(self, figure: Figure, rect: tuple[float, float, float, float], rows_up: np.ndarray,
+                 bounds: tuple[int, int, int, int]) -> None:
+        left, bottom, width, height = rect
+        x0, y0, x1, y1 = bounds
+        self.figure = figure
+        self.view = _View(x0 - 0.5, x1 - 0.5, y0 - 0.5, y1 - 0.5, width / (x1 - x0))
+        to_figure = (Affine2D().translate(-self.view.left, -self.view.bottom)
+                     .scale(self.view.scale, -height / (y1 - y0)).translate(left, bottom))
+        self.transform = to_figure + _px(figure)
+        self.box = _box(figure, left, bottom, width, height)
+        figure.add_artist(_Pixels(rows_up, self.box, gid="image"))
+
+    def add(self, artist: Artist) -> Artist:
+        artist.set_transform(self.transform)
+        artist.set_clip_box(self.box)
+        return self.figure.add_artist(artist)
+
+    def text(self, x: float, y: float, text: str, **kwargs) -> Text:
+        artist = self.figure.text(x, y, text, transform=self.transform, **kwargs)
+        artist.set_clip_box(self.box)
+        return artist
 
 
-def _show(ax: Axes, image: np.ndarray, bounds: tuple[int, int, int, int], size_px: tuple[int, int],
-          nearest: bool = False) -> _View:
-    """Show ``image[y0:y1, x0:x1]`` (x1, y1 exclusive) in native coordinates on ``ax``."""
+def _show(figure: Figure, rect: tuple[float, float, float, float], image: np.ndarray,
+          bounds: tuple[int, int, int, int], nearest: bool = False) -> _Panel:
+    """A panel showing ``image[y0:y1, x0:x1]`` (x1, y1 exclusive) in ``rect`` (figure px)."""
     x0, y0, x1, y1 = bounds
-    return _draw_pixels(ax, _resized(image[y0:y1, x0:x1], *size_px, nearest), bounds)
+    pixels = _resized(image[y0:y1, x0:x1], round(rect[2]), round(rect[3]), nearest)
+    return _Panel(figure, rect, _rows_up(pixels), bounds)
 
 
 def _check_display(display: np.ndarray) -> None:
@@ -362,37 +529,39 @@ def _check_display(display: np.ndarray) -> None:
 
 
 # == annotation drawing =========================================================================
-def _draw_outline(ax: Axes, finding: Finding, shape: LesionShape, colour: str, style: str) -> None:
+def _draw_outline(panel: _Panel, finding: Finding, shape: LesionShape, colour: str, style: str) -> None:
     common = {"fill": False, "edgecolor": colour, "linewidth": 2.0, "linestyle": style}
     if shape.ellipse:
-        ax.add_patch(Ellipse((shape.x, shape.y), shape.major_px, shape.minor_px, angle=shape.angle_deg,
-                             gid=f"outline-{finding.id}", **common))
+        panel.add(Ellipse((shape.x, shape.y), shape.major_px, shape.minor_px, angle=shape.angle_deg,
+                          gid=f"outline-{finding.id}", **common))
     else:
         box = finding.bbox_px
-        ax.add_patch(Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.width, box.height,
-                               gid=f"outline-{finding.id}", **common))
+        panel.add(Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.width, box.height,
+                            gid=f"outline-{finding.id}", **common))
 
 
-def _draw_calipers(ax: Axes, shape: LesionShape, length_px: float, colour: str, view: _View) -> None:
+def _draw_calipers(panel: _Panel, finding: Finding, shape: LesionShape, length_px: float, colour: str) -> None:
     """A line along the major axis with perpendicular end ticks, on a dark underlay."""
     c, s = shape.direction
-    half, tick = length_px / 2.0, 7.0 / view.scale
+    half, tick = length_px / 2.0, 7.0 / panel.view.scale
     ends = [(shape.x - half * c, shape.y - half * s), (shape.x + half * c, shape.y + half * s)]
     segments = [ends] + [[(x + tick * s, y - tick * c), (x - tick * s, y + tick * c)] for x, y in ends]
     # The underlay keeps the calipers visible where they cross a bright lesion.
-    ax.add_collection(LineCollection(segments, colors="black", linewidths=3.2, alpha=0.7))
-    ax.add_collection(LineCollection(segments, colors=colour, linewidths=1.6))
+    gid = f"calipers-{finding.id}"
+    panel.add(LineCollection(segments, colors="black", linewidths=3.2, alpha=0.7, gid=gid))
+    panel.add(LineCollection(segments, colors=colour, linewidths=1.6, gid=gid))
 
 
 def _clamp(value: float, low: float, high: float) -> float:
     return max(low, min(value, high))
 
 
-def _place_label(ax: Axes, text: str, shape: LesionShape, colour: str, view: _View, gid: str) -> None:
+def _place_label(panel: _Panel, text: str, shape: LesionShape, colour: str, gid: str) -> None:
     """Put the label above the shape (below it near the top edge), always inside the view."""
-    artist = ax.text(0, 0, text, color=colour, fontsize=LABEL_PT, fontweight="bold", ha="left",
-                     va="top", bbox=_LABEL_BOX, clip_on=True, gid=gid)
-    extent = artist.get_window_extent(ax.figure.canvas.get_renderer())
+    view = panel.view
+    artist = panel.text(0, 0, text, color=colour, fontsize=LABEL_PT, fontweight="bold", ha="left",
+                        va="top", bbox=_LABEL_BOX, gid=gid)
+    extent = artist.get_window_extent(panel.figure.canvas.get_renderer())
     pad = _LABEL_PAD_PX / view.scale
     w, h = extent.width / view.scale + 2 * pad, extent.height / view.scale + 2 * pad
     margin, gap = 3.0 / view.scale, 4.0 / view.scale
@@ -405,60 +574,75 @@ def _place_label(ax: Axes, text: str, shape: LesionShape, colour: str, view: _Vi
     artist.set_position((x + pad, y + pad))
 
 
-def _draw_finding(ax: Axes, finding: Finding, view: _View, spacing_mm: Spacing) -> None:
+def _draw_finding(panel: _Panel, finding: Finding, spacing_mm: Spacing) -> None:
     colour, style = STATUS_STYLE[status_of(finding)]
     shape = lesion_shape(finding)
-    _draw_outline(ax, finding, shape, colour, style)
+    _draw_outline(panel, finding, shape, colour, style)
     caliper = _caliper_px(finding, shape, spacing_mm)
     if caliper is not None:
-        _draw_calipers(ax, shape, caliper, colour, view)
+        _draw_calipers(panel, finding, shape, caliper, colour)
     size = size_text(finding, spacing_mm)
-    _place_label(ax, f"{finding.id}  {size}" if size else finding.id, shape, colour, view,
+    _place_label(panel, f"{finding.id}  {size}" if size else finding.id, shape, colour,
                  gid=f"label-{finding.id}")
 
 
-def _draw_scale_bar(ax: Axes, view: _View, spacing_mm: Spacing) -> None:
+def _draw_scale_bar(panel: _Panel, spacing_mm: Spacing) -> None:
     if spacing_mm is None:
         return
+    view = panel.view
     mm = scale_bar_mm(view.width, spacing_mm[1])
     length = mm / spacing_mm[1]
     x0, y = view.left + 0.04 * view.width, view.bottom - 0.05 * view.height
     for width, colour in ((5.0, "black"), (3.0, "white")):  # a dark rim keeps it visible on white
-        ax.add_line(Line2D([x0, x0 + length], [y, y], color=colour, linewidth=width,
-                           solid_capstyle="butt", gid="scale-bar"))
-    ax.text(x0 + length / 2, y - 6.0 / view.scale, _length_label(mm), color="white", fontsize=10,
-            ha="center", va="bottom", bbox=_LABEL_BOX, gid="scale-label")
+        panel.add(Line2D([x0, x0 + length], [y, y], color=colour, linewidth=width,
+                         solid_capstyle="butt", gid="scale-bar"))
+    panel.text(x0 + length / 2, y - 6.0 / view.scale, _length_label(mm), color="white", fontsize=10,
+               ha="center", va="bottom", bbox=_LABEL_BOX, gid="scale-label")
 
 
-def _draw_orientation(ax: Axes, view: _View, orientation: Orientation) -> None:
+def _draw_orientation(panel: _Panel, orientation: Orientation) -> None:
     labels = orientation_labels(orientation)
     if labels is None:
         return
+    view = panel.view
     m = 6.0 / view.scale
     cx, cy = view.left + view.width / 2, view.top + view.height / 2
     places = {"left": (view.left + m, cy, "left", "center"), "right": (view.right - m, cy, "right", "center"),
               "top": (cx, view.top + m, "center", "top"), "bottom": (cx, view.bottom - m, "center", "bottom")}
     for edge, (x, y, ha, va) in places.items():
-        ax.text(x, y, labels[edge], color="white", fontsize=12, fontweight="bold", ha=ha, va=va,
-                bbox=_LABEL_BOX, gid=f"orientation-{edge}")
+        panel.text(x, y, labels[edge], color="white", fontsize=12, fontweight="bold", ha=ha, va=va,
+                   bbox=_LABEL_BOX, gid=f"orientation-{edge}")
 
 
-def _annotate(ax: Axes, view: _View, findings: Sequence[Finding], spacing_mm: Spacing,
-              orientation: Orientation) -> None:
-    _draw_orientation(ax, view, orientation)
-    _draw_scale_bar(ax, view, spacing_mm)
+def _annotate(panel: _Panel, findings: Sequence[Finding], spacing_mm: Spacing, orientation: Orientation) -> None:
+    _draw_orientation(panel, orientation)
+    _draw_scale_bar(panel, spacing_mm)
     for finding in findings:
-        _draw_finding(ax, finding, view, spacing_mm)
+        _draw_finding(panel, finding, spacing_mm)
 
 
 def _status_legend(figure: Figure, findings: Sequence[Finding]) -> None:
+    """One line per status present (its colour and dash) and its name, centred at the bottom.
+
+    Drawn by hand, as a Legend would (handle 2.5 em, 0.8 em to the text, 2 em between
+    entries), without a Legend's boxes and packing.
+    """
     statuses = [s for s in STATUS_STYLE if any(status_of(f) == s for f in findings)]
     if not statuses:
         return
-    handles = [Line2D([], [], color=STATUS_STYLE[s][0], linestyle=STATUS_STYLE[s][1], linewidth=2.5, label=s)
-               for s in statuses]
-    figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=10,
-                  bbox_to_anchor=(0.5, 0.0), handlelength=2.5)
+    em = 10 * DPI / 72.0
+    handle, to_text, between, y = 2.5 * em, 0.8 * em, 2.0 * em, 21.0
+    renderer = figure.canvas.get_renderer()
+    texts = [_figure_text(figure, 0, y, s, fontsize=10, ha="left", va="center", gid=f"legend-{s}")
+             for s in statuses]
+    widths = [t.get_window_extent(renderer).width for t in texts]
+    x = (figure.bbox.width - sum(widths) - len(texts) * (handle + to_text) - (len(texts) - 1) * between) / 2
+    for status, text, width in zip(statuses, texts, widths):
+        colour, style = STATUS_STYLE[status]
+        figure.add_artist(Line2D([x, x + handle], [y, y], color=colour, linestyle=style, linewidth=2.5,
+                                 transform=_px(figure), gid=f"legend-{status}"))
+        text.set_x(x + handle + to_text)
+        x += handle + to_text + width + between
 
 
 # == layers: pure functions =====================================================================
@@ -470,9 +654,8 @@ def annotated_figure(display: np.ndarray, findings: Sequence[Finding], *, spacin
     top, bottom = (45 if title else 10), (40 if findings else 10)
     ax_w, ax_h = _fit_px(h / w, 780, 800)
     figure = _figure(800, top + ax_h + bottom)
-    ax = _place_axes(figure, (800 - ax_w) // 2, bottom, ax_w, ax_h)
-    view = _show(ax, display, (0, 0, w, h), (ax_w, ax_h))
-    _annotate(ax, view, findings, spacing_mm, orientation)
+    panel = _show(figure, ((800 - ax_w) // 2, bottom, ax_w, ax_h), display, (0, 0, w, h))
+    _annotate(panel, findings, spacing_mm, orientation)
     if title:
         _suptitle(figure, title)
     _status_legend(figure, findings)
@@ -537,37 +720,69 @@ def render_heatmap(display: np.ndarray, probability: np.ndarray, findings: Seque
     top = 45 if title else 10
     ax_w, ax_h = _fit_px(h / w, 720, 800)
     figure = _figure(860, top + ax_h + 10)
-    ax = _place_axes(figure, 10, 10, ax_w, ax_h)
-    view = _draw_pixels(ax, _heat_blend(display, probability, ax_w, ax_h), (0, 0, w, h))
+    panel = _Panel(figure, (10, 10, ax_w, ax_h), _heat_blend(display, probability, ax_w, ax_h), (0, 0, w, h))
     for finding in findings:
-        _place_label(ax, finding.id, lesion_shape(finding), "white", view, gid=f"label-{finding.id}")
-    cax = _place_axes(figure, 10 + ax_w + 20, 10 + ax_h * 0.1, 25, ax_h * 0.8)
-    colourbar = figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), "inferno"), cax=cax,
-                                ticks=[0.0, 0.5, 1.0])
-    colourbar.set_label("probability", fontsize=11)
-    cax.tick_params(labelsize=10)
+        _place_label(panel, finding.id, lesion_shape(finding), "white", gid=f"label-{finding.id}")
+    _colour_bar(figure, 10 + ax_w + 20, 10 + round(ax_h * 0.1), 25, round(ax_h * 0.8))
     if title:
         _suptitle(figure, title)
     return figure_png(figure)
 
 
+def _colour_bar(figure: Figure, left: int, bottom: int, width: int, height: int) -> None:
+    """The 'inferno' scale from 0 (bottom) to 1 (top): a strip, a frame, three ticks, a label."""
+    strip = colormaps["inferno"](np.linspace(0.0, 1.0, max(height, 1)), bytes=True)  # bottom row first
+    figure.add_artist(_Pixels(np.repeat(strip[:, None, :], width, axis=1), _box(figure, left, bottom, width, height),
+                              gid="colour-bar"))
+    px = _px(figure)
+    figure.add_artist(Rectangle((left, bottom), width, height, fill=False, edgecolor="black", linewidth=0.8,
+                                transform=px))
+    tick, pad = 3.5 * DPI / 72.0, 3.5 * DPI / 72.0
+    right = left + width
+    levels = (0.0, 0.5, 1.0)
+    figure.add_artist(LineCollection([[(right, bottom + v * height), (right + tick, bottom + v * height)]
+                                      for v in levels], colors="black", linewidths=0.8, transform=px))
+    renderer = figure.canvas.get_renderer()
+    labels = [_figure_text(figure, right + tick + pad, bottom + v * height, f"{v:.1f}", fontsize=10,
+                           ha="left", va="center_baseline") for v in levels]
+    label_width = max(t.get_window_extent(renderer).width for t in labels)
+    _figure_text(figure, right + tick + pad + label_width + 4.0 * DPI / 72.0, bottom + height / 2, "probability",
+                 fontsize=11, rotation=90, ha="left", va="center", gid="colour-bar-label")
+
+
+_INFERNO_LUT = colormaps["inferno"](np.arange(256), bytes=True)[:, :3].astype(np.float32)
+
+
 def _heat_blend(display: np.ndarray, probability: np.ndarray, width_px: int, height_px: int) -> np.ndarray:
-    """The display under 'inferno' with alpha = 0.85 × probability, as RGB at axes size.
+    """The display under 'inferno' with alpha = 0.85 × probability, as RGBA at panel size with
+    the bottom row first (see ``_rows_up``).
 
     Blending here rather than stacking two matplotlib images avoids a second resampling, and
-    only pixels with a visible probability are touched (usually a small part of the image).
+    only the box around the pixels with a visible probability is touched (usually a small part
+    of the image).
     """
-    base = _resized(display, width_px, height_px, nearest=False)
-    out = np.array(base if base.ndim == 3 else np.repeat(base[..., None], 3, axis=2))
+    base = _resized(display, width_px, height_px, nearest=False)[::-1]
+    out = np.empty((height_px, width_px, 4), dtype=np.uint8)
+    out[..., :3] = base[..., None] if base.ndim == 2 else base  # grey levels as they are, no LUT
+    out[..., 3] = 255
     # Resample first, sanitise after: NaN and out-of-range values are cleaned on the small map.
     small = Image.fromarray(np.asarray(probability, dtype=np.float32)).resize((width_px, height_px),
                                                                               Image.Resampling.BILINEAR)
-    prob = np.nan_to_num(np.asarray(small), nan=0.0)
-    rows, cols = np.nonzero(prob > 0.5 / 255.0)
-    p = np.clip(prob[rows, cols], 0.0, 1.0)
-    colour = colormaps["inferno"](p, bytes=True)[:, :3].astype(np.float32)
-    alpha = (0.85 * p)[:, None]
-    out[rows, cols] = np.rint(out[rows, cols] * (1.0 - alpha) + colour * alpha).astype(np.uint8)
+    prob = np.asarray(small)[::-1]
+    visible = prob > 0.5 / 255.0  # False for NaN
+    rows, cols = np.flatnonzero(visible.any(axis=1)), np.flatnonzero(visible.any(axis=0))
+    if rows.size == 0:
+        return out
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    p = np.clip(np.nan_to_num(prob[box], nan=0.0), 0.0, 1.0)
+    # The colormap's own float -> index rule (x * N, 1.0 -> N - 1), without its per-call overhead.
+    index = p * np.float32(256)
+    index[index == 256] = 255
+    colour = _INFERNO_LUT[index.astype(np.intp)]
+    alpha = (0.85 * p)[..., None]
+    rgb = out[box][..., :3]
+    blended = np.rint(rgb * (1.0 - alpha) + colour * alpha).astype(np.uint8)
+    np.copyto(rgb, blended, where=visible[box][..., None])
     return out
 
 
@@ -580,13 +795,14 @@ def render_comparison(display: np.ndarray, findings: Sequence[Finding], *, spaci
     ax_w, ax_h = _fit_px(h / w, 435, 600)
     figure = _figure(900, top + ax_h + bottom)
     gap = (900 - 2 * ax_w) // 3
-    pixels = _resized(display, ax_w, ax_h, nearest=False)  # both panels show the same pixels
+    pixels = _rows_up(_resized(display, ax_w, ax_h, nearest=False))  # both panels show the same pixels
     for index, name in enumerate(("original", "annotated")):
-        ax = _place_axes(figure, gap + index * (ax_w + gap), bottom, ax_w, ax_h)
-        view = _draw_pixels(ax, pixels, (0, 0, w, h))
-        ax.set_title(name, fontsize=11, y=1.0)
+        left = gap + index * (ax_w + gap)
+        panel = _Panel(figure, (left, bottom, ax_w, ax_h), pixels, (0, 0, w, h))
+        _figure_text(figure, left + ax_w / 2, bottom + ax_h + 6.0 * DPI / 72.0, name, fontsize=11,
+                     ha="center", va="baseline", gid=f"panel-{name}")
         if index:
-            _annotate(ax, view, findings, spacing_mm, orientation)
+            _annotate(panel, findings, spacing_mm, orientation)
     if title:
         _suptitle(figure, title)
     _status_legend(figure, findings)
@@ -636,10 +852,9 @@ def render_crop(display: np.ndarray, finding: Finding, findings: Sequence[Findin
     x0, y0, x1, y1 = crop_bounds(display.shape, finding)
     ax_w, ax_h = _fit_px((y1 - y0) / (x1 - x0), 700, 700)
     figure = _figure(720, ax_h + 55)
-    ax = _place_axes(figure, (720 - ax_w) // 2, 10, ax_w, ax_h)
-    view = _show(ax, display, (x0, y0, x1, y1), (ax_w, ax_h), nearest=True)
+    panel = _show(figure, ((720 - ax_w) // 2, 10, ax_w, ax_h), display, (x0, y0, x1, y1), nearest=True)
     others = [f for f in findings if f.id != finding.id and _reaches_into(f, (x0, y0, x1, y1))]
-    _annotate(ax, view, [*others, finding], spacing_mm, orientation)
+    _annotate(panel, [*others, finding], spacing_mm, orientation)
     _suptitle(figure, _finding_title(finding, spacing_mm))
     return figure_png(figure)
 
@@ -714,72 +929,207 @@ def line_profile(physical: np.ndarray, finding: Finding, spacing_mm: Spacing) ->
     return LineProfile(t * step, values, fitted, "mm" if spacing_mm else "px", half_lesion * step)
 
 
-def _few_ticks(ax: Axes, x: int, y: int) -> None:
-    """At most ``x`` and ``y`` ticks: every tick is several artists and a few ms to draw."""
-    ax.xaxis.set_major_locator(MaxNLocator(x))
-    ax.yaxis.set_major_locator(MaxNLocator(y))
-    ax.spines[["top", "right"]].set_visible(False)
+_PT = DPI / 72.0  # figure px per point
+_TICK_PX = 3.5 * _PT  # matplotlib's default tick length and label pad
+_MINUS = "\N{MINUS SIGN}"
 
 
-def _headroom(ax: Axes, fraction: float) -> None:
-    """Room above the data, so the key in the upper corner covers no curve."""
-    low, high = ax.get_ylim()
-    ax.set_ylim(low, high + fraction * (high - low))
+def _limits(low: float, high: float, margin: float = 0.05) -> tuple[float, float]:
+    """Data limits with matplotlib's default 5 % margins; a degenerate range is widened."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return 0.0, 1.0
+    if high - low <= 1e-12 * max(abs(low), abs(high), 1.0):
+        spread = max(abs(low) * 0.05, 0.5)
+        return low - spread, high + spread
+    extra = margin * (high - low)
+    return low - extra, high + extra
+
+
+def _finite_range(*arrays: np.ndarray) -> tuple[float, float]:
+    values = np.concatenate([np.ravel(a) for a in arrays])
+    values = values[np.isfinite(values)]
+    return (float(values.min()), float(values.max())) if values.size else (math.nan, math.nan)
+
+
+def _ticks(low: float, high: float, bins: int) -> list[float]:
+    """At most ``bins`` + 1 round values inside [low, high] (matplotlib's MaxNLocator)."""
+    values = MaxNLocator(bins).tick_values(low, high)
+    tolerance = 1e-9 * (high - low)
+    return [float(v) for v in values if low - tolerance <= v <= high + tolerance]
+
+
+def _tick_labels(values: Sequence[float]) -> list[str]:
+    """Plain labels with as few decimals as the ticks need and a true minus sign."""
+    if not values:
+        return []
+    digits = next((d for d in range(7) if all(abs(round(v, d) - v) <= 1e-9 * max(1.0, abs(v)) for v in values)), 6)
+    labels = []
+    for value in values:
+        text = f"{value:.{digits}f}"
+        if float(text) == 0.0:
+            text = text.lstrip("-")
+        labels.append(text.replace("-", _MINUS))
+    return labels
 
 
 def _number(value: float) -> str:
     return f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
 
 
-def _plot_histogram(ax: Axes, lesion: np.ndarray, ring: np.ndarray, unit: str) -> None:
+class _Plot:
+    """A plot region drawn with a few figure-level artists instead of an Axes.
+
+    ``rect`` is (left, bottom, width, height) in figure px; data within ``xlim`` x ``ylim`` maps
+    onto it. Only the left and bottom spines are drawn; ticks point outwards, as matplotlib's.
+    """
+
+    def __init__(self, figure: Figure, rect: tuple[float, float, float, float],
+                 xlim: tuple[float, float], ylim: tuple[float, float]) -> None:
+        left, bottom, width, height = rect
+        (x0, x1), (y0, y1) = xlim, ylim
+        self.figure, self.rect, self.xlim, self.ylim = figure, rect, xlim, ylim
+        self.px = _px(figure)
+        self.transform = (Affine2D().translate(-x0, -y0).scale(width / (x1 - x0), height / (y1 - y0))
+                          .translate(left, bottom) + self.px)
+        self.box = _box(figure, left, bottom, width, height)
+        self.renderer = figure.canvas.get_renderer()
+        figure.add_artist(Line2D([left, left, left + width], [bottom + height, bottom, bottom], color="black",
+                                 linewidth=0.8, solid_capstyle="projecting", zorder=2.5, transform=self.px))
+        self._ytick_width = 0.0
+        self._xtick_height = 0.0
+
+    def _x_px(self, value: float) -> float:
+        left, _, width, _ = self.rect
+        return left + (value - self.xlim[0]) / (self.xlim[1] - self.xlim[0]) * width
+
+    def _y_px(self, value: float) -> float:
+        _, bottom, _, height = self.rect
+        return bottom + (value - self.ylim[0]) / (self.ylim[1] - self.ylim[0]) * height
+
+    def add(self, artist: Artist) -> Artist:
+        artist.set_transform(self.transform)
+        artist.set_clip_box(self.box)
+        return self.figure.add_artist(artist)
+
+    def line(self, x: Sequence[float], y: Sequence[float], **kwargs) -> Artist:
+        return self.add(Line2D(x, y, **kwargs))
+
+    def vline(self, x: float, **kwargs) -> Artist:
+        return self.line([x, x], list(self.ylim), **kwargs)
+
+    def hline(self, y: float, **kwargs) -> Artist:
+        return self.line(list(self.xlim), [y, y], **kwargs)
+
+    def xticks(self, values: Sequence[float]) -> None:
+        bottom = self.rect[1]
+        xs = [self._x_px(v) for v in values]
+        self.figure.add_artist(LineCollection([[(x, bottom), (x, bottom - _TICK_PX)] for x in xs], colors="black",
+                                              linewidths=0.8, transform=self.px))
+        for x, label in zip(xs, _tick_labels(values)):
+            text = _figure_text(self.figure, x, bottom - 2 * _TICK_PX, label, fontsize=10, ha="center", va="top")
+            self._xtick_height = max(self._xtick_height, text.get_window_extent(self.renderer).height)
+
+    def yticks(self, values: Sequence[float]) -> None:
+        left = self.rect[0]
+        ys = [self._y_px(v) for v in values]
+        self.figure.add_artist(LineCollection([[(left, y), (left - _TICK_PX, y)] for y in ys], colors="black",
+                                              linewidths=0.8, transform=self.px))
+        for y, label in zip(ys, _tick_labels(values)):
+            text = _figure_text(self.figure, left - 2 * _TICK_PX, y, label, fontsize=10, ha="right",
+                                va="center_baseline")
+            self._ytick_width = max(self._ytick_width, text.get_window_extent(self.renderer).width)
+
+    def xlabel(self, text: str) -> None:
+        left, bottom, width, _ = self.rect
+        below = bottom - (2 * _TICK_PX + self._xtick_height if self._xtick_height else 0.0) - 4 * _PT
+        _figure_text(self.figure, left + width / 2, below, text, fontsize=10, ha="center", va="top")
+
+    def ylabel(self, text: str) -> None:
+        left, bottom, _, height = self.rect
+        beside = left - (2 * _TICK_PX + self._ytick_width if self._ytick_width else 0.0) - 4 * _PT
+        _figure_text(self.figure, beside, bottom + height / 2, text, fontsize=10, rotation=90, ha="right",
+                     va="center")
+
+    def title(self, text: str) -> None:
+        left, bottom, width, height = self.rect
+        _figure_text(self.figure, left + width / 2, bottom + height + 6 * _PT, text, fontsize=11, ha="center",
+                     va="baseline")
+
+    def key(self, line: int, text: str, colour: str, corner: str = "left") -> None:
+        """One coloured line of a key in an upper corner (cheaper to draw than a Legend)."""
+        left, bottom, width, height = self.rect
+        x = left + (0.02 if corner == "left" else 0.98) * width
+        _figure_text(self.figure, x, bottom + (0.98 - 0.07 * line) * height, text, color=colour, fontsize=10,
+                     fontweight="bold", ha=corner, va="top")
+
+
+def _plot_histogram(figure: Figure, rect: tuple[float, float, float, float], lesion: np.ndarray,
+                    ring: np.ndarray, unit: str) -> None:
     """Normalised histograms on shared bins; the key states n and mean ± SD of each region."""
     both = np.concatenate([lesion, ring])
     edges = np.histogram_bin_edges(both, bins=int(_clamp(math.sqrt(both.size), 10, 40)))
     regions = (("lesion", lesion, "tab:orange"), ("ring", ring, "tab:blue"))
-    for index, (name, values, colour) in enumerate(regions):
-        if values.size:
-            # numpy bins, one filled step path: ax.hist would build a patch per call and more.
-            density = np.histogram(values, bins=edges, density=True)[0]
-            ax.stairs(density, edges, fill=True, alpha=0.55, color=colour)
-            key = f"{name}: n={values.size}, {_number(values.mean())} ± {_number(values.std())} {unit}"
-            _key(ax, index, key, colour)
-    _headroom(ax, 0.3)
-    _few_ticks(ax, 4, 1)
-    ax.set_yticks([])  # densities mean little to a reader; the shapes and the key carry it
-    ax.set_xlabel(unit, fontsize=10)
-    ax.set_ylabel("relative frequency", fontsize=10)
-    ax.set_title("inside the lesion vs the ring around it", fontsize=11, y=1.0)
+    densities = [np.histogram(values, bins=edges, density=True)[0] if values.size else None
+                 for _, values, _ in regions]
+    top = max((float(d.max()) for d in densities if d is not None), default=1.0)
+    top = top if math.isfinite(top) and top > 0 else 1.0
+    ylim = (0.0, top * 1.05 * 1.3)  # 5 % margin, then room for the key above the bars
+    plot = _Plot(figure, rect, _limits(float(edges[0]), float(edges[-1])), ylim)
+    for index, ((name, values, colour), density) in enumerate(zip(regions, densities)):
+        if density is not None:
+            # One filled step path per region: the bins are numpy's, the shapes carry the comparison.
+            plot.add(StepPatch(density, edges, baseline=0.0, fill=True, facecolor=colour, linewidth=0,
+                               alpha=0.55))
+            plot.key(index, f"{name}: n={values.size}, {_number(values.mean())} ± {_number(values.std())} {unit}",
+                     colour)
+    plot.xticks(_ticks(*plot.xlim, 4))  # no y ticks: densities mean little to a reader
+    plot.xlabel(unit)
+    plot.ylabel("relative frequency")
+    plot.title("inside the lesion vs the ring around it")
 
 
-def _key(ax: Axes, line: int, text: str, colour: str, corner: str = "left") -> None:
-    """One coloured line of a key in an upper corner (cheaper to draw than a Legend)."""
-    x = 0.02 if corner == "left" else 0.98
-    ax.text(x, 0.98 - 0.07 * line, text, transform=ax.transAxes, color=colour, fontsize=10,
-            fontweight="bold", ha=corner, va="top")
-
-
-def _plot_profile(ax: Axes, profile: LineProfile, unit: str, r_squared: float | None) -> None:
-    ax.plot(profile.distance, profile.values, color="black", linewidth=1.2)
-    _key(ax, 0, "— image", "black", corner="right")
+def _plot_profile(figure: Figure, rect: tuple[float, float, float, float], profile: LineProfile, unit: str,
+                  r_squared: float | None, with_distance: bool) -> None:
+    curves = [profile.values] + ([profile.fitted] if profile.fitted is not None else [])
+    low, high = _limits(*_finite_range(*curves))
+    xlim = (float(profile.distance[0]), float(profile.distance[-1]))
+    plot = _Plot(figure, rect, xlim, (low, high + 0.35 * (high - low)))  # room for the key
+    plot.line(profile.distance, profile.values, color="black", linewidth=1.2)
+    plot.key(0, "— image", "black", corner="right")
     if profile.fitted is not None:
-        ax.plot(profile.distance, profile.fitted, color="tab:red", linewidth=1.5, linestyle="--")
-        _key(ax, 1, f"- - Gaussian fit (R² {r_squared:.2f})", "tab:red", corner="right")
+        plot.line(profile.distance, profile.fitted, color="tab:red", linewidth=1.5, linestyle="--")
+        plot.key(1, f"- - Gaussian fit (R² {r_squared:.2f})", "tab:red", corner="right")
     for edge in (-profile.half_extent, profile.half_extent):
-        ax.axvline(edge, color="tab:orange", linewidth=1.0, linestyle=":")
-    ax.set_xlim(profile.distance[0], profile.distance[-1])
-    _headroom(ax, 0.35)
-    _few_ticks(ax, 4, 4)
-    ax.set_ylabel(unit, fontsize=10)
+        plot.vline(edge, color="tab:orange", linewidth=1.0, linestyle=":")
+    plot.yticks(_ticks(*plot.ylim, 4))
+    if with_distance:
+        plot.xticks(_ticks(*xlim, 4))
+        plot.xlabel(f"distance from centre ({profile.unit})")
+    plot.ylabel(unit)
     along = " (major axis)" if profile.fitted is not None else " (horizontal)"
-    ax.set_title("profile through the centre" + along, fontsize=11, y=1.0)
+    plot.title("profile through the centre" + along)
 
 
-def _plot_residual(ax: Axes, profile: LineProfile, unit: str) -> None:
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.plot(profile.distance, profile.values - profile.fitted, color="tab:red", linewidth=1.0)
-    ax.set_xlim(profile.distance[0], profile.distance[-1])
-    _few_ticks(ax, 4, 2)
-    ax.set_ylabel(f"residual ({unit})", fontsize=10)
+def _plot_residual(figure: Figure, rect: tuple[float, float, float, float], profile: LineProfile,
+                   unit: str) -> None:
+    residual = profile.values - profile.fitted
+    xlim = (float(profile.distance[0]), float(profile.distance[-1]))
+    plot = _Plot(figure, rect, xlim, _limits(*_finite_range(residual, np.zeros(1))))
+    plot.hline(0.0, color="grey", linewidth=0.8)
+    plot.line(profile.distance, residual, color="tab:red", linewidth=1.0)
+    plot.xticks(_ticks(*xlim, 4))
+    plot.yticks(_ticks(*plot.ylim, 2))
+    plot.xlabel(f"distance from centre ({profile.unit})")
+    plot.ylabel(f"residual ({unit})")
+
+
+# Panel rectangles (figure px) of the 850 x 560 statistics figure: two columns, the right one
+# split 2.4 : 1 between the profile and its residuals when there is a fit.
+_STATS_SIZE = (850, 560)
+_STATS_LEFT = (60, 489)
+_STATS_WIDTH = 344
+_STATS_BOTTOM, _STATS_HEIGHT = 56, 426
+_STATS_SPLIT = (193, 289, 120)  # profile bottom and height, residual height (from _STATS_BOTTOM)
 
 
 def render_statistics(physical: np.ndarray, finding: Finding, *, spacing_mm: Spacing, unit: str) -> bytes:
@@ -804,22 +1154,19 @@ def render_statistics(physical: np.ndarray, finding: Finding, *, spacing_mm: Spa
     window, lesion, ring = lesion_masks(physical.shape, finding)
     local = physical[window]
     profile = line_profile(physical, finding, spacing_mm)
-    figure = _figure(850, 560)
+    figure = _figure(*_STATS_SIZE)
     fitted = profile.fitted is not None
-    grid = figure.add_gridspec(2, 2, left=0.07, right=0.98, top=0.86, bottom=0.1, wspace=0.25, hspace=0.08,
-                               height_ratios=(2.4, 1.0))
-    _plot_histogram(figure.add_subplot(grid[:, 0]), local[lesion].astype(np.float64),
-                    local[ring].astype(np.float64), unit)
-    ax_profile = figure.add_subplot(grid[0, 1] if fitted else grid[:, 1])
-    _plot_profile(ax_profile, profile, unit, finding.gaussian.r_squared if fitted else None)
-    distance_label = f"distance from centre ({profile.unit})"
+    left, right = _STATS_LEFT
+    _plot_histogram(figure, (left, _STATS_BOTTOM, _STATS_WIDTH, _STATS_HEIGHT),
+                    local[lesion].astype(np.float64), local[ring].astype(np.float64), unit)
     if fitted:
-        ax_profile.set_xticks([])  # the residual plot below carries the distance axis
-        ax_residual = figure.add_subplot(grid[1, 1])
-        _plot_residual(ax_residual, profile, unit)
-        ax_residual.set_xlabel(distance_label, fontsize=10)
+        profile_bottom, profile_height, residual_height = _STATS_SPLIT
+        _plot_profile(figure, (right, profile_bottom, _STATS_WIDTH, profile_height), profile, unit,
+                      finding.gaussian.r_squared, with_distance=False)
+        _plot_residual(figure, (right, _STATS_BOTTOM, _STATS_WIDTH, residual_height), profile, unit)
     else:
-        ax_profile.set_xlabel(distance_label, fontsize=10)
+        _plot_profile(figure, (right, _STATS_BOTTOM, _STATS_WIDTH, _STATS_HEIGHT), profile, unit, None,
+                      with_distance=True)
     figure.suptitle(_finding_title(finding, spacing_mm), fontsize=TITLE_PT, y=0.98, va="top")
     return figure_png(figure)
 
