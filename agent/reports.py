@@ -58,6 +58,10 @@ def sign(conversation: Conversation, version: int, *, name: str, study_id: str |
     return signed
 
 
+def markdown(report: ClinicalReport) -> str:
+    return report_markdown(report)
+
+
 def diff(conversation: Conversation, old: int, new: int, study_id: str | None = None) -> str:
     return history(conversation, study_id).diff(old, new, report_markdown)
 

@@ -1,21 +1,23 @@
-"""The Streamlit viewer (ui/app.py) through Streamlit's AppTest, offline.
+"""The Streamlit chat app (ui/app.py) through Streamlit's AppTest.
 
 The images the app hands to the browser are captured from Streamlit's in-memory media storage,
-so the tests check what a clinician would actually see (size, mode, format), not only captions.
+so the tests check what a clinician would actually see, not only captions.
 """
 
 from __future__ import annotations
 
 import io
-import random
 from pathlib import Path
 
-import numpy as np
 import pytest
 import streamlit as st
 from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
+
+from agent.store import Store
+from tests.conftest import pydicom_file
+from tests.fake_gemini import FakeGemini, fixture
 
 APP = Path(__file__).resolve().parent.parent / "ui" / "app.py"
 
@@ -39,203 +41,163 @@ def media(monkeypatch) -> dict[str, tuple[bytes, str]]:
 def data_dir(monkeypatch, tmp_path) -> Path:
     folder = tmp_path / "loupe-data"
     monkeypatch.setenv("LOUPE_DATA_DIR", str(folder))
-    for key in ("LOUPE_GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY"):
-        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LOUPE_USER", "dr-test")
     monkeypatch.chdir(tmp_path)  # no stray .env from the caller's working directory
-    # The app caches its settings with st.cache_resource, which lives for the whole process:
-    # without this, the data dir of the first test would leak into every later one.
+    # Settings and the store are st.cache_resource, which lives for the whole process.
     st.cache_resource.clear()
     yield folder
     st.cache_resource.clear()
 
 
-@pytest.fixture
-def app(data_dir, media) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
+def new_app(chat: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=90)
+    if chat:
+        at.query_params["chat"] = chat
     at.run()
     assert_healthy(at)
     return at
 
 
-# -- helpers -----------------------------------------------------------------------------------
+@pytest.fixture
+def app(data_dir, media) -> AppTest:
+    return new_app()
 
 
 def assert_healthy(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
-def facts(at: AppTest) -> str:
-    return "\n".join(m.value for m in at.markdown)
+def images_shown(media) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(data)) for data, mime in media.values() if mime == "image/png"]
 
 
-def sample_box(at: AppTest):
-    boxes = [box for box in at.sidebar.selectbox if box.label.endswith("sample study")]
-    assert len(boxes) == 1
-    return boxes[0]
+def test_opens_the_sample_study_with_the_chat_id_in_the_url(app, data_dir):
+    assert app.query_params["chat"]
+    facts = " ".join(m.value for m in app.sidebar.markdown)
+    assert "**Modality** MR" in facts and "**Native size** 484×300 px" in facts
+    assert [b.label for b in app.button][:4] == ["Analyse this scan", "Where is the lesion and how big?",
+                                                 "Draft a report", "Start a second read"]
+    assert "offline planner" in " ".join(c.value for c in app.sidebar.caption)
 
 
-def window_boxes(at: AppTest) -> list:
-    return [box for box in at.selectbox if box.key == "window"]
+def test_an_offline_turn_runs_tools_and_shows_the_overlay(app, media):
+    media.clear()
+    app.button(key="suggest-Analyse this scan").click().run()
+    assert_healthy(app)
+    labels = [s.label for s in app.status]
+    assert [label.split(" ")[0] for label in labels] == ["detect_anomalies", "fit_gaussian", "render_overlay"]
+    assert all(s.state == "complete" for s in app.status)
+    assert "offline classical detector" in app.chat_message[1].markdown[0].value
+    overlays = [img for img in images_shown(media) if img.width >= 300]
+    assert overlays, "the annotated overlay reached the page"
 
 
-def caption(at: AppTest) -> str:
-    assert len(at.image) == 1
-    return at.image[0].captions[0]
+def test_a_bad_upload_is_one_clear_sentence_and_the_session_survives(app):
+    app.button(key="suggest-Analyse this scan").click().run()
+    app.chat_input[0].upload("scan.dcm", b"DICM" + b"\x00" * 50).run()
+    assert_healthy(app)
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and errors[0].endswith(".") and "Traceback" not in errors[0]
+    assert len(app.chat_message) == 2  # the earlier turn is still there
+    assert "**Modality** MR" in " ".join(m.value for m in app.sidebar.markdown)  # still the same study
 
 
-def shown_image(at: AppTest, media: dict[str, tuple[bytes, str]]) -> tuple[np.ndarray, str, bytes]:
-    """(pixels, mimetype, bytes) of the one image the app shows."""
-    assert len(at.image) == 1
-    urls = at.image[0].value
-    assert len(urls) == 1
-    file_id = urls[0].rsplit("/", 1)[-1].split(".")[0]
-    data, mimetype = media[file_id]
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image), mimetype, data
+def test_an_upload_in_the_chat_opens_it_and_the_question_runs_on_it(app):
+    app.chat_input[0].upload("IM0001", pydicom_file("CT_small.dcm").read_bytes()).set_value("How big is it?").run()
+    assert_healthy(app)
+    assert "**Modality** CT" in " ".join(m.value for m in app.sidebar.markdown)  # extension-less DICOM accepted
+    assert "mm (full width at half maximum" in app.chat_message[-1].markdown[-1].value
 
 
-def choose_sample(at: AppTest, name: str) -> AppTest:
-    sample_box(at).set_value(name).run()
+def test_report_draft_edit_sign_and_downloads(app):
+    app.chat_input[0].set_value("Draft a report").run()
+    assert_healthy(app)
+    assert any("**Version 1 of 1 · DRAFT**" in m.value for m in app.markdown)
+    app.text_area(key="impression-1").set_value("No focal liver lesion is reported by Loupe.").run()
+    app.button(key="save-1").click().run()
+    assert_healthy(app)
+    assert any("**Version 2 of 2 · DRAFT**" in m.value for m in app.markdown)
+    app.text_input(key="signer_name").set_value("Dr Test").run()
+    app.button(key="sign").click().run()
+    assert_healthy(app)
+    assert any("**Version 3 of 3 · SIGNED by Dr Test**" in m.value for m in app.markdown)
+    labels = [b.label for b in app.get("download_button")]
+    assert {"Markdown", "PDF", "JSON"} <= set(labels)
+
+
+def test_reload_from_the_url_brings_the_conversation_back(app, data_dir, media):
+    app.button(key="suggest-Analyse this scan").click().run()
+    chat_id = app.query_params["chat"]
+    media.clear()
+    reloaded = new_app(chat_id)
+    assert reloaded.query_params["chat"] == chat_id
+    assert [m.markdown[0].value for m in reloaded.chat_message][:1] == ["Analyse this scan"]
+    assert len(reloaded.status) == 3
+    assert images_shown(media), "stored images are replayed"
+
+
+def test_someone_elses_chat_id_opens_a_new_session(app, data_dir, monkeypatch):
+    chat_id = app.query_params["chat"]
+    monkeypatch.setenv("LOUPE_USER", "dr-other")
+    st.cache_resource.clear()
+    other = new_app(chat_id)
+    assert other.query_params["chat"] != chat_id
+    assert not other.chat_message
+
+
+def test_a_turn_against_the_fake_gemini(data_dir, media, monkeypatch):
+    with FakeGemini() as fake:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        fake.script(fixture("detect_call.json"), fixture("answer_text.json"))
+        at = new_app()
+        assert "Gemini (gemini-2.5-flash)" in " ".join(c.value for c in at.sidebar.caption)
+        assert at.sidebar.warning, "the sample's pixels are held until the clinician confirms"
+        at.button(key="confirm_release").click().run()
+        at.chat_input[0].set_value("Analyse this scan").run()
+        assert_healthy(at)
+        assert at.status[0].label.startswith("detect_anomalies") and at.status[0].state == "complete"
+        assert "F1 is the strongest candidate" in at.chat_message[1].markdown[-1].value
+        assert fake.calls()[0].images(), "after the confirmation the image was sent"
+
+
+def test_gemini_down_offers_the_offline_planner(data_dir, monkeypatch):
+    from tests.fake_gemini import error_reply
+
+    with FakeGemini() as fake:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", fake.url)
+        monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+        monkeypatch.setenv("LOUPE_RETRY_ATTEMPTS", "1")
+        fake.script(error_reply(503))
+        at = new_app()
+        at.chat_input[0].set_value("How big is it?").run()
+        assert_healthy(at)
+        assert any("Gemini is unavailable" in e.value for e in at.error)
+        offer = next(b for b in at.button if b.label == "Answer this with the offline planner")
+        offer.click().run()
+        assert_healthy(at)
+        assert any("full width at half maximum" in m.value for m in at.markdown)
+
+
+def test_sessions_can_be_deleted_from_the_sidebar(app, data_dir):
+    first = app.query_params["chat"]
+    app.button(key="new_session").click().run()
+    assert app.query_params["chat"] != first
+    app.button(key=f"delete-{first}").click().run()
+    assert_healthy(app)
+    store = Store.for_data_dir(data_dir)
+    assert first not in [s.id for s in store.list_sessions("dr-test")]
+    store.close()
+
+
+def test_window_preset_changes_the_view(data_dir, media):
+    at = new_app()
+    from agent.workspace import open_sample
+
+    open_sample(at.session_state["conversation"], "ct-small")
+    at.run()
+    conversation = at.session_state["conversation"]
+    key = f"window-{conversation.ctx.current_study_id}"
+    at.selectbox(key=key).set_value("lung").run()
     assert_healthy(at)
-    return at
-
-
-# -- tests -------------------------------------------------------------------------------------
-
-
-def test_first_run_shows_default_sample(app, media):
-    assert sample_box(app).value == "mr-liver"
-    text = facts(app)
-    assert "MR" in text
-    assert "484 × 300" in text
-    assert "1 frame(s)" in text
-    assert caption(app).startswith("MR, frame 1 of 1")
-    pixels, _, _ = shown_image(app, media)
-    assert pixels.shape == (300, 484)
-    assert pixels.min() < pixels.max()
-    assert not app.slider  # a single frame: no frame slider
-    assert not window_boxes(app)  # MR: no presets
-    assert "offline" in "\n".join(c.value for c in app.sidebar.caption)
-    assert len(app.sidebar.file_uploader) == 1
-
-
-def test_ct_head_window_presets(app, media):
-    choose_sample(app, "ct-head")
-    text = facts(app)
-    assert "CT" in text
-    assert "512 × 512" in text
-    boxes = window_boxes(app)
-    assert len(boxes) == 1
-    assert boxes[0].label == "Window"
-    assert boxes[0].value == "default"
-    assert {"bone", "brain", "lung", "soft_tissue"} <= set(boxes[0].options)
-    default, _, _ = shown_image(app, media)
-    assert default.shape == (512, 512)
-
-    boxes[0].set_value("lung").run()
-    assert_healthy(app)
-    assert window_boxes(app)[0].value == "lung"
-    assert "window -600/1500" in caption(app)
-    lung, _, _ = shown_image(app, media)
-    assert lung.shape == (512, 512)
-    assert not np.array_equal(lung, default)
-
-    app.selectbox(key="window").set_value("default").run()
-    assert_healthy(app)
-    assert "-600/1500" not in caption(app)
-
-
-def test_window_choice_follows_to_next_ct(app, media):
-    choose_sample(app, "ct-head")
-    app.selectbox(key="window").set_value("bone").run()
-    assert_healthy(app)
-    choose_sample(app, "ct-small")
-    assert "128 × 128" in facts(app)
-    # Whatever the widget shows must be what the image was rendered with.
-    chosen = app.selectbox(key="window").value
-    expected = {"default": "window 40/400", "bone": "window 400/1800"}[chosen]
-    assert expected in caption(app)
-    assert shown_image(app, media)[0].shape == (128, 128)
-
-
-def test_us_cine_frame_slider(app, media):
-    choose_sample(app, "us-cine")
-    text = facts(app)
-    assert "US" in text
-    assert "30 frame(s)" in text
-    assert len(app.slider) == 1
-    slider = app.slider[0]
-    assert slider.label == "Frame"
-    assert (slider.min, slider.max, slider.value) == (0, 29, 0)
-    assert caption(app).startswith("US, frame 1 of 30")
-    first, _, _ = shown_image(app, media)
-    assert first.shape[:2] == (240, 320)
-    assert first.ndim == 3  # colour
-
-    slider.set_value(12).run()
-    assert_healthy(app)
-    assert app.slider[0].value == 12
-    assert caption(app).startswith("US, frame 13 of 30")
-    later, _, _ = shown_image(app, media)
-    assert later.shape == first.shape
-    assert not np.array_equal(later, first)
-
-
-def test_broken_upload_shows_one_error(app, data_dir):
-    noise = random.Random(7).randbytes(3000)
-    app.sidebar.file_uploader[0].upload("broken.dcm", noise).run()
-    assert not app.exception, [e.value for e in app.exception]
-    assert len(app.error) == 1
-    message = app.error[0].value
-    assert "broken.dcm" in message
-    assert "not a DICOM, PNG or JPEG" in message
-    assert "Traceback" not in message and "\n" not in message.strip()
-    saved = list((data_dir / "uploads").rglob("broken.dcm"))
-    assert len(saved) == 1
-    assert saved[0].read_bytes() == noise
-
-    app.run()  # a rerun does not retry the failing file or pile up errors
-    assert not app.exception
-    assert len(app.error) == 1
-
-
-def test_png_upload_then_clear_returns_to_sample(app, media, data_dir):
-    pixels = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    app.sidebar.file_uploader[0].upload("gradient.png", buffer.getvalue(), "image/png").run()
-    assert_healthy(app)
-    text = facts(app)
-    assert "unknown" in text  # a PNG has no modality
-    assert "64 × 48" in text
-    assert "unknown (px only)" in text  # no spacing, no guess
-    assert shown_image(app, media)[0].shape == (48, 64)
-    assert len(list((data_dir / "uploads").rglob("gradient.png"))) == 1
-
-    app.sidebar.file_uploader[0].clear().run()
-    assert_healthy(app)
-    assert "484 × 300" in facts(app)
-
-
-def test_display_image_reaches_browser_losslessly(app, media):
-    choose_sample(app, "ct-small")
-    shown, mimetype, _ = shown_image(app, media)
-    artifact = app.session_state["result"].artifacts[0].data
-    with Image.open(io.BytesIO(artifact)) as image:
-        rendered = np.asarray(image)
-    assert mimetype == "image/png"
-    assert np.array_equal(shown, rendered)
-
-
-def test_analyse_button_shows_findings_and_overlay(app, media):
-    choose_sample(app, "ct-small")
-    app.button[0].click().run()
-    assert_healthy(app)
-    summary = [m.value for m in app.markdown if m.value.startswith("**") and "anomal" in m.value]
-    assert summary, "the analysis summary is shown"
-    table = app.dataframe[0].value
-    assert list(table["id"])[0] == "F1" and {"finding", "size", "confidence", "status"} <= set(table.columns)
-    assert len(app.image) >= 2  # the study and the annotated overlay
-    choose_sample(app, "mr-liver")
-    assert not app.dataframe, "a different study clears the old findings"
+    assert conversation.ctx.view().window.center == -600

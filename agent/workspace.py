@@ -1,0 +1,180 @@
+"""What the app needs from the agent, in plain data: open or resume a clinician's session,
+replay its stored turns, describe the open study and the privacy state.
+
+The app (ui/) draws these; it never touches tools, images or the model itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.backends import make_backend
+from agent.conversation import Backend, Conversation
+from agent.samples import DEFAULT_SAMPLE, sample_path
+from agent.settings import LoupeSettings
+from agent.store import SessionNotFoundError, Store
+from agent.toolbox import save_upload
+
+
+@dataclass
+class ToolCallView:
+    call_id: str
+    name: str
+    args: dict[str, Any]
+    state: str = "running"  # running | complete | error
+    summary: str = ""
+    duration_ms: float | None = None
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG bytes)
+
+
+@dataclass
+class TurnView:
+    """One stored turn as the chat shows it."""
+
+    turn_id: int
+    message: str
+    backend: str
+    tool_calls: list[ToolCallView] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    #: The turn failed because the model was unavailable: the offline planner can answer it.
+    offline_offer: bool = False
+    finished: bool = False
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+def open_session(settings: LoupeSettings, store: Store, owner: str, session_id: str | None) -> Conversation:
+    """The clinician's session ``session_id`` if it is theirs, else a new one on the default sample."""
+    if session_id:
+        try:
+            return Conversation.resume(settings, store, session_id, owner)
+        except SessionNotFoundError:
+            pass  # not theirs or gone: start afresh rather than reveal anything
+    return Conversation.start(settings, sample_path(DEFAULT_SAMPLE), store=store, owner=owner,
+                              title="sample study")
+
+
+def open_uploads(conversation: Conversation, files: list[tuple[str, bytes]], modality: str | None = None) -> None:
+    """Store uploaded files under the data folder and open them: one file (DICOM, .zip, PNG,
+    JPEG — recognised by content, extension or not), or several files of one series together."""
+    uploads = conversation.settings.data_dir / "uploads"
+    if len(files) == 1:
+        conversation.open_study(save_upload(uploads, *files[0]), modality=modality)
+        return
+    digest = hashlib.sha256(b"".join(hashlib.sha256(data).digest() for _, data in files)).hexdigest()[:20]
+    folder = uploads / f"series-{digest}"
+    for index, (name, data) in enumerate(files):
+        saved = save_upload(uploads, name, data)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{index:05d}{Path(name).suffix.lower()[:6]}"
+        if not target.exists():
+            shutil.copyfile(saved, target)
+    conversation.open_study(folder, modality=modality)
+
+
+def open_sample(conversation: Conversation, name: str) -> None:
+    conversation.open_study(sample_path(name))
+
+
+def backend_for(settings: LoupeSettings, name: str | None = None) -> Backend:
+    return make_backend(settings, name)
+
+
+def replay(store: Store, session_id: str) -> list[TurnView]:
+    """The session's turns from its stored events (images from the image table)."""
+    turns: list[TurnView] = []
+    calls: dict[str, ToolCallView] = {}
+    for event in store.events(session_id):
+        kind = event["kind"]
+        if kind == "turn_started":
+            turns.append(TurnView(turn_id=event["turn_id"], message=event["message"], backend=event["backend"]))
+            continue
+        if not turns:
+            continue
+        turn = turns[-1]
+        if kind == "tool_started":
+            call = ToolCallView(call_id=event["call_id"], name=event["name"], args=event["args"])
+            calls[call.call_id] = call
+            turn.tool_calls.append(call)
+        elif kind in ("tool_finished", "tool_failed"):
+            call = calls.get(event["call_id"]) or ToolCallView(event["call_id"], event["name"], {})
+            call.state = "complete" if kind == "tool_finished" else "error"
+            call.summary = event.get("summary") or event.get("message", "")
+            call.duration_ms = event.get("duration_ms")
+            call.images = [(a["caption"] or a["name"], store.image(session_id, a["sha256"]) or b"")
+                           for a in event.get("artifacts", []) if a["mime_type"] == "image/png"]
+        elif kind == "assistant_text":
+            turn.texts.append(event["text"])
+        elif kind == "error":
+            turn.errors.append(event["message"])
+            turn.offline_offer = bool(event.get("offline_available"))
+        elif kind == "turn_finished":
+            turn.finished, turn.usage = True, event["usage"]
+    for turn in turns:
+        _close_interrupted(turn)
+    return turns
+
+
+def _close_interrupted(turn: TurnView) -> None:
+    """A turn cut short (the app stopped mid-turn) shows as such, never as still running."""
+    if turn.finished:
+        return
+    for call in turn.tool_calls:
+        if call.state == "running":
+            call.state, call.summary = "error", "interrupted before it finished"
+    turn.errors.append("This turn was interrupted before it finished; what completed is kept.")
+
+
+def study_facts(conversation: Conversation) -> dict[str, str]:
+    """The open study's allow-listed facts, for the sidebar."""
+    if conversation.ctx.current_study_id is None:
+        return {}
+    view = conversation.ctx.view()
+    return {**conversation.boundary.technical_facts(view.study, view.frame),
+            "frame": f"{view.frame + 1} of {view.study.frame_count}"}
+
+
+def privacy_status(conversation: Conversation) -> tuple[str, str]:
+    """(released | masked | held, reason) for the open study's pixels."""
+    if conversation.ctx.current_study_id is None:
+        return "released", "no study is open"
+    release = conversation.boundary.release(conversation.ctx.view().study)
+    return release.status, release.reason
+
+
+def window_presets(conversation: Conversation) -> list[str]:
+    if conversation.ctx.current_study_id is None:
+        return []
+    return sorted(conversation.ctx.view().study.window_presets())
+
+
+def display_png(conversation: Conversation) -> tuple[bytes, str] | None:
+    """The current view's display image (PNG) and caption, as load_study renders it."""
+    from agent.tool_calls import execute
+
+    if conversation.ctx.current_study_id is None:
+        return None
+    outcome = execute(conversation.ctx, "load_study", {})
+    if not outcome.ok or not outcome.artifacts:
+        return None
+    return outcome.artifacts[0].data, outcome.artifacts[0].caption
+
+
+def set_view(conversation: Conversation, *, frame: int | None = None, window: str | None = None) -> str | None:
+    """Change frame or window of the open study; an error sentence, or None."""
+    from agent.tool_calls import execute
+
+    args = {k: v for k, v in (("frame", frame), ("window", window)) if v is not None}
+    outcome = execute(conversation.ctx, "load_study", args)
+    conversation.save()
+    return None if outcome.ok else outcome.error
+
+
+def owned_sessions(store: Store, owner: str) -> list[dict[str, Any]]:
+    return [{"id": s.id, "title": s.title, "updated": f"{s.updated_at:%Y-%m-%d %H:%M}", "turns": s.turns}
+            for s in store.list_sessions(owner)]
+

@@ -1,0 +1,117 @@
+"""The report beside the chat: the current version, its status, history with diffs and restore,
+direct editing (saved as a version), sign-off, and downloads that do not rerun the app."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from agent import reports
+from agent.conversation import Conversation
+from tools.errors import LoupeError
+
+FORMATS = (("md", "Markdown"), ("pdf", "PDF"), ("sr", "DICOM SR"), ("json", "JSON"))
+
+
+def report_panel(conversation: Conversation) -> None:
+    st.subheader("Report")
+    try:
+        history = reports.history(conversation)
+    except LoupeError:
+        st.caption("No report yet. Ask for one in the chat (\"Draft a report\") once the study is analysed.")
+        return
+    shown = _chosen_version(history)
+    report = history.version(shown)
+    badge = f"SIGNED by {report.signed_by}" if report.status == "signed" else "DRAFT"
+    st.markdown(f"**Version {report.version} of {len(history.versions)} · {badge}**")
+    with st.container(border=True):
+        st.markdown(reports.markdown(report))
+    _compare(conversation, history, shown)
+    if shown != history.current.version:
+        if st.button(f"Restore version {shown}", key="restore"):
+            _act(lambda: reports.restore(conversation, shown, name=_clinician_name()))
+    else:
+        _edit(conversation, report)
+        _sign(conversation, report)
+    _downloads(conversation, report.version)
+
+
+def _chosen_version(history) -> int:
+    numbers = [v.version for v in history.versions]
+    return st.selectbox("Version", numbers[::-1], index=0, key="report_version",
+                        format_func=lambda n: f"{n} — {history.version(n).reason or 'draft'}")
+
+
+def _compare(conversation: Conversation, history, shown: int) -> None:
+    others = [v.version for v in history.versions if v.version != shown]
+    if not others:
+        return
+    with st.expander("Compare with another version"):
+        other = st.selectbox("Compare with", others[::-1], key="compare_with")
+        st.code(reports.diff(conversation, min(other, shown), max(other, shown)) or "No differences.", language="diff")
+
+
+def _edit(conversation: Conversation, report) -> None:
+    if report.status == "signed":
+        st.caption("This version is signed and cannot change; edits start a new draft.")
+    with st.expander("Edit the report"):
+        impression = st.text_area("Impression", report.impression, key=f"impression-{report.version}")
+        recommendations = st.text_area("Recommendations (one per line)", "\n".join(report.recommendations),
+                                       key=f"recommendations-{report.version}")
+        if st.button("Save as a new version", key=f"save-{report.version}"):
+            edits = []
+            if impression.strip() != report.impression:
+                edits.append({"op": "set_section", "section": "impression", "text": impression})
+            if recommendations.strip() != "\n".join(report.recommendations):
+                edits.append({"op": "set_section", "section": "recommendations", "text": recommendations})
+            if edits:
+                _act(lambda: reports.clinician_edit(conversation, edits, name=_clinician_name(),
+                                                    reason="edited by the clinician"))
+
+
+def _sign(conversation: Conversation, report) -> None:
+    if report.status == "signed":
+        return
+    with st.expander("Sign off"):
+        name = st.text_input("Your name", key="signer_name")
+        if st.button(f"Sign version {report.version}", key="sign", disabled=not name.strip()):
+            _act(lambda: reports.sign(conversation, report.version, name=name))
+
+
+def _downloads(conversation: Conversation, version: int) -> None:
+    """Exports are made once per version and kept as bytes; clicking a download does not rerun."""
+    cache = st.session_state.setdefault("downloads", {})
+    key = (conversation.ctx.current_study_id, version)
+    if key not in cache:
+        cache.clear()
+        files, notes = reports.export(conversation, [f for f, _ in FORMATS], version=version)
+        cache[key] = (files, notes)
+    files, notes = cache[key]
+    columns = st.columns(max(len(files), 1))
+    for column, file in zip(columns, files, strict=False):
+        column.download_button(_label(file.name), file.data, file_name=file.name, mime=file.mime_type,
+                               on_click="ignore", key=f"download-{file.name}")
+    for note in notes:
+        st.caption(note)
+
+
+def _label(name: str) -> str:
+    if name.endswith("-measurements-sr.dcm"):
+        return "SR (measurements)"
+    if name.endswith("-narrative-sr.dcm"):
+        return "SR (narrative)"
+    return dict(FORMATS).get(name.rsplit(".", 1)[-1], name)
+
+
+def _clinician_name() -> str:
+    return st.session_state.get("signer_name") or st.session_state.get("owner") or "clinician"
+
+
+def _act(action) -> None:
+    try:
+        action()
+    except LoupeError as error:
+        st.error(error.message)
+        return
+    st.session_state.pop("downloads", None)
+    st.session_state.pop("report_version", None)
+    st.rerun()

@@ -1,0 +1,116 @@
+"""The sidebar: the open study (summary, frame, window, the image itself), the backend, the
+privacy state with its confirm button, and the clinician's sessions."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from agent.conversation import Conversation
+from agent.samples import SAMPLES
+from agent.store import Store
+from agent.workspace import (display_png, open_sample, open_uploads, owned_sessions, privacy_status, set_view,
+                             study_facts, window_presets)
+from tools.errors import LoupeError
+
+
+def sidebar(conversation: Conversation, store: Store, owner: str) -> None:
+    with st.sidebar:
+        st.title("Loupe")
+        _backend()
+        _open_study(conversation)
+        _study(conversation)
+        _privacy(conversation)
+        _sessions(conversation, store, owner)
+
+
+def _backend() -> None:
+    backend = st.session_state.backend
+    label = f"Gemini ({backend.model})" if backend.name == "gemini" else "offline planner (no model)"
+    st.caption(f"Backend: {label}")
+    if st.session_state.get("backend_note"):
+        st.caption(st.session_state.backend_note)
+
+
+def _open_study(conversation: Conversation) -> None:
+    with st.expander("Open a study", expanded=False):
+        uploads = st.file_uploader("DICOM files of one series, a .zip, a PNG or a JPEG", accept_multiple_files=True,
+                                   key="sidebar_upload")
+        modality = st.selectbox("Modality of a PNG/JPEG", ["(from the file)", "CT", "MR", "DX", "US"], key="modality")
+        if uploads and st.button("Open", key="open_uploads"):
+            try:
+                open_uploads(conversation, [(u.name, u.getvalue()) for u in uploads],
+                             modality=None if modality.startswith("(") else modality)
+                st.session_state.pop("downloads", None)
+            except LoupeError as error:
+                st.error(error.message)
+        sample = st.selectbox("…or a sample study", list(SAMPLES), format_func=lambda name: SAMPLES[name][1],
+                              key="sample")
+        if st.button("Open sample", key="open_sample"):
+            try:
+                open_sample(conversation, sample)
+            except LoupeError as error:
+                st.error(error.message)
+
+
+def _study(conversation: Conversation) -> None:
+    facts = study_facts(conversation)
+    if not facts:
+        st.info("No study is open.")
+        return
+    st.markdown("  \n".join(f"**{name.capitalize()}** {value}" for name, value in facts.items()))
+    view = conversation.ctx.view()
+    frames = view.study.frame_count
+    if frames > 1:
+        frame = st.slider("Frame", 1, frames, view.frame + 1, key=f"frame-{view.study.id}")
+        if frame - 1 != view.frame:
+            _report_error(set_view(conversation, frame=frame - 1))
+    presets = window_presets(conversation)
+    if presets:
+        current = st.session_state.get(f"window-{view.study.id}", "default")
+        window = st.selectbox("Window", ["default", *presets], index=["default", *presets].index(current),
+                              key=f"window-{view.study.id}")
+        if window != st.session_state.get(f"applied-window-{view.study.id}", "default"):
+            st.session_state[f"applied-window-{view.study.id}"] = window
+            _report_error(set_view(conversation, window=window))
+    shown = display_png(conversation)
+    if shown is not None:
+        st.image(shown[0], caption=shown[1], output_format="PNG")
+
+
+def _privacy(conversation: Conversation) -> None:
+    status, reason = privacy_status(conversation)
+    if st.session_state.backend.name != "gemini":
+        st.caption("Privacy: offline — nothing leaves this machine.")
+        return
+    if status == "released":
+        st.caption(f"Privacy: the model sees the rendered image and technical facts only ({reason}).")
+        return
+    st.warning(f"The image is {status} for the model: {reason}.")
+    if st.button("I checked: no identifying text on the image", key="confirm_release"):
+        conversation.confirm_no_burned_in_text()
+        st.rerun()
+
+
+def _sessions(conversation: Conversation, store: Store, owner: str) -> None:
+    with st.expander("Sessions", expanded=False):
+        if st.button("New session", key="new_session"):
+            st.query_params.clear()
+            st.session_state.pop("conversation", None)
+            st.rerun()
+        for session in owned_sessions(store, owner):
+            current = session["id"] == conversation.session_id
+            title = session["title"] or "untitled"
+            left, right = st.columns([3, 1])
+            if left.button(f"{'▶ ' if current else ''}{title} · {session['updated']} · {session['turns']} turn(s)",
+                           key=f"open-{session['id']}", disabled=current):
+                st.query_params["chat"] = session["id"]
+                st.rerun()
+            if not current and right.button("Delete", key=f"delete-{session['id']}"):
+                store.delete(session["id"], owner)
+                store.audit(owner, "session_deleted", {}, session_id=session["id"])
+                st.rerun()
+
+
+def _report_error(error: str | None) -> None:
+    if error:
+        st.error(error)
