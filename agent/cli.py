@@ -387,6 +387,7 @@ def _serve(args: argparse.Namespace, settings: LoupeSettings) -> None:
         "--server.port", str(args.port or settings.port),
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",  # no "Deploy" button in a clinical tool
     ]
     raise SystemExit(subprocess.call(command))
 

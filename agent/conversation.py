@@ -128,6 +128,7 @@ class Conversation:
         """Open a study from its stored copy, keeping the id it had (findings refer to it)."""
         files = sorted(p for p in stored.iterdir() if p.is_file())
         source = str(files[0]) if len(files) == 1 else [str(p) for p in files]
+        self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), stored.resolve())
         outcome = execute(self.ctx, "load_study", {"path": source, "modality": modality})
         if not outcome.ok:
             raise LoupeError(f"A study of this session can no longer be opened: {outcome.error}")
@@ -138,7 +139,6 @@ class Conversation:
             view.study.id = study_id
             self.ctx.current_study_id = study_id
         self.boundary.watch(view.study)
-        self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), stored.resolve())
 
     def current_view_key(self) -> tuple | None:
         """What the model would see now: study, frame, window and whether pixels may be sent."""

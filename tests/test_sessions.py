@@ -77,6 +77,16 @@ def test_offline_session_resumes_with_findings_view_and_images(store):
     assert max(int(f[1:]) for f in resumed.ctx.findings) > max(int(f[1:]) for f in conversation.ctx.findings)
 
 
+def test_a_session_with_several_studies_reopens_all_of_them(store):
+    settings = LoupeSettings(_env_file=None)
+    conversation = Conversation.start(settings, pydicom_file(CT), store=store, owner="dr-a")
+    conversation.open_study(pydicom_file("MR_small.dcm"))
+    offline(conversation, "Analyse this scan")
+    resumed = Conversation.resume(settings, store, conversation.session_id, "dr-a")
+    assert set(resumed.ctx.views) == set(conversation.ctx.views) and len(resumed.ctx.views) == 2
+    assert resumed.ctx.current_study_id == conversation.ctx.current_study_id
+
+
 def test_sessions_belong_to_their_owner(store):
     settings = LoupeSettings(_env_file=None)
     mine = Conversation.start(settings, pydicom_file(CT), store=store, owner="dr-a").session_id

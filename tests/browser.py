@@ -1,0 +1,101 @@
+"""Driving the real app in a real browser: `loupe serve` on a free loopback port, Debian's
+Chromium through Playwright (never a downloaded browser). Shared by the e2e tests and
+bench/bench_ui.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def served_app(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """`loupe serve` on a free port with its own data folder; yields the base URL."""
+    port = free_port()
+    env = {**os.environ, "LOUPE_DATA_DIR": str(data_dir), "LOUPE_USER": "dr-browser", **(extra_env or {})}
+    for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "LOUPE_GEMINI_API_KEY"):
+        env.pop(key, None)
+    process = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited: {process.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("the app did not become healthy in time")
+
+
+@contextmanager
+def chromium_page(viewport=(1280, 800)) -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, accept_downloads=True)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def wait_idle(page, timeout_ms: int = 90_000) -> None:
+    """Connected and no script run in progress (waiting for a text alone races a final rerun)."""
+    page.wait_for_selector("[data-testid=stApp][data-test-connection-state=CONNECTED]", timeout=timeout_ms)
+    page.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=timeout_ms)
+
+
+def send_message(page, text: str, files: list[Path] | None = None) -> None:
+    chat = page.locator("[data-testid=stChatInput]")
+    if files:
+        chat.locator("input[type=file]").set_input_files([str(f) for f in files])
+    chat.locator("textarea").fill(text)
+    chat.locator("textarea").press("Enter")
+
+
+def screenshot(page, name: str) -> Path:
+    """A full-page screenshot (Streamlit scrolls inside .stMain: grow the viewport first)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    height = page.evaluate("() => (document.querySelector('.stMain') || document.body).scrollHeight")
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height) + 100, 12000))})
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)
+    return path

@@ -1,0 +1,81 @@
+"""End to end in a real browser: `loupe serve`, Chromium, a real DICOM uploaded through the chat.
+
+Screenshots of the main states go to test-artifacts/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.browser import CHROMIUM, chromium_page, screenshot, send_message, served_app, wait_idle
+from tests.conftest import pydicom_file
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser_available() -> None:
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        playwright = None
+    if CHROMIUM.exists() and playwright is not None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI must provide Chromium (apt) and Playwright (pip) for the browser suite")
+    pytest.skip("no Chromium or Playwright on this machine")
+
+
+def test_upload_analyse_report_download_and_reload(browser_available, tmp_path, monkeypatch):
+    from pypdf import PdfReader
+
+    # Extension-less, like files straight off a modality or PACS export.
+    dicom = tmp_path / "IM0001"
+    dicom.write_bytes(pydicom_file("CT_small.dcm").read_bytes())
+    with served_app(tmp_path / "data") as url, chromium_page() as page:
+        page.goto(url)
+        wait_idle(page)
+        page.get_by_text("Analyse this scan").first.wait_for()
+        screenshot(page, "01-sample-study")
+
+        send_message(page, "Analyse this scan", files=[dicom])
+        page.get_by_text("offline classical detector").first.wait_for(timeout=90_000)
+        wait_idle(page)
+        statuses = page.locator("[data-testid=stExpander] summary").all_inner_texts()
+        assert any("detect_anomalies" in s and "check" in s for s in statuses), statuses  # "check": done
+        assert any("render_overlay" in s for s in statuses), statuses
+        assert page.locator("[data-testid=stChatMessage] img").count() >= 1
+        assert "CT" in page.locator("[data-testid=stSidebar]").inner_text()
+        screenshot(page, "02-analysed")
+
+        send_message(page, "Draft a report")
+        page.get_by_text("Version 1 of 1 · DRAFT").wait_for(timeout=90_000)
+        wait_idle(page)
+        page.get_by_text("Edit the report").click()
+        impression = page.get_by_role("textbox", name="Impression")
+        impression.fill("Small CT slice: no focal abnormality reported by Loupe.")
+        impression.press("Tab")
+        wait_idle(page)
+        page.get_by_role("button", name="Save as a new version").click()
+        page.get_by_text("Version 2 of 2 · DRAFT").wait_for(timeout=60_000)
+        wait_idle(page)
+        screenshot(page, "03-report-edited")
+
+        with page.expect_download() as download_info:
+            page.get_by_role("button", name="PDF").click()
+        pdf_path = tmp_path / "report.pdf"
+        download_info.value.save_as(pdf_path)
+        text = " ".join(p.extract_text() for p in PdfReader(pdf_path).pages)
+        assert "DRAFT" in text and "no focal abnormality reported by Loupe" in text
+
+        chat_url = page.url
+        assert "chat=" in chat_url
+        page.reload()
+        wait_idle(page)
+        screenshot(page, "04-reloaded")
+        page.get_by_text("Analyse this scan").first.wait_for()
+        assert page.get_by_text("offline classical detector").count() >= 1
+        assert page.get_by_text("Version 2 of 2 · DRAFT").count() == 1
+        screenshot(page, "04-reloaded")
