@@ -17,6 +17,7 @@ Commands (a contract other issues and checks rely on):
 - ``loupe sessions list [--json] | rename ID TITLE | delete ID`` — stored sessions.
 - ``loupe report STUDY --out DIR [--format md,pdf,sr,json]`` or ``loupe report --session ID --out DIR
   [--version N] [--sign NAME]`` — draft, sign and export reports.
+- ``loupe second-read STUDY [--responses FILE.json] [--json]`` — a guided second read.
 - ``loupe deid IN OUT [--map FILE] [--json]`` — a PS3.15 basic-profile de-identified copy.
 - ``loupe audit OUT.jsonl [--session ID]`` — the audit trail as JSON lines.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
@@ -138,6 +139,14 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--modality", help="Modality of a PNG/JPEG image.")
     report.add_argument("--confirm-no-burned-in-text", action="store_true", dest="confirm_images",
                         help="You checked the image: no identifying text on it, so Gemini may see its pixels.")
+
+    second_read = commands.add_parser("second-read", help="Walk a guided second read of a study (checklist, crops, concordance).")
+    second_read.add_argument("paths", nargs="+", metavar="STUDY")
+    second_read.add_argument("--responses", type=Path, metavar="FILE.json",
+                             help='Scripted answers: a JSON list, one {"assessment", "note"} per step.')
+    second_read.add_argument("--json", action="store_true", help="Print the result as JSON; its 'summary' key holds the concordance.")
+    second_read.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+    second_read.add_argument("--images", type=Path, default=Path("loupe-images"), help="Folder for the step crops.")
 
     deid = commands.add_parser("deid", help="Write a de-identified copy (PS3.15 basic profile) of a DICOM file or folder.")
     deid.add_argument("source", type=Path, metavar="IN")
@@ -345,6 +354,14 @@ def _report(args: argparse.Namespace, settings: LoupeSettings) -> None:
                                 confirm_images=args.confirm_images))
 
 
+def _second_read(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.second_read_command import load_responses, run_second_read
+
+    responses = None if args.responses is None else load_responses(args.responses)
+    raise SystemExit(run_second_read(settings, _study_path(args.paths), responses, args.json, args.modality,
+                                     image_dir=args.images))
+
+
 def _deid(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.deid import default_pseudonym_map, deidentify
     from agent.store import Store
@@ -410,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
     args = _build_parser().parse_args(arguments)
     handlers = {"info": _info, "view": _view, "analyze": _analyze, "verify": _verify, "eval": _eval,
-                "ask": _ask, "chat": _chat, "sessions": _sessions, "report": _report, "deid": _deid, "audit": _audit, "serve": _serve}
+                "ask": _ask, "chat": _chat, "sessions": _sessions, "report": _report, "second-read": _second_read, "deid": _deid, "audit": _audit, "serve": _serve}
     try:
         handlers[args.command](args, LoupeSettings())
     except LoupeError as error:

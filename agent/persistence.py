@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, func, select, update
 
 from agent.events import Event, ToolFailed, ToolFinished, ToolStarted
-from agent.store import (AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, ReportVersionRow, SessionRow, Store,
-                         StudyRow, ToolCallRow, _now)
+from agent.store import (AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, ReportVersionRow, SecondReadRow,
+                         SessionRow, Store, StudyRow, ToolCallRow, _now)
 from tools.findings import Finding
 from tools.report import ClinicalReport, ReportHistory
+from tools.second_read import restore_second_reads, second_reads_json
 from tools.study import Study, Window
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class SessionRecorder:
                 db.add(HistoryRow(session_id=self.session_id, content=content))
             self._write_findings(db, conversation)
             self._write_report_versions(db, conversation)
+            self._write_second_reads(db, conversation)
             db.execute(update(SessionRow).where(SessionRow.id == self.session_id)
                        .values(state=session_state(conversation), updated_at=_now()))
 
@@ -108,6 +110,16 @@ class SessionRecorder:
                 self.audit(action, {"study_id": study_id, "version": report.version, "author": report.author,
                                     "reason": report.reason, "status": report.status,
                                     "sha256": hashlib.sha256(report.model_dump_json().encode()).hexdigest()}, db=db)
+
+    def _write_second_reads(self, db, conversation: Conversation) -> None:
+        if not conversation.ctx.second_reads:
+            return
+        data = second_reads_json(conversation.ctx)
+        row = db.get(SecondReadRow, self.session_id)
+        if row is None:
+            db.add(SecondReadRow(session_id=self.session_id, data=data))
+        elif row.data != data:
+            row.data, row.updated_at = data, _now()
 
     # -- studies --------------------------------------------------------------------------------
 
@@ -174,6 +186,9 @@ def restore_state(conversation: Conversation, store: Store, session_id: str, sta
     for data in store.findings(session_id):
         finding = Finding.model_validate(data)
         ctx.findings[finding.id] = finding
+    second_reads = store.second_reads(session_id)
+    if second_reads:
+        restore_second_reads(ctx, second_reads)
     for row in store.report_versions(session_id):
         ctx.reports.setdefault(row.study_id, ReportHistory()).versions.append(ClinicalReport.model_validate(row.data))
     ctx._finding_counter = int(state.get("finding_counter", len(ctx.findings)))

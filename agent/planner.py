@@ -16,7 +16,6 @@ from agent.conversation import Conversation, Turn
 from agent.events import AssistantText, Event, ToolStarted
 from agent.tool_calls import ToolOutcome, execute
 from prompts import load_table
-from tools.coordinates import BoxPx, SentImage, box_2d_to_px
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.findings import Finding
 from tools.location import location_in_words
@@ -24,6 +23,13 @@ from tools.location import location_in_words
 #: Intents in the order their tools run and their answers are written.
 INTENT_ORDER = ("window", "frame", "analyse", "where", "size", "heatmap", "crops", "statistics",
                 "revise", "report", "second_read", "differential")
+
+
+#: Second-read commands in the order they are checked ("disagree" before "agree").
+SECOND_READ_COMMANDS = ("disagree", "agree", "uncertain", "previous", "next", "jump", "summary")
+_ASSESSMENTS = ("agree", "disagree", "uncertain")
+_MARK = re.compile(r"\[\s*(-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)*)\s*\]")
+_NOTE_TRIM = " ,.;:-–—!"
 
 
 def classify(message: str) -> list[str]:
@@ -36,6 +42,18 @@ def classify(message: str) -> list[str]:
     if not intents and any(k in text for k in keywords["subject"]):
         intents = ["analyse"]
     return intents
+
+
+def _keyword(text: str, keyword: str) -> re.Match | None:
+    return re.search(rf"(?<!\w){re.escape(keyword)}(?!\w)", text)
+
+
+def second_read_command(message: str) -> str | None:
+    """The second-read command a message gives ("agree", "next", ...), if any; consulted only
+    while a second read is in progress, before the other intents."""
+    text = message.lower()
+    table = load_table("planner.toml")["second_read_commands"]
+    return next((c for c in SECOND_READ_COMMANDS if any(_keyword(text, k) for k in table[c])), None)
 
 
 def _templates() -> dict[str, str]:
@@ -70,9 +88,12 @@ class _Plan:
         t = _templates()
         if self.ctx.current_study_id is None:
             return "No study is open yet; open a DICOM, PNG or JPEG study first."
-        if not intents:
+        command = second_read_command(self.turn.message) if self._reading() else None
+        if command is not None:
+            yield from self._second_read_command(command)
+        elif not intents:
             return t["help"]
-        for intent in intents:
+        for intent in intents if command is None else ():
             yield from getattr(self, f"_{intent}")()
         if self.drew_figures:
             self.lines.append(t["figures"])
@@ -214,18 +235,96 @@ class _Plan:
             self.lines.append(f"Report version {outcome.output['version']}: removed {', '.join(dict.fromkeys(removed))}.")
 
     def _second_read(self) -> Generator[Event, None, None]:
-        findings = yield from self._findings()
-        yield from self._annotated()
+        """Start (or resume) a guided second read and show its current step."""
         t = _templates()
-        study = self.ctx.view().study
-        regions = _regions(study.modality, study.safe.columns, study.safe.rows)
-        self.lines.append(t["second_read_intro"].format(count=len(regions), modality=study.modality or "image"))
-        called = [f for f in findings if f.confidence >= ANOMALY_THRESHOLD]
-        for index, (name, box) in enumerate(regions, start=1):
-            inside = [f for f in called if box.contains(*f.center_px)]
-            observation = "; ".join(_describe_brief(f) for f in inside) if inside else "nothing focal"
-            self.lines.append(t["second_read_region"].format(index=index, region=name, observation=observation))
-        self.lines.append(t["second_read_outro"])
+        restart = any(w in self.turn.message.lower() for w in ("restart", "start over", "new second read"))
+        outcome = yield from self._run("start_second_read", {"restart": restart})
+        if not outcome.ok:
+            return
+        started = outcome.output
+        position = started["current"]
+        if started["resumed"]:
+            self.lines.append(t["second_read_resumed"].format(checklist=started["checklist_title"],
+                                                              checked=position["checked"], count=position["total"]))
+        else:
+            self.lines.append(t["second_read_started"].format(checklist=started["checklist_title"],
+                                                              count=len(started["steps"])))
+        self._show_position(position)
+
+    # -- a second read in progress ----------------------------------------------------------------
+
+    def _reading(self) -> bool:
+        state = self.ctx.second_reads.get(self.ctx.current_study_id)
+        return state is not None and state.summarised_at is None
+
+    def _second_read_command(self, command: str) -> Generator[Event, None, None]:
+        if command in _ASSESSMENTS:
+            yield from self._assess(command)
+        elif command in ("next", "previous"):
+            outcome = yield from self._run("second_read_step", {"action": command})
+            if outcome.ok:
+                self._show_position(outcome.output)
+        elif command == "jump":
+            target = re.search(r"\bstep\s+([a-z0-9_]+)", self.turn.message.lower())
+            args = ({"action": "jump", "step": int(target.group(1)) if target.group(1).isdigit() else target.group(1)}
+                    if target else {"action": "current"})
+            outcome = yield from self._run("second_read_step", args)
+            if outcome.ok:
+                self._show_position(outcome.output)
+        else:
+            yield from self._second_read_summary()
+
+    def _assess(self, assessment: str) -> Generator[Event, None, None]:
+        """Record agree / disagree / uncertain, the rest of the message as the note, and a mark
+        in brackets ([y, x] or [ymin, xmin, ymax, xmax], 0–1000) as the clinician's finding."""
+        t = _templates()
+        note, mark = _note_and_mark(self.turn.message, assessment)
+        args: dict[str, Any] = {"assessment": assessment, "note": note}
+        if mark is not None:
+            args["finding"] = {**mark, "label": note[:80] or "clinician-marked finding"}
+        outcome = yield from self._run("record_assessment", args)
+        if not outcome.ok:
+            return
+        recorded = outcome.output
+        self.lines.append(t["second_read_recorded"].format(number=recorded["step_number"],
+                                                           assessment=recorded["assessment"], note=_quoted(note)))
+        added = recorded["clinician_finding"]
+        if added:
+            self.lines.append(t["second_read_finding"].format(id=added["finding_id"], label=added["label"],
+                                                              verification=added["verification"]))
+        if recorded["next"] is not None:
+            self._show_position(recorded["next"])
+
+    def _second_read_summary(self) -> Generator[Event, None, None]:
+        text = self.turn.message.lower()
+        append = "report" in text or "addendum" in text
+        outcome = yield from self._run("second_read_summary", {"append_to_report": append})
+        if not outcome.ok:
+            return
+        self.lines.append(outcome.output["text"])
+        if outcome.output["report_version"] is not None:
+            self.lines.append(_templates()["second_read_appended"].format(version=outcome.output["report_version"]))
+        self.drew_figures = self.drew_figures or bool(outcome.output["summary"]["disagreements"])
+
+    def _show_position(self, position: dict[str, Any]) -> None:
+        """The step now on screen (its crop is the tool's image), or the end of the checklist."""
+        t = _templates()
+        step = position["step"]
+        if step is None:
+            unchecked = position["unchecked"]
+            listing = f"; steps not checked: {', '.join(map(str, unchecked))}" if unchecked else ""
+            self.lines.append(t["second_read_end"].format(total=position["total"], unchecked=listing))
+            return
+        self.lines.append(t["second_read_step"].format(
+            number=step["number"], total=step["total"], title=step["title"], window=step["window"].replace("_", " "),
+            look_for="; ".join(step["look_for"]), observation=step["observation"]))
+        for descriptor, terms in step["lexicon"].items():
+            self.lines.append(t["second_read_lexicon"].format(descriptor=descriptor.replace("_", " "),
+                                                              terms=", ".join(terms)))
+        self.lines += [f"Note: {note}." for note in step["notes"]]
+        if step["assessment"]:
+            self.lines.append(t["second_read_answered"].format(assessment=step["assessment"], note=_quoted(step["note"])))
+        self.drew_figures = True
 
     def _differential(self) -> Generator[Event, None, None]:
         self.lines.append(_templates()["differential"])
@@ -244,13 +343,25 @@ class _Plan:
         return location_in_words(self.ctx.view().study, finding)
 
 
-def _regions(modality: str | None, width: int, height: int) -> list[tuple[str, BoxPx]]:
-    """The second-read regions of a modality, as native-pixel boxes of a width × height image."""
-    table = load_table("planner.toml")["second_read"]
-    key = {"CR": "DX"}.get((modality or "").upper(), (modality or "").upper())
-    regions = table.get(key, table["default"])["regions"]
-    image = SentImage.identity(width, height)
-    return [(name, box_2d_to_px(box, image)) for name, box in regions]
+def _note_and_mark(message: str, assessment: str) -> tuple[str, dict[str, list[float]] | None]:
+    """The clinician's note (the message without the command word and the mark) and their mark
+    as verify-style arguments: [y, x] is a point, [ymin, xmin, ymax, xmax] a box (0–1000)."""
+    mark = None
+    found = _MARK.search(message)
+    if found:
+        numbers = [float(v) for v in found.group(1).split(",")]
+        mark = {2: {"point": numbers}, 4: {"box_2d": numbers}}.get(len(numbers))
+        message = message[:found.start()] + message[found.end():]
+    words = load_table("planner.toml")["second_read_commands"][assessment]
+    hit = next((m for m in (_keyword(message.lower(), k) for k in words) if m), None)
+    if hit is not None:
+        before, after = message[:hit.start()].strip(_NOTE_TRIM), message[hit.end():].strip(_NOTE_TRIM)
+        message = after or (before if len(before.split()) > 1 else "")  # "I disagree" has no note
+    return message.strip(_NOTE_TRIM), mark
+
+
+def _quoted(note: str) -> str:
+    return f' — "{note}"' if note else ""
 
 
 def _size_text(finding: Finding) -> str:

@@ -294,6 +294,11 @@ class Store:
             return list(db.scalars(select(ReportVersionRow).where(ReportVersionRow.session_id == session_id)
                                    .order_by(ReportVersionRow.study_id, ReportVersionRow.version)))
 
+    def second_reads(self, session_id: str) -> dict[str, Any] | None:
+        with Session(self.engine) as db:
+            row = db.get(SecondReadRow, session_id)
+            return None if row is None else row.data
+
     def tool_calls(self, session_id: str) -> list[ToolCallRow]:
         with Session(self.engine, expire_on_commit=False) as db:
             return list(db.scalars(select(ToolCallRow).where(ToolCallRow.session_id == session_id)

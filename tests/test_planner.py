@@ -98,13 +98,31 @@ def test_offline_report_revision_removes_findings_and_says_what_needs_a_model(ul
     assert "needs the Gemini backend" in answer and tools_run(events) == []
 
 
-def test_second_read_walks_the_modality_regions(eval_dir):
-    conversation = Conversation.start(offline_settings(), eval_dir / "nih_cxr14" / "00010277_000.png", modality="DX")
+def test_second_read_walks_the_checklist_by_chat(eval_dir):
+    conversation = Conversation.start(offline_settings(), eval_dir / "nih_cxr14" / "00012592_005.png", modality="DX")
     answer, events = turn(conversation, "Start a second read")
-    assert "render_overlay" in tools_run(events)
-    for region in ("right upper zone", "left lower zone", "mediastinum and hila"):
-        assert region in answer
-    assert len(re.findall(r"^\d+\. ", answer, flags=re.MULTILINE)) == 7
+    assert tools_run(events) == ["start_second_read"]
+    crop = next(e for e in events if isinstance(e, ToolFinished))
+    assert crop.artifacts[0].data.startswith(b"\x89PNG")
+    assert "Chest radiograph" in answer and "Step 1 of 12 — Lines and tubes" in answer
+    answer, events = turn(conversation, "agree")
+    assert tools_run(events) == ["record_assessment"] and "Recorded step 1: agree." in answer
+    assert "Step 2 of 12 — Airway" in answer
+    answer, _ = turn(conversation, "I disagree: the trachea is deviated [300, 480]")
+    assert 'Recorded step 2: disagree — "the trachea is deviated"' in answer and "Your finding F" in answer
+    answer, events = turn(conversation, "previous")
+    assert tools_run(events) == ["second_read_step"] and "Step 2 of 12" in answer and "answered this step before" in answer
+    answer, _ = turn(conversation, "go to step 12")
+    assert "Step 12 of 12 — Below the diaphragm" in answer
+    answer, _ = turn(conversation, "uncertain")
+    assert "All 12 steps have been shown; steps not checked: 3, 4" in answer
+    answer, events = turn(conversation, "Summary, and append it to the report")
+    assert tools_run(events) == ["second_read_summary"]
+    assert "3 of 12 steps checked" in answer and "Disagreements: step 2 Airway" in answer
+    assert "added to the report as version 2" in answer
+    # Once summarised, the words are ordinary messages again ("uncertain" asks for the heatmap).
+    _, events = turn(conversation, "Show me how uncertain you are")
+    assert "render_overlay" in tools_run(events) and "record_assessment" not in tools_run(events)
 
 
 def test_window_and_slice_requests_change_the_view():

@@ -280,3 +280,18 @@ def test_serving_beyond_loopback_requires_login(isolated_cli, capsys, monkeypatc
     monkeypatch.setenv("LOUPE_HOST", "0.0.0.0")
     code, _, err = run_cli(capsys, "serve")
     assert code == 2 and "LOUPE_AUTH=oidc" in err and err.count("\n") == 1
+
+
+def test_a_second_read_pauses_and_resumes_with_the_session(store, eval_dir):
+    settings = LoupeSettings(_env_file=None)
+    conversation = Conversation.start(settings, eval_dir / "busi" / "benign_030.png", modality="US", store=store,
+                                      owner="dr-a")
+    offline(conversation, "Start a second read")
+    offline(conversation, "agree")
+    offline(conversation, "uncertain, the margin is hard to see")
+    state = conversation.ctx.second_reads[conversation.ctx.current_study_id]
+    answered = [record.assessment for record in state.steps if record.assessment]
+    resumed = Conversation.resume(settings, store, conversation.session_id, "dr-a")
+    again = resumed.ctx.second_reads[resumed.ctx.current_study_id]
+    assert [record.assessment for record in again.steps if record.assessment] == answered == ["agree", "uncertain"]
+    assert again.current == state.current

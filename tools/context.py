@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,9 @@ from tools.errors import NoStudyOpenError, UnreadableStudyError
 from tools.findings import Finding
 from tools.report import ClinicalReport, ReportHistory, ReportNarrative
 from tools.study import Study, StudyLimits, Window
+
+if TYPE_CHECKING:  # tools.second_read imports this module
+    from tools.second_read import SecondReadState
 
 
 class Artifact(BaseModel):
@@ -121,6 +124,8 @@ class ToolContext:
     findings: dict[str, Finding] = field(default_factory=dict)
     #: Centres (x, y) of the vision model's repeated samples behind a finding, by finding id.
     finding_samples: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    #: Guided second reads (tools.second_read), by study id; JSON via ``SecondReadState.model_dump``.
+    second_reads: dict[str, SecondReadState] = field(default_factory=dict)
     _finding_counter: int = 0
     _derived: OrderedDict[tuple, object] = field(default_factory=OrderedDict, repr=False)
 

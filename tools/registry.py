@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tools import (detect_anomalies, draft_report, fit_gaussian, load_study, render_overlay, revise_report,
-                   verify_coordinates)
+                   second_read, verify_coordinates)
 from tools.context import ToolContext, ToolResult
 
 
@@ -63,5 +63,13 @@ TOOLS: dict[str, Tool] = {
              render_overlay.render_overlay),
         Tool("draft_report", draft_report.DraftReportInput, draft_report.ReportOutput, draft_report.draft_report),
         Tool("revise_report", revise_report.ReviseReportInput, draft_report.ReportOutput, revise_report.revise_report),
+        Tool("start_second_read", second_read.StartSecondReadInput, second_read.StartSecondReadOutput,
+             second_read.start_second_read),
+        Tool("second_read_step", second_read.SecondReadStepInput, second_read.SecondReadStepOutput,
+             second_read.second_read_step),
+        Tool("record_assessment", second_read.RecordAssessmentInput, second_read.RecordAssessmentOutput,
+             second_read.record_assessment),
+        Tool("second_read_summary", second_read.SecondReadSummaryInput, second_read.SecondReadSummaryOutput,
+             second_read.second_read_summary),
     )
 }
