@@ -66,6 +66,45 @@ def diff(conversation: Conversation, old: int, new: int, study_id: str | None = 
     return history(conversation, study_id).diff(old, new, report_markdown)
 
 
+@dataclass(frozen=True)
+class ExportOption:
+    """A download the app can offer without making it yet (made on click)."""
+
+    kind: str  # md | pdf | sr-measurements | sr-narrative | json
+    label: str
+    file_name: str
+    mime_type: str
+
+
+def export_options(conversation: Conversation, version: int, study_id: str | None = None
+                   ) -> tuple[list[ExportOption], list[str]]:
+    """What can be exported for ``version`` (cheap: nothing is rendered), and notes on what cannot."""
+    report = history(conversation, study_id).version(version)
+    stem = f"report-v{report.version}-{report.status}"
+    options = [ExportOption("md", "Markdown", f"{stem}.md", "text/markdown"),
+               ExportOption("pdf", "PDF", f"{stem}.pdf", "application/pdf")]
+    notes = []
+    if conversation.ctx.view(report.study_id).study.safe.kind == "raster":
+        notes.append("This study is a PNG/JPEG image: there is no source DICOM to reference, so no DICOM SR.")
+    else:
+        if report.findings:
+            options.append(ExportOption("sr-measurements", "SR (measurements)", f"{stem}-measurements-sr.dcm",
+                                        "application/dicom"))
+        options.append(ExportOption("sr-narrative", "SR (narrative)", f"{stem}-narrative-sr.dcm", "application/dicom"))
+    options.append(ExportOption("json", "JSON", f"{stem}.json", "application/json"))
+    return options, notes
+
+
+def export_bytes(conversation: Conversation, option: ExportOption, version: int, study_id: str | None = None) -> bytes:
+    """Make one export (called when the clinician clicks its download)."""
+    files, notes = export(conversation, ["sr" if option.kind.startswith("sr") else option.kind], version=version,
+                          study_id=study_id)
+    for file in files:
+        if file.name == option.file_name:
+            return file.data
+    raise ReportError(notes[0] if notes else f"{option.label} could not be made.")
+
+
 def export(conversation: Conversation, formats: list[ExportFormat], *, version: int | None = None,
            study_id: str | None = None) -> tuple[list[ExportFile], list[str]]:
     """The report version (default current) in each format, and notes on what could not be made."""

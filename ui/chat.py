@@ -16,6 +16,7 @@ from agent.store import Store
 from agent.workspace import ToolCallView, TurnView, backend_for, open_uploads, replay
 from tools.errors import LoupeError
 
+_ICONS = {"complete": ":material/check:", "error": ":material/error:", "running": ":material/pending:"}
 SUGGESTIONS = ("Analyse this scan", "Where is the lesion and how big?", "Draft a report", "Start a second read")
 
 
@@ -57,7 +58,6 @@ def _opened(conversation: Conversation, files: list[tuple[str, bytes]]) -> bool:
     except LoupeError as error:
         st.error(error.message)
         return False
-    st.session_state.pop("downloads", None)
     return True
 
 
@@ -69,7 +69,6 @@ def _run_turn(conversation: Conversation, message: str, backend_name: str | None
         boxes: dict[str, object] = {}
         for event in conversation.ask(message, backend):
             _draw_event(event, boxes, message)
-    st.session_state.pop("downloads", None)
     st.rerun()  # redraw everything (sidebar, report) from the stored session
 
 
@@ -99,7 +98,9 @@ def _draw_turn(turn: TurnView, *, offer_offline: bool) -> None:
         st.markdown(turn.message)
     with st.chat_message("assistant"):
         for call in turn.tool_calls:
-            with st.status(_status_label(call), state=call.state, expanded=False):
+            # An expander looks like a finished status box; st.status pauses 50 ms per box,
+            # which a long conversation cannot afford on every rerun.
+            with st.expander(_status_label(call), expanded=False, icon=_ICONS[call.state]):
                 st.caption(_args_text(call.args))
             for caption, data in call.images:
                 st.image(data, caption=caption, output_format="PNG")

@@ -9,9 +9,6 @@ from agent import reports
 from agent.conversation import Conversation
 from tools.errors import LoupeError
 
-FORMATS = (("md", "Markdown"), ("pdf", "PDF"), ("sr", "DICOM SR"), ("json", "JSON"))
-
-
 def report_panel(conversation: Conversation) -> None:
     st.subheader("Report")
     try:
@@ -78,28 +75,15 @@ def _sign(conversation: Conversation, report) -> None:
 
 
 def _downloads(conversation: Conversation, version: int) -> None:
-    """Exports are made once per version and kept as bytes; clicking a download does not rerun."""
-    cache = st.session_state.setdefault("downloads", {})
-    key = (conversation.ctx.current_study_id, version)
-    if key not in cache:
-        cache.clear()
-        files, notes = reports.export(conversation, [f for f, _ in FORMATS], version=version)
-        cache[key] = (files, notes)
-    files, notes = cache[key]
-    columns = st.columns(max(len(files), 1))
-    for column, file in zip(columns, files, strict=False):
-        column.download_button(_label(file.name), file.data, file_name=file.name, mime=file.mime_type,
-                               on_click="ignore", key=f"download-{file.name}")
+    """One download per format; each is made only when clicked, and clicking does not rerun."""
+    options, notes = reports.export_options(conversation, version)
+    columns = st.columns(len(options))
+    for column, option in zip(columns, options, strict=True):
+        column.download_button(option.label, lambda o=option: reports.export_bytes(conversation, o, version),
+                               file_name=option.file_name, mime=option.mime_type, on_click="ignore",
+                               key=f"download-{option.kind}-{version}")
     for note in notes:
         st.caption(note)
-
-
-def _label(name: str) -> str:
-    if name.endswith("-measurements-sr.dcm"):
-        return "SR (measurements)"
-    if name.endswith("-narrative-sr.dcm"):
-        return "SR (narrative)"
-    return dict(FORMATS).get(name.rsplit(".", 1)[-1], name)
 
 
 def _clinician_name() -> str:
@@ -112,6 +96,5 @@ def _act(action) -> None:
     except LoupeError as error:
         st.error(error.message)
         return
-    st.session_state.pop("downloads", None)
     st.session_state.pop("report_version", None)
     st.rerun()

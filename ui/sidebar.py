@@ -40,7 +40,6 @@ def _open_study(conversation: Conversation) -> None:
             try:
                 open_uploads(conversation, [(u.name, u.getvalue()) for u in uploads],
                              modality=None if modality.startswith("(") else modality)
-                st.session_state.pop("downloads", None)
             except LoupeError as error:
                 st.error(error.message)
         sample = st.selectbox("…or a sample study", list(SAMPLES), format_func=lambda name: SAMPLES[name][1],
@@ -72,7 +71,10 @@ def _study(conversation: Conversation) -> None:
         if window != st.session_state.get(f"applied-window-{view.study.id}", "default"):
             st.session_state[f"applied-window-{view.study.id}"] = window
             _report_error(set_view(conversation, window=window))
-    shown = display_png(conversation)
+    key = conversation.current_view_key()
+    if st.session_state.get("display_key") != key:  # render once per study, frame and window
+        st.session_state.display_key, st.session_state.display = key, display_png(conversation)
+    shown = st.session_state.display
     if shown is not None:
         st.image(shown[0], caption=shown[1], output_format="PNG")
 

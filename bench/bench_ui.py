@@ -1,0 +1,100 @@
+"""The app in a real browser (Chromium via Playwright, offline backend): what a clinician waits for.
+
+- upload → first overlay: a 512² CT slice dropped into the chat with "Analyse this scan", until
+  the annotated overlay is on the page and the app is idle;
+- reload of a 20-turn session: opening ``?chat=ID`` of a stored 20-turn conversation until all
+  40 messages are on the page and the app is idle;
+- baseline (same process): opening the app on a fresh session until idle.
+
+Medians of ``--runs`` runs after one warm-up; ratios against the baseline.
+
+Run: ``.venv/bin/python bench/bench_ui.py [--runs N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.conversation import Conversation  # noqa: E402
+from agent.planner import OfflinePlanner  # noqa: E402
+from agent.settings import LoupeSettings  # noqa: E402
+from agent.store import Store  # noqa: E402
+from tests.browser import chromium_page, send_message, served_app, wait_idle  # noqa: E402
+
+CT_512 = ROOT.parent / "shared" / "data" / "eval" / "lidc_ct" / "LIDC-IDRI-0002" / "z-0089.50.dcm"
+QUESTIONS = ("Analyse this scan", "Where is the lesion and how big?", "Show the heatmap", "Draft a report")
+
+
+def stored_session(data_dir: Path, turns: int) -> str:
+    """A stored conversation of ``turns`` offline turns, owned by the browser's user."""
+    settings = LoupeSettings(_env_file=None, data_dir=data_dir, user="dr-browser")
+    store = Store.for_data_dir(data_dir)
+    conversation = Conversation.start(settings, CT_512, store=store, owner="dr-browser")
+    for index in range(turns):
+        list(conversation.ask(QUESTIONS[index % len(QUESTIONS)], OfflinePlanner()))
+    store.close()
+    return conversation.session_id
+
+
+def time_fresh_app(page, url: str) -> float:
+    started = time.perf_counter()
+    page.goto(url)
+    wait_idle(page)
+    page.get_by_text("Analyse this scan").first.wait_for()
+    return time.perf_counter() - started
+
+
+def time_upload_to_overlay(page, url: str) -> float:
+    page.goto(url)
+    wait_idle(page)
+    started = time.perf_counter()
+    send_message(page, "Analyse this scan", files=[CT_512])
+    page.locator("[data-testid=stChatMessage] img").first.wait_for(timeout=120_000)
+    wait_idle(page)
+    return time.perf_counter() - started
+
+
+def time_reload(page, url: str, session_id: str, messages: int) -> float:
+    started = time.perf_counter()
+    page.goto(f"{url}/?chat={session_id}")
+    wait_idle(page)
+    page.locator("[data-testid=stChatMessage]").nth(messages - 1).wait_for(timeout=120_000)
+    return time.perf_counter() - started
+
+
+def median_of(runs: int, measure) -> float:
+    measure()  # warm-up
+    return statistics.median(measure() for _ in range(runs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    os.environ.pop("GEMINI_API_KEY", None)
+    with tempfile.TemporaryDirectory() as folder:
+        data_dir = Path(folder) / "data"
+        session_id = stored_session(data_dir, 20)
+        with served_app(data_dir) as url, chromium_page() as page:
+            baseline = median_of(args.runs, lambda: time_fresh_app(page, url))
+            upload = median_of(args.runs, lambda: time_upload_to_overlay(page, url))
+            reload = median_of(args.runs, lambda: time_reload(page, url, session_id, 40))
+    print(f"Real browser (Chromium), offline backend; median of {args.runs} runs after a warm-up.\n")
+    print("| measure | median s | vs baseline | target |")
+    print("|---|---:|---:|---|")
+    print(f"| baseline: open the app on a fresh session | {baseline:.2f} | 1.00 | — |")
+    print(f"| upload 512² CT → first overlay on screen | {upload:.2f} | {upload / baseline:.2f} | ≤ 3 s |")
+    print(f"| reload a 20-turn session | {reload:.2f} | {reload / baseline:.2f} | ≤ 2 s |")
+
+
+if __name__ == "__main__":
+    main()
