@@ -178,3 +178,63 @@ def owned_sessions(store: Store, owner: str) -> list[dict[str, Any]]:
     return [{"id": s.id, "title": s.title, "updated": f"{s.updated_at:%Y-%m-%d %H:%M}", "turns": s.turns}
             for s in store.list_sessions(owner)]
 
+
+
+@dataclass
+class SecondReadView:
+    """The step of an active second read, as the app shows it."""
+
+    number: int
+    total: int
+    checked: int
+    title: str
+    look_for: list[str]
+    observation: str
+    assessment: str | None
+    note: str
+    crop: tuple[str, bytes] | None
+    finished: bool = False
+
+
+def second_read_view(conversation: Conversation) -> SecondReadView | None:
+    """The current step of the open study's second read, if one is in progress."""
+    from agent.tool_calls import execute
+
+    study_id = conversation.ctx.current_study_id
+    state = conversation.ctx.second_reads.get(study_id) if study_id else None
+    if state is None or state.summarised_at is not None:
+        return None
+    outcome = execute(conversation.ctx, "second_read_step", {"action": "current"})
+    if not outcome.ok:
+        return None
+    output = outcome.output
+    step = output["step"]
+    crop = next(((a.caption, a.data) for a in outcome.artifacts if a.mime_type == "image/png"), None)
+    if step is None:  # past the last step: time for the summary
+        return SecondReadView(output["total"], output["total"], output["checked"], "All steps shown", [],
+                              output["message"], None, "", None, finished=True)
+    return SecondReadView(step["number"], step["total"], output["checked"], step["title"], step["look_for"],
+                          step["observation"], step["assessment"], step["note"], crop)
+
+
+def second_read_act(conversation: Conversation, tool: str, args: dict[str, Any]) -> str | None:
+    """A clinician's second-read action (assessment, move, summary); an error sentence or None."""
+    from agent.tool_calls import execute
+
+    outcome = execute(conversation.ctx, tool, args)
+    conversation.save()
+    if conversation.recorder is not None and outcome.ok:
+        conversation.recorder.audit("second_read", {"tool": tool, "args": args})
+    return None if outcome.ok else outcome.error
+
+
+def second_read_summary(conversation: Conversation, *, append_to_report: bool, name: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """The concordance summary in words (and its disagreement crops); optionally as an addendum."""
+    from agent.tool_calls import execute
+
+    outcome = execute(conversation.ctx, "second_read_summary", {"append_to_report": append_to_report,
+                                                                  "author_name": name})
+    conversation.save()
+    if not outcome.ok:
+        return outcome.error or "The summary could not be made.", []
+    return outcome.output["text"], [(a.caption, a.data) for a in outcome.artifacts if a.mime_type == "image/png"]

@@ -212,3 +212,20 @@ def test_window_preset_changes_the_view(data_dir, media):
     at.selectbox(key=key).set_value("lung").run()
     assert_healthy(at)
     assert conversation.ctx.view().window.center == -600
+
+
+def test_second_read_mode_in_the_app(data_dir, media):
+    at = new_app()
+    at.button(key="suggest-Start a second read").click().run()
+    assert_healthy(at)
+    assert any(m.value.startswith("**Step 1 of") for m in at.markdown)
+    at.text_input(key="second-read-note-1").set_value("looks fine").run()
+    at.button(key="assess-agree").click().run()
+    assert_healthy(at)
+    assert any(m.value.startswith("**Step 2 of") for m in at.markdown)
+    at.button(key="assess-disagree").click().run()
+    at.button(key="second-read-to-report").click().run()
+    assert_healthy(at)
+    summary = next(e for e in at.expander if e.label == "Second-read summary")
+    assert "2 of" in summary.markdown[0].value
+    assert any(m.value.startswith("**Version 2 of 2") for m in at.markdown)  # drafted, then the addendum

@@ -24,6 +24,7 @@ from agent.workspace import backend_for, open_session  # noqa: E402
 from tools.errors import LoupeError  # noqa: E402
 from ui.chat import chat_panel  # noqa: E402
 from ui.report_panel import report_panel  # noqa: E402
+from ui.second_read_panel import second_read_panel  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402
 
 st.set_page_config(page_title="Loupe", layout="wide")
@@ -93,6 +94,7 @@ def main() -> None:
     sidebar(conversation, store, owner)
     chat_column, report_column = st.columns([3, 2], gap="large")
     with report_column:
+        second_read_panel(conversation)
         report_panel(conversation)
     with chat_column:
         chat_panel(conversation, store)
