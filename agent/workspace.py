@@ -238,3 +238,18 @@ def second_read_summary(conversation: Conversation, *, append_to_report: bool, n
     if not outcome.ok:
         return outcome.error or "The summary could not be made.", []
     return outcome.output["text"], [(a.caption, a.data) for a in outcome.artifacts if a.mime_type == "image/png"]
+
+
+def findings_table(conversation: Conversation) -> list[dict[str, Any]]:
+    """The open study's findings, strongest first, as rows the chat's finding ids refer to."""
+    study_id = conversation.ctx.current_study_id
+    if study_id is None:
+        return []
+    rows = []
+    for finding in sorted(conversation.ctx.study_findings(study_id), key=lambda f: -f.confidence):
+        size = (f"{finding.size_mm[0]:.1f} × {finding.size_mm[1]:.1f} mm" if finding.size_mm else
+                f"{finding.size_px[0]:.0f} × {finding.size_px[1]:.0f} px" if finding.size_px else "—")
+        rows.append({"id": finding.id, "finding": finding.label, "slice": finding.frame + 1, "size": size,
+                     "confidence": round(finding.confidence, 2), "source": finding.source,
+                     "verification": finding.verification.status if finding.verification else "—"})
+    return rows

@@ -229,3 +229,11 @@ def test_second_read_mode_in_the_app(data_dir, media):
     summary = next(e for e in at.expander if e.label == "Second-read summary")
     assert "2 of" in summary.markdown[0].value
     assert any(m.value.startswith("**Version 2 of 2") for m in at.markdown)  # drafted, then the addendum
+
+
+def test_findings_table_matches_the_ids_in_the_chat(app):
+    app.button(key="suggest-Analyse this scan").click().run()
+    table = next(e for e in app.expander if e.label.startswith("Findings ("))
+    ids = list(table.dataframe[0].value["id"])
+    assert ids[0] == "F1" and f"({len(ids)})" in table.label
+    assert "F1" in app.chat_message[1].markdown[0].value

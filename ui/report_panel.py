@@ -7,9 +7,19 @@ import streamlit as st
 
 from agent import reports
 from agent.conversation import Conversation
+from agent.workspace import findings_table
 from tools.errors import LoupeError
 
+def findings_panel(conversation: Conversation) -> None:
+    """The findings the chat cites by id (F1, F2, …), strongest first."""
+    rows = findings_table(conversation)
+    if rows:
+        with st.expander(f"Findings ({len(rows)})", expanded=False):
+            st.dataframe(rows, hide_index=True, use_container_width=True)
+
+
 def report_panel(conversation: Conversation) -> None:
+    findings_panel(conversation)
     st.subheader("Report")
     try:
         history = reports.history(conversation)
