@@ -79,3 +79,24 @@ def test_upload_analyse_report_download_and_reload(browser_available, tmp_path, 
         assert page.get_by_text("offline classical detector").count() >= 1
         assert page.get_by_text("Version 2 of 2 · DRAFT").count() == 1
         screenshot(page, "04-reloaded")
+
+
+def test_second_read_in_the_browser(browser_available, tmp_path):
+    with served_app(tmp_path / "data") as url, chromium_page(viewport=(1920, 1080)) as page:
+        page.goto(url)
+        wait_idle(page)
+        page.get_by_role("button", name="Start a second read").click()
+        page.get_by_text("Step 1 of").first.wait_for(timeout=90_000)
+        wait_idle(page)
+        screenshot(page, "05-second-read-step-1")
+        page.get_by_role("button", name="Agree Shortcut A").click()
+        page.get_by_text("Step 2 of").first.wait_for(timeout=60_000)
+        wait_idle(page)
+        page.keyboard.press("d")  # the keyboard shortcut for Disagree
+        page.get_by_text("Step 3 of").first.wait_for(timeout=60_000)
+        wait_idle(page)
+        page.get_by_role("button", name="Finish and add to the report").click()
+        page.get_by_text("Second-read summary").wait_for(timeout=60_000)
+        wait_idle(page)
+        assert page.get_by_text("Version 2 of 2").count() == 1
+        screenshot(page, "06-second-read-summary")

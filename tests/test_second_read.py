@@ -329,3 +329,12 @@ def test_the_command_reads_answers_interactively_and_refuses_bad_responses(eval_
     with pytest.raises(LoupeError, match="Response 2 is invalid"):
         run_second_read(settings(), eval_dir / "busi/benign_030.png", [{"assessment": "agree"}, {"assessment": "yes"}],
                         True, "US", image_dir=tmp_path)
+
+
+def test_the_checklist_follows_the_body_part_when_the_study_codes_one():
+    from tools.checklists import checklist_for
+
+    assert checklist_for("MR").id == "brain_mr"  # a PNG/JPEG MR has no body part: brain, as the eval data
+    assert checklist_for("MR", body_part="BRAIN").id == "brain_mr"
+    assert checklist_for("MR", body_part="ABDOMEN").id == "generic"
+    assert checklist_for("CT", body_part="CHEST").id == "ct_chest"

@@ -107,6 +107,9 @@ class Checklist(BaseModel):
     id: str
     title: str
     modalities: list[str] = Field(description="DICOM modality codes served; empty for the generic fallback.")
+    body_parts: list[str] = Field(default_factory=list, description=(
+        "BodyPartExamined codes served; empty = any. A study whose body part is not coded is served too "
+        "(PNG/JPEG images have none), but an abdominal MR does not get the brain checklist."))
     steps: list[ChecklistStep] = Field(min_length=1)
     version: str = Field(default="", description="Content hash of the file, for the audit trail.")
 
@@ -170,15 +173,18 @@ def load_checklists() -> dict[str, Checklist]:
     return {checklist.id: checklist for checklist in checklists}
 
 
-def checklist_for(modality: str | None, checklist_id: str | None = None) -> Checklist:
-    """The checklist named ``checklist_id``, else the one serving ``modality``, else the generic one."""
+def checklist_for(modality: str | None, checklist_id: str | None = None, body_part: str | None = None) -> Checklist:
+    """The checklist named ``checklist_id``, else the one serving ``modality`` (and ``body_part``,
+    when the study codes one), else the generic one."""
     checklists = load_checklists()
     if checklist_id is not None:
         if checklist_id not in checklists:
             raise ChecklistError(f"There is no checklist '{checklist_id}'; available: {', '.join(sorted(checklists))}.")
         return checklists[checklist_id]
-    code = (modality or "").upper()
-    return next((c for c in checklists.values() if code in c.modalities), checklists[FALLBACK_CHECKLIST])
+    code, part = (modality or "").upper(), (body_part or "").upper()
+    serving = (c for c in checklists.values()
+               if code in c.modalities and (not part or not c.body_parts or part in c.body_parts))
+    return next(serving, checklists[FALLBACK_CHECKLIST])
 
 
 # -- regions on a frame ----------------------------------------------------------------------------

@@ -459,7 +459,7 @@ def _state(ctx: ToolContext, study_id: str | None) -> tuple[Study, SecondReadSta
 
 
 def _new_state(ctx: ToolContext, study: Study, args: StartSecondReadInput) -> SecondReadState:
-    checklist = checklist_for(study.modality, args.checklist)
+    checklist = checklist_for(study.modality, args.checklist, study.safe.body_part)
     return SecondReadState(study_id=study.id, checklist_id=checklist.id, checklist_version=checklist.version,
                            frame=ctx.view(study.id).frame, steps=[StepRecord(step_id=s.id) for s in checklist.steps],
                            started_at=_now())
