@@ -237,3 +237,12 @@ def test_findings_table_matches_the_ids_in_the_chat(app):
     ids = list(table.dataframe[0].value["id"])
     assert ids[0] == "F1" and f"({len(ids)})" in table.label
     assert "F1" in app.chat_message[1].markdown[0].value
+
+
+def test_a_long_conversation_shows_its_latest_turns_and_the_rest_on_request(app):
+    for _ in range(7):
+        app.chat_input[0].set_value("How big is it?").run()
+    assert_healthy(app)
+    assert len(app.chat_message) == 12  # the last six turns
+    app.button(key="show_all_turns_button").click().run()
+    assert len(app.chat_message) == 14

@@ -17,16 +17,28 @@ from agent.workspace import ToolCallView, TurnView, backend_for, open_uploads, r
 from tools.errors import LoupeError
 
 _ICONS = {"complete": ":material/check:", "error": ":material/error:", "running": ":material/pending:"}
+RECENT_TURNS = 6
 SUGGESTIONS = ("Analyse this scan", "Where is the lesion and how big?", "Draft a report", "Start a second read")
 
 
 def chat_panel(conversation: Conversation, store: Store) -> None:
     turns = replay(store, conversation.session_id)
-    for index, turn in enumerate(turns):
-        _draw_turn(turn, offer_offline=index == len(turns) - 1 and turn.offline_offer)
+    for turn in _visible(turns):
+        _draw_turn(turn, offer_offline=turn is turns[-1] and turn.offline_offer)
     message = _incoming(conversation, first_turn=not turns)
     if message:
         _run_turn(conversation, message, st.session_state.pop("force_backend", None))
+
+
+def _visible(turns: list[TurnView]) -> list[TurnView]:
+    """The latest turns; earlier ones on request (a long conversation reopens quickly)."""
+    hidden = len(turns) - RECENT_TURNS
+    if hidden <= 0 or st.session_state.get("show_all_turns"):
+        return turns
+    if st.button(f"Show {hidden} earlier turn{'s' if hidden > 1 else ''}", key="show_all_turns_button"):
+        st.session_state.show_all_turns = True
+        st.rerun()
+    return turns[hidden:]
 
 
 def _incoming(conversation: Conversation, *, first_turn: bool) -> str | None:
