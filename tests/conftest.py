@@ -92,3 +92,14 @@ def no_network_no_keys(monkeypatch, tmp_path_factory):
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """A fake Gemini server on 127.0.0.1 that the real SDK reaches through its own
+    GOOGLE_GEMINI_BASE_URL (the way a proxy or a test server is reached in production)."""
+    from tests.fake_gemini import FakeGemini
+
+    with FakeGemini() as server:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
+        yield server

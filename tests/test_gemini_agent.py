@@ -19,18 +19,10 @@ from agent.gemini import GeminiBackend
 from agent.settings import LoupeSettings
 from agent.toolbox import run_tool
 from tests.conftest import pydicom_file, run_cli
-from tests.fake_gemini import FakeGemini, call_reply, error_reply, fixture, image_bytes, text_reply
+from tests.fake_gemini import call_reply, error_reply, fixture, image_bytes, text_reply
 
 CT_WITH_PHI = "CT_small.dcm"  # PatientName CompressedSamples^CT1, institution JFK IMAGING CENTER
 PHI_STRINGS = ("CompressedSamples", "CT1", "JFK IMAGING", "20040119", "1CT1")
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeGemini() as server:
-        # The SDK's own environment variable: the way a proxy or a test server is reached.
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
-        yield server
 
 
 def settings(**overrides) -> LoupeSettings:

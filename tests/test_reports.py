@@ -16,7 +16,7 @@ from agent.settings import LoupeSettings
 from agent.store import Store
 from agent.toolbox import run_tool
 from tests.conftest import pydicom_file, run_cli
-from tests.fake_gemini import FakeGemini, call_reply, text_reply
+from tests.fake_gemini import call_reply, text_reply
 from tools.report import AI_LIMITATION, ReportError
 
 
@@ -53,13 +53,6 @@ def test_draft_without_findings_says_so():
     run_tool(conversation.ctx, "draft_report", {"finding_ids": []})
     report = reports.history(conversation).current
     assert report.findings == [] and "No significant focal abnormality" in report.impression
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeGemini() as server:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
-        yield server
 
 
 def gemini_settings(tmp_path) -> LoupeSettings:

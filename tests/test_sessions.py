@@ -23,7 +23,7 @@ from agent.planner import OfflinePlanner
 from agent.settings import LoupeSettings
 from agent.store import SessionNotFoundError, Store, StoreError
 from tests.conftest import REPO, pydicom_file, run_cli
-from tests.fake_gemini import FakeGemini, call_reply, fixture, text_reply
+from tests.fake_gemini import call_reply, fixture, text_reply
 
 CT = "CT_small.dcm"
 
@@ -122,13 +122,6 @@ def test_audit_is_append_only(store):
         db.execute("UPDATE audit SET actor = 'someone else'")
     with sqlite3.connect(store.data_dir / "loupe.db") as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("DELETE FROM audit")
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    with FakeGemini() as server:
-        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
-        yield server
 
 
 def gemini_settings() -> LoupeSettings:
