@@ -49,8 +49,10 @@ def artifact_image(ctx: ToolContext, boundary: PrivacyBoundary, artifact: Artifa
     pixels are released as they are (a figure cannot be masked like the plain image)."""
     if boundary.release(ctx.view().study).status != "released":
         return None
+    # A figure already within the size limit goes as it is: decoding and re-encoding it would
+    # cost a PNG compression per figure and change nothing the model sees.
     with Image.open(BytesIO(artifact.data)) as opened:
-        pixels = np.asarray(opened.convert("RGB"))
-    image = downscale_for_model(pixels, max_side)
-    boundary.approve(image.png)
-    return ImageForModel(png=image.png, caption=f"Figure from the tool: {artifact.caption or artifact.name}.")
+        png = (artifact.data if max(opened.size) <= max_side
+               else downscale_for_model(np.asarray(opened.convert("RGB")), max_side).png)
+    boundary.approve(png)
+    return ImageForModel(png=png, caption=f"Figure from the tool: {artifact.caption or artifact.name}.")

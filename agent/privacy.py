@@ -58,6 +58,9 @@ class PrivacyBoundary:
     on_request: Callable[[dict[str, Any]], None] | None = None
     _approved_images: set[str] = field(default_factory=set, repr=False)
     _identifying_values: set[str] = field(default_factory=set, repr=False)
+    #: SHA-256 of image data already seen in a request, by its (base64) text: the history
+    #: resends the same images on every call, and decoding them each time is wasted work.
+    _digests: dict[str, str] = field(default_factory=dict, repr=False)
 
     # -- pixels ---------------------------------------------------------------------------------
 
@@ -158,18 +161,26 @@ class PrivacyBoundary:
             for part in content.get("parts", []):
                 inline = part.get("inline_data") or part.get("inlineData")
                 if inline is not None:
-                    raw = _raw(inline["data"])
-                    images.append({"sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)})
+                    data = inline["data"]
+                    size = len(data) if isinstance(data, bytes) else len(data) * 3 // 4  # base64: 4 chars per 3 bytes
+                    images.append({"sha256": self._digest(data), "bytes": size})
                 else:
                     texts.append(json.dumps(part, sort_keys=True, ensure_ascii=False))
         text = "\n".join(texts)
         self.on_request({**facts, "contents": len(contents), "text_chars": len(text),
                          "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "images": images})
 
+    def _digest(self, data: bytes | str | None) -> str:
+        if isinstance(data, str):
+            if data not in self._digests:
+                self._digests[data] = hashlib.sha256(_raw(data)).hexdigest()
+            return self._digests[data]
+        return hashlib.sha256(_raw(data)).hexdigest()
+
     def _part(self, part: dict[str, Any]) -> dict[str, Any]:
         inline = part.get("inline_data") or part.get("inlineData")
         if inline is not None:
-            if hashlib.sha256(_raw(inline.get("data"))).hexdigest() not in self._approved_images:
+            if self._digest(inline.get("data")) not in self._approved_images:
                 raise PrivacyError("An image that did not pass Loupe's privacy checks was about to be sent to the model; it was stopped.")
             return part
         return _map_strings(part, self.redact, skip=("thought_signature", "thoughtSignature", "function_call", "functionCall"))

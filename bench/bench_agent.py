@@ -58,6 +58,7 @@ def one_turn(fake: FakeGemini, study: Path, max_side: int) -> dict[str, float]:
     settings = LoupeSettings(_env_file=None, gemini_api_key="bench", model_image_max_side=max_side,
                              retry_initial_s=0.01)
     conversation = Conversation.start(settings, study, modality="DX")
+    conversation.confirm_no_burned_in_text()  # the privacy boundary holds images until confirmed
     backend = GeminiBackend(settings)
     fake.requests.clear()
     fake.script(call_reply(("detect_anomalies", {"use_vision_model": False})),
