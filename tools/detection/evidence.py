@@ -53,7 +53,7 @@ class ScaleSpace:
         rows, cols = self.work.image.shape
         # Pad by reflection (no wrap-around at the borders), up to sizes the FFT likes.
         shape = (sp_fft.next_fast_len(rows + 2 * pad, real=True), sp_fft.next_fast_len(cols + 2 * pad, real=True))
-        padded = np.pad(self.work.image, ((pad, shape[0] - rows - pad), (pad, shape[1] - cols - pad)), mode="reflect")
+        padded = np.pad(self.work.evidence_image, ((pad, shape[0] - rows - pad), (pad, shape[1] - cols - pad)), mode="reflect")
         fy = sp_fft.fftfreq(shape[0])[:, None]
         fx = sp_fft.rfftfreq(shape[1])[None, :]
         return sp_fft.rfft2(padded, workers=-1), (fy * fy + fx * fx), pad, shape
@@ -90,7 +90,7 @@ class ScaleSpace:
     @cached_property
     def dark_level(self) -> float:
         """Half the typical tissue value in the search mask: air, bone and fluid lie below it."""
-        inside = self.work.image[self.work.search]
+        inside = self.work.evidence_image[self.work.search]
         return 0.5 * float(np.median(inside)) if inside.size else 0.0
 
     @cached_property
@@ -146,7 +146,7 @@ def measure(space: ScaleSpace, x: float, y: float, sigma: float) -> Evidence:
     response = float(space.stack[level, yi, xi]) / space.noise
     radius = max(sigma * SQRT2, 1.0)
     window, disk, ring = disk_and_ring(work.image.shape, x, y, radius)
-    patch = work.image[window]
+    patch = work.evidence_image[window]
     inside_values, ring_values = patch[disk], patch[ring]
     if inside_values.size == 0 or ring_values.size < 4:
         contrast, cnr, dark_ring = 0.0, 0.0, 0.0

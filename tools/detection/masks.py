@@ -54,8 +54,16 @@ def ct_lung_mask(hu: np.ndarray) -> np.ndarray:
         return lungs
     # Close across vessels and nodules (bright, so excluded by the threshold), then fill. A
     # disk of ~12 px (~8 mm) also rolls over juxtapleural nodules that indent the lung outline.
-    closed = close_disk(lungs, 12)
-    return ndi.binary_fill_holes(closed) & body
+    # Each lung is closed on its own, so that the closing never bridges the mediastinum.
+    # (Within each lung's bounding box: the closing cannot reach further than its radius.)
+    labels, count = ndi.label(lungs)
+    closed = np.zeros_like(lungs)
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        window = tuple(slice(max(0, s.start - 14), s.stop + 14) for s in box)
+        closed[window] |= ndi.binary_fill_holes(close_disk(labels[window] == index, 12))
+    return closed & body
 
 
 def close_disk(mask: np.ndarray, radius: float) -> np.ndarray:

@@ -14,7 +14,8 @@ Scores (σ in units of a 512-px image, positions as fractions of the image):
   ring that is much darker than brain tissue (air, bone, fluid): tumours are surrounded by
   brain, bright skull-base, sinus and facial structures by air and bone (dev MR hit@1
   0.53 -> 0.62 with the scale-space candidates).
-- CT: contrast-to-noise·σ — solid nodules in the lung fields beat thin vessels.
+- CT: min(contrast-to-noise, 5)·σ, measured on the lung view (outside the lungs set to
+  parenchyma) — nodules, including juxtapleural ones, beat small vessel cross-sections.
 - CR/DX: contrast-to-noise·√σ, damped within two radii of the lung-field edge — focal
   opacities inside the lungs, not rib crossings and the lung outline.
 """
@@ -34,7 +35,7 @@ CALIBRATION: dict[str, tuple[float, float]] = {
     # curve and with it moved 8% of near-perfect (σ = 2%) proposals away from the lesion.
     # Refit the two together.
     "MR": (0.608, -1.795),
-    "CT": (3.013, -12.612),
+    "CT": (4.031, -13.022),
     "DX": (2.885, -6.307),
     "other": (0.608, -1.795),
 }
@@ -42,6 +43,10 @@ CALIBRATION: dict[str, tuple[float, float]] = {
 #: The confidence at which Loupe calls a candidate an anomaly (and below which it says
 #: "no significant anomaly"). Normal dev ultrasound images peaked at 0.18–0.49.
 ANOMALY_THRESHOLD = 0.5
+
+#: Above this contrast-to-noise a CT blob is certainly there; size ranks it (dev: caps 3-6 give
+#: the same ranking; without a cap small vessel cross-sections outrank nodules).
+CT_CNR_CAP = 5.0
 
 _RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
 
@@ -63,7 +68,10 @@ def score(candidate: Candidate, work: WorkingImage) -> float:
     if family == "US":
         value = evidence.contrast * math.sqrt(sigma)
     elif family == "CT":
-        value = evidence.cnr * sigma
+        # Contrast-to-noise saturates: a vessel cross-section in clean parenchyma has a CNR of
+        # 15-30 (its ring is nearly noiseless) but is small; past CT_CNR_CAP the blob is surely
+        # real and its size decides.
+        value = min(evidence.cnr, CT_CNR_CAP) * sigma
     elif family == "DX":
         # Ribs and the lung outline make strong blobs at the edge of the lung fields.
         value = evidence.cnr * math.sqrt(sigma) * min(evidence.border / 2.0, 1.0)

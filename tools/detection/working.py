@@ -41,6 +41,12 @@ class WorkingImage:
     search: np.ndarray  # bool, where lesions are looked for (organ mask, or body)
     organ: str  # what ``search`` is: "lungs", "brain", "sector", "body"
     native_shape: tuple[int, int]
+    #: The image blob evidence is measured on, when it differs from ``image`` (see ``lung_view``).
+    view: np.ndarray | None = None
+
+    @property
+    def evidence_image(self) -> np.ndarray:
+        return self.image if self.view is None else self.view
 
     @property
     def sign(self) -> float:
@@ -96,8 +102,25 @@ def prepare(values: np.ndarray, modality: str | None) -> WorkingImage:
                 search, organ = body, "body"
     if search.sum() < 0.01 * search.size:  # the organ mask failed: fall back to the body
         search, organ = body, "body"
+    view = lung_view(image, search) if modality == "CT" and organ == "lungs" else None
     return WorkingImage(image=image, scale=scale, modality=modality, polarity=expected_polarity(modality),
-                        body=body, search=search, organ=organ, native_shape=(rows, cols))
+                        body=body, search=search, organ=organ, native_shape=(rows, cols), view=view)
+
+
+def lung_view(image: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """The CT image with everything outside the lung fields set to the lungs' median (aerated
+    parenchyma).
+
+    A nodule pressed against the chest wall or mediastinum is, on the raw image, a small bump
+    on a bright half-plane: the Laplacian sees the edge, and the ring around the nodule is half
+    soft tissue, so its contrast is low or negative. Seen against parenchyma on every side it
+    is a blob like any other (dev: a -550 HU juxtapleural ground-glass nodule went from not in
+    the top 10 to first on some slices). The lung mask is closed over the pleural surface, so
+    such nodules stay inside it.
+    """
+    view = image.copy()
+    view[~lungs] = np.median(image[lungs])
+    return view
 
 
 def prepare_study_frame(study: Study, frame: int) -> WorkingImage:
