@@ -85,6 +85,7 @@ def send_message(page, text: str, files: list[Path] | None = None) -> None:
     chat = page.locator("[data-testid=stChatInput]")
     if files:
         chat.locator("input[type=file]").set_input_files([str(f) for f in files])
+        page.wait_for_load_state("networkidle")  # the files upload over HTTP before the message is sent
     chat.locator("textarea").fill(text)
     chat.locator("textarea").press("Enter")
 
