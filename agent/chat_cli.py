@@ -43,9 +43,16 @@ class TerminalPrinter:
         self.out, self.log, self.image_dir = out, log, image_dir
 
     turn_id = 0
+    streaming = False
 
     def __call__(self, event: Event, record: TurnRecord) -> None:
-        if isinstance(event, TurnStarted):
+        if event.kind == "assistant_delta":  # print the answer as it is written
+            print(event.text, end="", file=self.out, flush=True)
+            self.streaming = True
+        elif isinstance(event, AssistantText) and self.streaming:
+            print(file=self.out)  # the whole text was already printed piece by piece
+            self.streaming = False
+        elif isinstance(event, TurnStarted):
             self.turn_id = event.turn_id
         elif isinstance(event, ToolStarted):
             print(f"  … {event.name} {json.dumps(event.args, ensure_ascii=False)}", file=self.log)

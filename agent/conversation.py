@@ -182,8 +182,9 @@ class Conversation:
         yield self._recorded(finished, turn)
 
     def _recorded(self, event: Event, turn: Turn) -> Event:
-        """Write the event before anyone sees it."""
-        if self.recorder is not None:
+        """Write the event before anyone sees it (streamed pieces are previews: the whole text
+        follows as one event, and that is what is stored)."""
+        if self.recorder is not None and event.kind != "assistant_delta":
             self.recorder.event(event, turn.id)
         return event
 

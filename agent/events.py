@@ -66,6 +66,14 @@ class AssistantText(BaseModel):
     text: str
 
 
+class AssistantTextDelta(BaseModel):
+    """A piece of the answer as it streams in: shown live, not stored (``AssistantText`` with
+    the whole text of the step follows)."""
+
+    kind: Literal["assistant_delta"] = "assistant_delta"
+    text: str
+
+
 class TurnError(BaseModel):
     """The turn could not finish normally; ``message`` is one sentence for the clinician."""
 
@@ -83,4 +91,5 @@ class TurnFinished(BaseModel):
     ok: bool
 
 
-Event = TurnStarted | ToolStarted | ToolFinished | ToolFailed | AssistantText | TurnError | TurnFinished
+Event = (TurnStarted | ToolStarted | ToolFinished | ToolFailed | AssistantText | AssistantTextDelta | TurnError
+         | TurnFinished)

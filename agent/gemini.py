@@ -24,7 +24,7 @@ from google.genai import types
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from agent.conversation import Conversation, Turn
-from agent.events import AssistantText, Event, ToolStarted, TurnError, Usage
+from agent.events import AssistantText, AssistantTextDelta, Event, ToolStarted, TurnError, Usage
 from agent.model_inputs import ImageForModel, artifact_image, view_image
 from agent.privacy import PrivacyBoundary
 from agent.proposals import parse_proposals
@@ -79,15 +79,8 @@ class GeminiCaller:
         self.settings = settings
         self.client = client or make_client(settings)
 
-    def generate(self, contents: list[dict[str, Any]], config: types.GenerateContentConfig, usage: Usage,
-                 boundary: PrivacyBoundary, *, purpose: str, prompt: Prompt) -> types.GenerateContentResponse:
-        """Send ``contents`` (history dicts) through the privacy boundary, then to Gemini; the
-        boundary also writes the request's audit entry, whatever the outcome."""
-        outgoing = boundary.outgoing(contents)
-        request = [types.Content.model_validate(item) for item in outgoing]
-        facts = {"model": self.settings.model, "purpose": purpose, "prompt": prompt.name,
-                 "prompt_version": prompt.version}
-        retrying = Retrying(
+    def _retrying(self) -> Retrying:
+        return Retrying(
             retry=retry_if_exception(_is_transient),
             # initial, 2×initial, 4×initial ... plus up to one initial of jitter, so clients that
             # failed together do not retry in lockstep.
@@ -96,18 +89,121 @@ class GeminiCaller:
             stop=stop_after_attempt(self.settings.retry_attempts),
             reraise=True,
         )
+
+    def _prepared(self, contents: list[dict[str, Any]], boundary: PrivacyBoundary, purpose: str,
+                  prompt: Prompt) -> tuple[list[dict[str, Any]], list[types.Content], dict[str, Any]]:
+        outgoing = boundary.outgoing(contents)
+        facts = {"model": self.settings.model, "purpose": purpose, "prompt": prompt.name,
+                 "prompt_version": prompt.version}
+        return outgoing, [types.Content.model_validate(item) for item in outgoing], facts
+
+    def generate(self, contents: list[dict[str, Any]], config: types.GenerateContentConfig, usage: Usage,
+                 boundary: PrivacyBoundary, *, purpose: str, prompt: Prompt) -> types.GenerateContentResponse:
+        """Send ``contents`` (history dicts) through the privacy boundary, then to Gemini; the
+        boundary also writes the request's audit entry, whatever the outcome."""
+        outgoing, request, facts = self._prepared(contents, boundary, purpose, prompt)
         try:
-            response = retrying(self.client.models.generate_content, model=self.settings.model,
-                                contents=request, config=config)
+            response = self._retrying()(self.client.models.generate_content, model=self.settings.model,
+                                        contents=request, config=config)
         except (genai_errors.APIError, httpx2.TransportError) as error:
-            log.info("Gemini call failed after retries: %s", error)
-            unavailable = _unavailable(error)
-            boundary.record(outgoing, **facts, outcome="failed", error=unavailable.message)
-            raise unavailable from error
+            raise self._failed(error, boundary, outgoing, facts) from error
+        return self._answered(response, usage, boundary, outgoing, facts)
+
+    def stream(self, contents: list[dict[str, Any]], config: types.GenerateContentConfig, usage: Usage,
+               boundary: PrivacyBoundary, *, purpose: str, prompt: Prompt
+               ) -> Generator[str, None, types.GenerateContentResponse]:
+        """Like ``generate``, but yields the answer's text as it arrives and returns the whole
+        response (chunks merged, signatures kept). A failure after text was shown is not retried:
+        the clinician would see the answer twice."""
+        outgoing, request, facts = self._prepared(contents, boundary, purpose, prompt)
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    merged = _MergedResponse()
+                    try:
+                        for chunk in self.client.models.generate_content_stream(
+                                model=self.settings.model, contents=request, config=config):
+                            yield from merged.add(chunk)
+                    except (genai_errors.APIError, httpx2.TransportError) as error:
+                        if merged.shown_text:
+                            raise _BrokenStream(error) from error
+                        raise
+        except _BrokenStream as broken:
+            raise self._failed(broken.error, boundary, outgoing, facts) from broken.error
+        except (genai_errors.APIError, httpx2.TransportError) as error:
+            raise self._failed(error, boundary, outgoing, facts) from error
+        return self._answered(merged.response(), usage, boundary, outgoing, facts)
+
+    @staticmethod
+    def _failed(error: BaseException, boundary: PrivacyBoundary, outgoing: list[dict[str, Any]],
+                facts: dict[str, Any]) -> ModelUnavailableError:
+        log.info("Gemini call failed after retries: %s", error)
+        unavailable = _unavailable(error)
+        boundary.record(outgoing, **facts, outcome="failed", error=unavailable.message)
+        return unavailable
+
+    @staticmethod
+    def _answered(response: types.GenerateContentResponse, usage: Usage, boundary: PrivacyBoundary,
+                  outgoing: list[dict[str, Any]], facts: dict[str, Any]) -> types.GenerateContentResponse:
         call_usage = usage_of(response)
         usage.add(call_usage)
         boundary.record(outgoing, **facts, outcome="answered", usage=call_usage.model_dump())
         return response
+
+
+class _BrokenStream(Exception):
+    """A stream that failed after some of its text was shown (never retried)."""
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+class _MergedResponse:
+    """Streamed chunks put back together as one response, as the history needs it.
+
+    Each chunk is a full response object with some parts; text parts of the same kind are
+    joined, parts carrying a thought signature keep it, function calls arrive whole.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[types.Part] = []
+        self.finish_reason = None
+        self.usage_metadata = None
+        self.prompt_feedback = None
+        self.shown_text = False
+
+    def add(self, chunk: types.GenerateContentResponse) -> Iterator[str]:
+        self.usage_metadata = chunk.usage_metadata or self.usage_metadata
+        self.prompt_feedback = self.prompt_feedback or chunk.prompt_feedback
+        candidate = chunk.candidates[0] if chunk.candidates else None
+        if candidate is None:
+            return
+        self.finish_reason = candidate.finish_reason or self.finish_reason
+        for part in (candidate.content.parts or []) if candidate.content else []:
+            self._merge(part)
+            if part.text and not part.thought:
+                self.shown_text = True
+                yield part.text
+
+    def _merge(self, part: types.Part) -> None:
+        last = self.parts[-1] if self.parts else None
+        joinable = (last is not None and last.text is not None and part.text is not None
+                    and last.function_call is None and part.function_call is None
+                    and bool(last.thought) == bool(part.thought) and last.thought_signature is None)
+        if joinable:
+            last.text += part.text
+            last.thought_signature = part.thought_signature
+        else:
+            self.parts.append(part.model_copy())
+
+    def response(self) -> types.GenerateContentResponse:
+        candidates = []
+        if self.parts or self.finish_reason is not None:
+            content = types.Content(role="model", parts=self.parts) if self.parts else None
+            candidates = [types.Candidate(content=content, finish_reason=self.finish_reason, index=0)]
+        return types.GenerateContentResponse(candidates=candidates, usage_metadata=self.usage_metadata,
+                                             prompt_feedback=self.prompt_feedback)
 
 
 def usage_of(response: types.GenerateContentResponse) -> Usage:
@@ -184,9 +280,7 @@ class _TurnLoop:
         malformed_retried = False
         for _ in range(self.settings.max_steps):
             try:
-                response = self.backend.caller.generate(self.conversation.history, self.backend.config,
-                                                        self.turn.usage, self.conversation.boundary,
-                                                        purpose="conversation", prompt=self.backend.system)
+                response = yield from self._call_model()
             except ModelUnavailableError as error:
                 yield self._end(TurnError(message=f"{error} The offline planner can answer this turn instead.",
                                           reason="model_unavailable", offline_available=True))
@@ -206,7 +300,7 @@ class _TurnLoop:
             content = candidate.content
             text = "".join(p.text for p in content.parts if p.text and not p.thought)
             if text:
-                yield AssistantText(text=text)
+                yield AssistantText(text=text)  # the whole text of the step (the deltas were a preview)
             calls = [p.function_call for p in content.parts if p.function_call]
             if calls:
                 # The model's calls and their responses are committed together, never apart.
@@ -222,6 +316,19 @@ class _TurnLoop:
             message=f"Stopped after {self.settings.max_steps} model steps without a final answer; "
                     "the tool results so far are kept — ask again or narrow the question.",
             reason="step_limit"))
+
+    def _call_model(self) -> Generator[Event, None, types.GenerateContentResponse]:
+        caller, arguments = self.backend.caller, (self.conversation.history, self.backend.config, self.turn.usage,
+                                                  self.conversation.boundary)
+        options = {"purpose": "conversation", "prompt": self.backend.system}
+        if not self.settings.stream:
+            return caller.generate(*arguments, **options)
+        stream = caller.stream(*arguments, **options)
+        while True:
+            try:
+                yield AssistantTextDelta(text=next(stream))
+            except StopIteration as done:
+                return done.value
 
     def _answer_calls(self, calls: list[types.FunctionCall]) -> Generator[Event, None, types.Content]:
         """Run every call of the step; answer all of them (and attach figures) in one user turn."""

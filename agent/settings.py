@@ -65,6 +65,7 @@ class LoupeSettings(BaseSettings):
         default=None, description="Override the API endpoint (the SDK's GOOGLE_GEMINI_BASE_URL also works).")
     gemini_api_version: str = Field(default="v1beta", description="API version; explicit so tests and production agree.")
     thinking_budget: int = Field(default=1024, ge=-1, description="Thinking tokens per conversation call; 0 off, -1 dynamic.")
+    stream: bool = Field(default=True, description="Stream Gemini's answers as they are written.")
     max_steps: int = Field(default=12, ge=1, le=50, description="Model calls per turn before the loop stops.")
     request_timeout_s: float = Field(default=60.0, gt=0, description="Read timeout of one model call.")
     retry_attempts: int = Field(default=4, ge=1, le=10, description="Tries per model call on transient errors.")

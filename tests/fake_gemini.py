@@ -150,8 +150,10 @@ class FakeGemini:
     def remaining(self) -> int:
         return len(self._script)
 
-    def calls(self, method: str = "generateContent") -> list[Request]:
-        return [r for r in self.requests if r.method == method]
+    def calls(self, method: str | None = None) -> list[Request]:
+        """Model calls received (streamed or not), or only those of ``method``."""
+        methods = (method,) if method else ("generateContent", "streamGenerateContent")
+        return [r for r in self.requests if r.method in methods]
 
     def _next(self, request: Request) -> dict[str, Any]:
         with self._lock:

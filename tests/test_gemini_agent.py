@@ -59,11 +59,12 @@ def test_two_step_tool_round_trip(fake):
     fake.script(fixture("detect_call.json"), fixture("answer_text.json"))
     conversation, backend = start(pydicom_file(CT_WITH_PHI))
     events = events_of(conversation, backend, "Analyse this scan")
-    assert kinds(events) == ["turn_started", "tool_started", "tool_finished", "assistant_text", "turn_finished"]
+    assert kinds(events) == ["turn_started", "tool_started", "tool_finished", "assistant_delta", "assistant_text",
+                             "turn_finished"]
     assert events[2].name == "detect_anomalies" and events[2].output["findings"]
-    assert "F1" in events[3].text
+    assert events[3].text == events[4].text and "F1" in events[4].text  # streamed, then whole
     first, second = fake.calls()
-    assert first.path.startswith("/v1beta/models/gemini-2.5-flash:generateContent")
+    assert first.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
     assert first.headers["x-goog-api-key"] == "test-key-not-real"
     declared = {d["name"] for d in first.body["tools"][0]["functionDeclarations"]}
     assert {"load_study", "detect_anomalies", "verify_coordinates", "fit_gaussian", "render_overlay"} <= declared
@@ -414,3 +415,25 @@ def test_loupe_analyze_uses_gemini_proposals(gemini_env, capsys, eval_dir, tmp_p
                              "--backend", "gemini")
     assert code == 0 and len(gemini_env.calls()) == 3
     assert all(f["source"] == "classical" for f in json.loads(out)["findings"])
+
+
+def test_answers_stream_in_pieces_and_are_stored_whole(fake):
+    reply = text_reply("F1 is ")
+    reply["candidates"][0]["content"]["parts"] += [{"text": "a small nodule "}, {"text": "(verified).",
+                                                                                  "thoughtSignature": "c2lnLXRleHQ="}]
+    fake.script(reply)
+    conversation, backend = start(pydicom_file(CT_WITH_PHI))
+    events = events_of(conversation, backend, "What is F1?")
+    deltas = [e.text for e in events if e.kind == "assistant_delta"]
+    assert deltas == ["F1 is ", "a small nodule ", "(verified)."]
+    assert [e.text for e in events if e.kind == "assistant_text"] == ["F1 is a small nodule (verified)."]
+    model_turn = conversation.history[-1]
+    assert model_turn["parts"] == [{"text": "F1 is a small nodule (verified).", "thought_signature": "c2lnLXRleHQ="}]
+
+
+def test_without_streaming_the_same_turn_works(fake):
+    fake.script(fixture("detect_call.json"), fixture("answer_text.json"))
+    conversation, backend = start(pydicom_file(CT_WITH_PHI), stream=False)
+    events = events_of(conversation, backend, "Analyse this scan")
+    assert "assistant_delta" not in kinds(events) and events[-1].ok
+    assert fake.calls()[0].path.endswith(":generateContent")

@@ -99,8 +99,13 @@ def _draw_event(event, boxes: dict, message: str) -> None:
         for artifact in getattr(event, "artifacts", []):
             if artifact.mime_type == "image/png":
                 st.image(artifact.data, caption=artifact.caption, output_format="PNG")
+    elif event.kind == "assistant_delta":  # the answer as it is written
+        streamed = boxes.setdefault("_streamed", {"text": "", "slot": st.empty()})
+        streamed["text"] += event.text
+        streamed["slot"].markdown(streamed["text"])
     elif event.kind == "assistant_text":
-        st.markdown(event.text)
+        streamed = boxes.pop("_streamed", None)
+        (streamed["slot"] if streamed else st).markdown(event.text)
     elif event.kind == "error":
         _draw_error(event.message, offline=event.offline_available, message=message)
 
