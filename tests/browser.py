@@ -63,13 +63,14 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 60) ->
 
 
 @contextmanager
-def chromium_page(viewport=(1280, 800)) -> Iterator:
+def chromium_page(viewport=(1280, 800), color_scheme: str = "light") -> Iterator:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, accept_downloads=True)
+            context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]},
+                                          accept_downloads=True, color_scheme=color_scheme)
             yield context.new_page()
         finally:
             browser.close()

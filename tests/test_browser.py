@@ -35,6 +35,8 @@ def test_upload_analyse_report_download_and_reload(browser_available, tmp_path, 
     dicom = tmp_path / "IM0001"
     dicom.write_bytes(pydicom_file("CT_small.dcm").read_bytes())
     with served_app(tmp_path / "data") as url, chromium_page() as page:
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
         page.goto(url)
         wait_idle(page)
         page.get_by_text("Analyse this scan").first.wait_for()
@@ -79,10 +81,15 @@ def test_upload_analyse_report_download_and_reload(browser_available, tmp_path, 
         assert page.get_by_text("offline classical detector").count() >= 1
         assert page.get_by_text("Version 2 of 2 · DRAFT").count() == 1
         screenshot(page, "04-reloaded")
+        # Hospitals run this without internet: the page fetches nothing (no fonts, no analytics)
+        # from anywhere but the app itself.
+        outside = [u for u in requested if not u.startswith((url, "data:", "blob:"))]
+        assert outside == [], outside
 
 
 def test_second_read_in_the_browser(browser_available, tmp_path):
-    with served_app(tmp_path / "data") as url, chromium_page(viewport=(1920, 1080)) as page:
+    # 1920×1080 in the dark theme (the first test covers 1280×800 in the light one).
+    with served_app(tmp_path / "data") as url, chromium_page(viewport=(1920, 1080), color_scheme="dark") as page:
         page.goto(url)
         wait_idle(page)
         page.get_by_role("button", name="Start a second read").click()

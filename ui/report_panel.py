@@ -31,7 +31,7 @@ def report_panel(conversation: Conversation) -> None:
     badge = f"SIGNED by {report.signed_by}" if report.status == "signed" else "DRAFT"
     st.markdown(f"**Version {report.version} of {len(history.versions)} · {badge}**")
     with st.container(border=True):
-        st.markdown(reports.markdown(report))
+        st.markdown(_smaller_headings(reports.markdown(report)))
     _compare(conversation, history, shown)
     if shown != history.current.version:
         if st.button(f"Restore version {shown}", key="restore"):
@@ -40,6 +40,11 @@ def report_panel(conversation: Conversation) -> None:
         _edit(conversation, report)
         _sign(conversation, report)
     _downloads(conversation, report.version)
+
+
+def _smaller_headings(markdown: str) -> str:
+    """The report's headings two levels down, so the panel reads as a side panel."""
+    return "\n".join("##" + line if line.startswith("#") else line for line in markdown.splitlines())
 
 
 def _chosen_version(history) -> int:
