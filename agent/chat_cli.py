@@ -7,6 +7,7 @@ render are saved to a folder and their paths printed. ``ask --json`` prints one 
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -144,7 +145,7 @@ def ask(settings: LoupeSettings, study: Path, message: str, *, backend_name: str
         conversation.confirm_no_burned_in_text()
     printer = None if as_json else TerminalPrinter(sys.stdout, sys.stderr, image_dir)
     if image_dir is not None and as_json:
-        printer = TerminalPrinter(_Null(), _Null(), image_dir)
+        printer = TerminalPrinter(io.StringIO(), io.StringIO(), image_dir)  # only save the images
     record = run_turn(conversation, message, backend, printer)
     if record.error is not None and record.error.offline_available and offline_fallback:
         backend = make_backend(settings, "offline")
@@ -206,10 +207,3 @@ def _confirm(source: Iterable[str]) -> bool:
     answer = next(iter(source), "")
     return answer.strip().lower() in ("y", "yes")
 
-
-class _Null:
-    def write(self, _text: str) -> int:
-        return 0
-
-    def flush(self) -> None:
-        pass
