@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -406,7 +405,9 @@ def _serve(args: argparse.Namespace, settings: LoupeSettings) -> None:
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",  # no "Deploy" button in a clinical tool
     ]
-    raise SystemExit(subprocess.call(command))
+    # Become the Streamlit process (rather than wait on a child): stopping `loupe serve` then
+    # stops the app too, and no server is left behind.
+    os.execv(sys.executable, command)
 
 
 def _join_negative_window(argv: list[str]) -> list[str]:
