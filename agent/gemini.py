@@ -258,11 +258,16 @@ class GeminiBackend:
     def model(self) -> str:
         return self.settings.model
 
-    def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
+    def attach(self, conversation: Conversation, usage: Usage) -> None:
+        """Let the conversation's tools use Gemini for proposals and report wording, behind its
+        privacy boundary, counting their calls in ``usage``."""
         for helper in (self.proposer, self.writer):
-            helper.usage, helper.boundary = turn.usage, conversation.boundary
+            helper.usage, helper.boundary = usage, conversation.boundary
         conversation.ctx.vision = self.proposer
         conversation.ctx.report_writer = self.writer
+
+    def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
+        self.attach(conversation, turn.usage)
         yield from _TurnLoop(self, conversation, turn).run()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterator
+from functools import partialmethod
 from typing import Any
 
 from agent.conversation import Conversation, Turn
@@ -204,17 +205,14 @@ class _Plan:
             self.drew_annotated = True
             yield from self._draw(["annotated"])
 
-    def _heatmap(self) -> Generator[Event, None, None]:
+    def _figure(self, layer: str) -> Generator[Event, None, None]:
+        """A figure layer of the findings (heatmap, crops, statistics): the intent is its name."""
         yield from self._findings()
-        yield from self._draw(["heatmap"])
+        yield from self._draw([layer])
 
-    def _crops(self) -> Generator[Event, None, None]:
-        yield from self._findings()
-        yield from self._draw(["crops"])
-
-    def _statistics(self) -> Generator[Event, None, None]:
-        yield from self._findings()
-        yield from self._draw(["statistics"])
+    _heatmap = partialmethod(_figure, "heatmap")
+    _crops = partialmethod(_figure, "crops")
+    _statistics = partialmethod(_figure, "statistics")
 
     def _report(self) -> Generator[Event, None, None]:
         yield from self._findings()

@@ -68,8 +68,7 @@ def _drafted(settings: LoupeSettings, study: Path, session_id: str | None, backe
         conversation.confirm_no_burned_in_text()
     backend = make_backend(settings, backend_name)
     if backend.name == "gemini":  # Gemini proposes locations and words the report
-        conversation.ctx.vision, conversation.ctx.report_writer = backend.proposer, backend.writer
-        backend.proposer.boundary = backend.writer.boundary = conversation.boundary
+        backend.attach(conversation, conversation.usage)
     analyse_current(conversation.ctx)
     run_tool(conversation.ctx, "draft_report", {})
     conversation.save()

@@ -7,7 +7,6 @@ The app (ui/) draws these; it never touches tools, images or the model itself.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from agent.conversation import Backend, Conversation
 from agent.samples import DEFAULT_SAMPLE, sample_path
 from agent.settings import LoupeSettings
 from agent.store import SessionNotFoundError, Store
+from agent.atomic_file import write_atomically
 from agent.toolbox import save_upload
 
 
@@ -67,12 +67,11 @@ def open_uploads(conversation: Conversation, files: list[tuple[str, bytes]], mod
         return
     digest = hashlib.sha256(b"".join(hashlib.sha256(data).digest() for _, data in files)).hexdigest()[:20]
     folder = uploads / f"series-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
     for index, (name, data) in enumerate(files):
-        saved = save_upload(uploads, name, data)
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{index:05d}{Path(name).suffix.lower()[:6]}"
+        target = folder / f"{index:05d}{Path(name).suffix.lower()[:6]}"  # names may carry PHI
         if not target.exists():
-            shutil.copyfile(saved, target)
+            write_atomically(target, data)
     conversation.open_study(folder, modality=modality)
 
 

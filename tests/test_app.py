@@ -246,3 +246,16 @@ def test_a_long_conversation_shows_its_latest_turns_and_the_rest_on_request(app)
     assert len(app.chat_message) == 12  # the last six turns
     app.button(key="show_all_turns_button").click().run()
     assert len(app.chat_message) == 14
+
+
+def test_several_uploaded_files_open_as_one_series(data_dir, eval_dir):
+    from agent.conversation import Conversation
+    from agent.settings import LoupeSettings
+    from agent.workspace import open_uploads
+
+    conversation = Conversation.start(LoupeSettings(_env_file=None), pydicom_file("CT_small.dcm"))
+    slices = sorted((eval_dir / "lidc_ct" / "LIDC-IDRI-0003").glob("*.dcm"))[:3]
+    open_uploads(conversation, [(f"Doe_John_{i}.dcm", f.read_bytes()) for i, f in enumerate(slices)])
+    assert conversation.ctx.view().study.frame_count == 3
+    stored = sorted(p.name for p in (data_dir / "uploads").rglob("*.dcm"))
+    assert stored == ["00000.dcm", "00001.dcm", "00002.dcm"]  # written once, under neutral names
