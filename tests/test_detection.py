@@ -20,7 +20,7 @@ from tests.conftest import pydicom_file
 from tools.detection import masks
 from tools.detection.detector import Detection, detect_frame, detect_on_work, detect_volume
 from tools.detection.scoring import ANOMALY_THRESHOLD
-from tools.detection.working import WORKING_SIDE, prepare
+from tools.detection.working import WORKING_SIDE, HeadExtent, prepare
 from tools.study import StudyLimits, open_study
 
 # -- synthetic images -------------------------------------------------------------------------------
@@ -214,6 +214,47 @@ def test_mr_blob_among_air_and_bone_ranks_below_one_in_brain():
     assert inside(detections[0], (185, 256), 12), detections[0]
     in_sinus = [d for d in detections if inside(d, sinus, 12)]
     assert in_sinus and in_sinus[0].score < detections[0].score
+
+
+def mr_head_and_neck(blobs: list[tuple[float, float]], radius: float = 12, seed: int = 5) -> np.ndarray:
+    """A sagittal/coronal-like T1 view: the head in the upper part, the neck down to the image's
+    bottom edge, and equal bright blobs at ``blobs``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = _grid((512, 512))
+    image = np.zeros((512, 512))
+    image[np.hypot((xx - 256) / 200.0, (yy - 230) / 210.0) <= 1.0] = 90.0
+    image[(yy >= 230) & (np.abs(xx - 256) <= 110)] = 90.0  # the neck
+    for x, y in blobs:
+        image[np.hypot(xx - x, yy - y) <= radius] = 200.0
+    return (image + rng.normal(0.0, 6.0, image.shape)).clip(0).astype(np.float32)
+
+
+def test_head_extent_sees_the_neck_only_when_the_body_reaches_the_bottom_edge():
+    with_neck = prepare(mr_head_and_neck([]), "MR").head_extent
+    axial = prepare(mr_head(lesion=None), "MR").head_extent
+    assert with_neck is not None and with_neck.includes_neck
+    assert axial is not None and not axial.includes_neck
+    assert with_neck.depth(with_neck.top) == 0.0 and with_neck.depth(with_neck.bottom) == 1.0
+    assert HeadExtent.of(np.zeros((64, 64), dtype=bool)) is None
+    assert prepare(ct_slice(), "CT").head_extent is None  # only head MR has one
+
+
+def test_mr_blob_below_the_skull_base_ranks_below_one_in_the_brain():
+    """Face and neck are bright on post-contrast T1: in a view that includes the neck, an equal
+    blob low in the image (below the skull base) ranks below one in the cranium, although it is
+    nearer the image centre."""
+    brain_blob, low_blob = (180, 140), (256, 400)
+    detections = detect_on_work(prepare(mr_head_and_neck([brain_blob, low_blob]), "MR"))
+    assert inside(detections[0], brain_blob, 12), detections[0]
+    low = [d for d in detections if inside(d, low_blob, 12)]
+    assert low and low[0].score < 0.5 * detections[0].score
+
+
+def test_mr_skull_base_damping_leaves_axial_views_alone():
+    """Without a neck in view the lower part of the image is brain (occipital lobes)."""
+    image = mr_head(lesion=(256, 400), radius=14, seed=6)
+    top = detect_on_work(prepare(image, "MR"))[0]
+    assert inside(top, (256, 400), 14), top
 
 
 @pytest.mark.parametrize("modality", ["CT", "MR", "US", "DX", None])

@@ -13,7 +13,11 @@ Scores (σ in units of a 512-px image, positions as fractions of the image):
   (scalp and orbits are bright on post-contrast T1), and by the fraction of the surrounding
   ring that is much darker than brain tissue (air, bone, fluid): tumours are surrounded by
   brain, bright skull-base, sinus and facial structures by air and bone (dev MR hit@1
-  0.53 -> 0.62 with the scale-space candidates).
+  0.53 -> 0.62 with the scale-space candidates). On sagittal and coronal views that run down
+  into the neck, blobs below the skull base (deeper than ``SKULL_BASE_DEPTH`` of the head's
+  extent) are damped: face and neck are bright on post-contrast T1 and were the top false
+  positives (dev MR hit@1 0.62 -> 0.69; on dev every tumour, pituitary ones included, lay
+  above 0.57 while the misses' top blobs lay at 0.51-0.77).
 - CT: min(contrast-to-noise, 5)·σ, measured on the lung view (outside the lungs set to
   parenchyma) — nodules, including juxtapleural ones, beat small vessel cross-sections.
 - CR/DX: contrast-to-noise·√σ, damped within two radii of the lung-field edge — focal
@@ -48,6 +52,13 @@ ANOMALY_THRESHOLD = 0.5
 #: the same ranking; without a cap small vessel cross-sections outrank nodules).
 CT_CNR_CAP = 5.0
 
+#: Depth (0 at the vertex, 1 at the bottom of the body) below which a head view with the neck in
+#: it shows skull base, face and neck; the damping falls off over ``SKULL_BASE_WIDTH`` and
+#: keeps ``BELOW_SKULL_BASE_FLOOR`` (a large, clear lesion there can still rank).
+SKULL_BASE_DEPTH = 0.58
+SKULL_BASE_WIDTH = 0.04
+BELOW_SKULL_BASE_FLOOR = 0.2
+
 _RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
 
 
@@ -80,7 +91,19 @@ def score(candidate: Candidate, work: WorkingImage) -> float:
         # Tumours sit in brain tissue; bright skull-base and facial structures sit among air,
         # bone and fluid, which darken the surrounding ring.
         value = min(evidence.border, 2.0) * evidence.contrast * sigma * centrality * (1.0 - evidence.dark_ring)
+        value *= _above_skull_base(work, candidate.y)
     return max(value, 0.0)
+
+
+def _above_skull_base(work: WorkingImage, y: float) -> float:
+    """1 inside the cranium; falls to ``BELOW_SKULL_BASE_FLOOR`` below the skull base of a
+    view that includes the neck (see ``HeadExtent``)."""
+    head = work.head_extent
+    if head is None or not head.includes_neck:
+        return 1.0
+    below = (head.depth(y) - SKULL_BASE_DEPTH) / SKULL_BASE_WIDTH
+    inside = 1.0 / (1.0 + math.exp(min(below, 40.0)))
+    return BELOW_SKULL_BASE_FLOOR + (1.0 - BELOW_SKULL_BASE_FLOOR) * inside
 
 
 def confidence(value: float, modality: str | None) -> float:

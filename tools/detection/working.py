@@ -10,6 +10,7 @@ hypoechoic lesions on ultrasound — and a search mask (lungs, brain, imaged sec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -27,6 +28,38 @@ _CHEST_RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
 def expected_polarity(modality: str | None) -> Polarity:
     """The sign of a typical lesion's contrast in this modality."""
     return "dark" if (modality or "").upper() == "US" else "bright"
+
+
+#: The fraction of the image's bottom rows where a neck shows as body: a sagittal or coronal view.
+_NECK_ROWS = 0.03
+#: A view counts as including the neck when the body crosses this fraction of the bottom rows' width.
+_NECK_WIDTH = 0.03
+
+
+@dataclass(frozen=True)
+class HeadExtent:
+    """The head's vertical extent on a head MR, and whether the view runs down into the neck.
+
+    Sagittal and coronal views that include the neck put the skull base, face and neck in the
+    lower part of the image: bright on post-contrast T1 (fat, mucosa, vessels) and not brain.
+    """
+
+    top: int  # first row with body
+    bottom: int  # last row with body
+    includes_neck: bool
+
+    @classmethod
+    def of(cls, body: np.ndarray) -> HeadExtent | None:
+        rows = np.nonzero(body.any(axis=1))[0]
+        if rows.size < 2:
+            return None
+        bottom_band = body[int(body.shape[0] * (1 - _NECK_ROWS)):]
+        includes_neck = bool(bottom_band.any(axis=0).mean() >= _NECK_WIDTH)
+        return cls(top=int(rows[0]), bottom=int(rows[-1]), includes_neck=includes_neck)
+
+    def depth(self, y: float) -> float:
+        """How far down the head a row is: 0 at the vertex, 1 at the bottom of the body."""
+        return (y - self.top) / max(self.bottom - self.top, 1)
 
 
 @dataclass
@@ -51,6 +84,11 @@ class WorkingImage:
     @property
     def sign(self) -> float:
         return 1.0 if self.polarity == "bright" else -1.0
+
+    @cached_property
+    def head_extent(self) -> HeadExtent | None:
+        """Where the head is, for a head MR: see ``HeadExtent``."""
+        return HeadExtent.of(self.body) if self.organ == "brain" else None
 
     def to_native(self, x: float, y: float) -> tuple[float, float]:
         """Working pixel-centre coordinates -> native pixel-centre coordinates."""
