@@ -20,7 +20,7 @@ from tests.conftest import pydicom_file
 from tools.detection import masks
 from tools.detection.detector import Detection, detect_frame, detect_on_work, detect_volume
 from tools.detection.scoring import ANOMALY_THRESHOLD
-from tools.detection.working import WORKING_SIDE, HeadExtent, prepare
+from tools.detection.working import WORKING_SIDE, HeadExtent, prepare, prepare_study_frame
 from tools.study import StudyLimits, open_study
 
 # -- synthetic images -------------------------------------------------------------------------------
@@ -248,6 +248,20 @@ def test_mr_blob_below_the_skull_base_ranks_below_one_in_the_brain():
     assert inside(detections[0], brain_blob, 12), detections[0]
     low = [d for d in detections if inside(d, low_blob, 12)]
     assert low and low[0].score < 0.5 * detections[0].score
+
+
+@pytest.mark.parametrize(("body_part", "organ"), [(None, "brain"), ("HEAD", "brain"), ("brain", "brain"),
+                                                   ("ABDOMEN", "body"), ("KNEE", "body")])
+def test_mr_is_searched_inside_a_brain_mask_only_for_a_head(body_part, organ):
+    work = prepare(mr_head(), "MR", body_part)
+    assert work.organ == organ
+    assert (work.head_extent is not None) == (organ == "brain")
+
+
+def test_body_mr_from_its_dicom_header_is_not_searched_as_a_brain(eval_dir):
+    with open_study(eval_dir / "pydicom_overlay" / "examples_overlay.dcm", limits=StudyLimits()) as study:
+        assert study.safe.body_part == "ABDOMEN"
+        assert prepare_study_frame(study, 0).organ == "body"
 
 
 def test_mr_skull_base_damping_leaves_axial_views_alone():

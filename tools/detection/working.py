@@ -23,6 +23,14 @@ Polarity = Literal["bright", "dark"]
 WORKING_SIDE = 512
 
 _CHEST_RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
+#: BodyPartExamined codes (DICOM PS3.16 CID 4031 and common variants) of a head MR. An MR whose
+#: body part is not coded is taken as a head, the commonest MR; any other coded part (an
+#: abdomen, a knee) is searched over the whole body instead of inside a brain mask.
+_HEAD_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "CEREBRUM", "PITUITARY", "SELLA"}
+
+
+def is_head(body_part: str | None) -> bool:
+    return not body_part or body_part.strip().upper().replace(" ", "") in _HEAD_PARTS
 
 
 def expected_polarity(modality: str | None) -> Polarity:
@@ -115,8 +123,9 @@ def _resize(values: np.ndarray, scale: float) -> np.ndarray:
     return ndi.zoom(smoothed, scale, order=1, grid_mode=True, mode="nearest").astype(np.float32)
 
 
-def prepare(values: np.ndarray, modality: str | None) -> WorkingImage:
-    """Build the working image from a frame's physical (or grey) values."""
+def prepare(values: np.ndarray, modality: str | None, body_part: str | None = None) -> WorkingImage:
+    """Build the working image from a frame's physical (or grey) values; ``body_part`` is the
+    study's BodyPartExamined, when coded."""
     rows, cols = values.shape
     scale = min(1.0, WORKING_SIDE / max(rows, cols))
     modality = (modality or "").upper() or None
@@ -132,7 +141,7 @@ def prepare(values: np.ndarray, modality: str | None) -> WorkingImage:
             search, organ = body, "sector"
         else:
             body = masks.foreground_mask(image)
-            if modality == "MR":
+            if modality == "MR" and is_head(body_part):
                 search, organ = masks.brain_mask(image, body), "brain"
             elif modality in _CHEST_RADIOGRAPHY:
                 search, organ = masks.chest_lung_mask(image, body), "lungs"
@@ -163,4 +172,4 @@ def lung_view(image: np.ndarray, lungs: np.ndarray) -> np.ndarray:
 
 def prepare_study_frame(study: Study, frame: int) -> WorkingImage:
     """The working image of one frame of an open study."""
-    return prepare(np.asarray(study.physical(frame), dtype=np.float32), study.modality)
+    return prepare(np.asarray(study.physical(frame), dtype=np.float32), study.modality, study.safe.body_part)
