@@ -162,7 +162,7 @@ def session_state(conversation: Conversation) -> dict[str, Any]:
         "current_study_id": ctx.current_study_id,
         "views": {sid: {"frame": v.frame, "window": None if v.window is None else v.window.model_dump(mode="json")}
                   for sid, v in ctx.views.items()},
-        "finding_counter": ctx._finding_counter,
+        "finding_counter": ctx.findings_issued,
         "finding_samples": {fid: [list(c) for c in centres] for fid, centres in ctx.finding_samples.items()},
         "confirmed": sorted(conversation.boundary.confirmed),
         "sent_view": None if conversation.sent_view is None else list(conversation.sent_view),
@@ -191,7 +191,7 @@ def restore_state(conversation: Conversation, store: Store, session_id: str, sta
         restore_second_reads(ctx, second_reads)
     for row in store.report_versions(session_id):
         ctx.reports.setdefault(row.study_id, ReportHistory()).versions.append(ClinicalReport.model_validate(row.data))
-    ctx._finding_counter = int(state.get("finding_counter", len(ctx.findings)))
+    ctx.findings_issued = int(state.get("finding_counter", len(ctx.findings)))
     ctx.finding_samples = {fid: tuple(tuple(c) for c in centres)
                            for fid, centres in state.get("finding_samples", {}).items()}
     conversation.boundary.confirmed.update(state.get("confirmed", []))

@@ -241,13 +241,13 @@ def test_a_paused_second_read_resumes_in_a_fresh_context(eval_dir):
     total = len(run_tool(ctx, "start_second_read", {}).output.steps)
     for answer in ("agree", "disagree", "uncertain"):
         run_tool(ctx, "record_assessment", {"assessment": answer, "note": answer})
-    stored = json.dumps({"second_reads": second_reads_json(ctx), "counter": ctx._finding_counter,
+    stored = json.dumps({"second_reads": second_reads_json(ctx), "counter": ctx.findings_issued,
                          "findings": [f.model_dump(mode="json") for f in ctx.findings.values()]})
 
     data = json.loads(stored)  # as the session store would bring it back after a reload
     fresh = opened(eval_dir, path, "US")
     fresh.findings = {f["id"]: Finding.model_validate(f) for f in data["findings"]}
-    fresh._finding_counter = data["counter"]
+    fresh.findings_issued = data["counter"]
     restore_second_reads(fresh, data["second_reads"])
     resumed = run_tool(fresh, "start_second_read", {}).output
     assert resumed.resumed and resumed.current.step.number == 4 and resumed.current.checked == 3

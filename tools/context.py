@@ -126,7 +126,9 @@ class ToolContext:
     finding_samples: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     #: Guided second reads (tools.second_read), by study id; JSON via ``SecondReadState.model_dump``.
     second_reads: dict[str, SecondReadState] = field(default_factory=dict)
-    _finding_counter: int = 0
+    #: How many finding ids (F1, F2, ...) this session has issued; stored with the session so
+    #: that a reopened session never reuses one.
+    findings_issued: int = 0
     _derived: OrderedDict[tuple, object] = field(default_factory=OrderedDict, repr=False)
 
     def derived(self, key: tuple, compute: Callable[[], T]) -> T:
@@ -143,8 +145,8 @@ class ToolContext:
 
     def next_finding_id(self) -> str:
         """F1, F2, ... never reused within a session, even after findings are replaced."""
-        self._finding_counter += 1
-        return f"F{self._finding_counter}"
+        self.findings_issued += 1
+        return f"F{self.findings_issued}"
 
     def study_findings(self, study_id: str) -> list[Finding]:
         return [f for f in self.findings.values() if f.study_id == study_id]
