@@ -179,6 +179,19 @@ def test_ultrasound_lesion_is_more_confident_than_speckle_alone():
     assert with_lesion > speckle + 0.2
 
 
+def test_ultrasound_dark_band_at_the_skin_line_ranks_below_a_lesion_beneath_it():
+    """A dark blob reaching up to the top of the imaged field (skin, subcutaneous fat,
+    reverberation) is less lesion-like than an equal one beneath the skin line."""
+    image = us_image(lesion=(380, 300), radius=22, seed=7)
+    yy, xx = _grid(image.shape)
+    # As dark and a little larger (without the damping it ranks first), but at the top.
+    image[(np.hypot(xx - 180, yy - 50) <= 28) & (yy >= 20)] *= 25.0 / 120.0
+    work = prepare(image, "US")
+    top = detect_on_work(work)[0]
+    assert inside(top, (380, 300), 22), top
+    assert work.sector_rows is not None and work.sector_rows[0] <= 50
+
+
 def test_mr_enhancing_lesion_is_the_top_detection():
     work = prepare(mr_head(), "MR")
     assert work.organ == "brain"

@@ -98,6 +98,14 @@ class WorkingImage:
         """Where the head is, for a head MR: see ``HeadExtent``."""
         return HeadExtent.of(self.body) if self.organ == "brain" else None
 
+    @cached_property
+    def sector_rows(self) -> tuple[int, int] | None:
+        """First and last row of the imaged sector on ultrasound (the skin line is at the top)."""
+        if self.organ != "sector":
+            return None
+        rows = np.nonzero(self.search.any(axis=1))[0]
+        return (int(rows[0]), int(rows[-1])) if rows.size >= 2 else None
+
     def to_native(self, x: float, y: float) -> tuple[float, float]:
         """Working pixel-centre coordinates -> native pixel-centre coordinates."""
         return (x + 0.5) / self.scale - 0.5, (y + 0.5) / self.scale - 0.5
