@@ -29,6 +29,7 @@ class ToolCallView:
     summary: str = ""
     duration_ms: float | None = None
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (caption, PNG bytes)
+    image_refs: list[tuple[str, str]] = field(default_factory=list)  # (caption, sha256) in the image table
 
 
 @dataclass
@@ -83,8 +84,12 @@ def backend_for(settings: LoupeSettings, name: str | None = None) -> Backend:
     return make_backend(settings, name)
 
 
-def replay(store: Store, session_id: str) -> list[TurnView]:
-    """The session's turns from its stored events (images from the image table)."""
+def replay(store: Store, session_id: str, *, images_for_last: int | None = None) -> list[TurnView]:
+    """The session's turns from its stored events, with the images of the last ``images_for_last``
+    turns (all turns when None) from the image table.
+
+    The app draws only the latest turns of a long session, and pictures are most of what a session
+    stores: reading the others' on every rerun would grow with the conversation for nothing."""
     turns: list[TurnView] = []
     calls: dict[str, ToolCallView] = {}
     for event in store.events(session_id):
@@ -104,8 +109,8 @@ def replay(store: Store, session_id: str) -> list[TurnView]:
             call.state = "complete" if kind == "tool_finished" else "error"
             call.summary = event.get("summary") or event.get("message", "")
             call.duration_ms = event.get("duration_ms")
-            call.images = [(a["caption"] or a["name"], store.image(session_id, a["sha256"]) or b"")
-                           for a in event.get("artifacts", []) if a["mime_type"] == "image/png"]
+            call.image_refs = [(a["caption"] or a["name"], a["sha256"])
+                               for a in event.get("artifacts", []) if a["mime_type"] == "image/png"]
         elif kind == "assistant_text":
             turn.texts.append(event["text"])
         elif kind == "error":
@@ -115,7 +120,19 @@ def replay(store: Store, session_id: str) -> list[TurnView]:
             turn.finished, turn.usage = True, event["usage"]
     for turn in turns:
         _close_interrupted(turn)
+    drawn = turns if images_for_last is None else turns[max(0, len(turns) - images_for_last):]
+    _load_images(store, session_id, drawn)
     return turns
+
+
+def _load_images(store: Store, session_id: str, turns: list[TurnView]) -> None:
+    loaded: dict[str, bytes] = {}  # an unchanged view renders the same picture: read it once
+    for turn in turns:
+        for call in turn.tool_calls:
+            for caption, sha256 in call.image_refs:
+                if sha256 not in loaded:
+                    loaded[sha256] = store.image(session_id, sha256) or b""
+                call.images.append((caption, loaded[sha256]))
 
 
 def _close_interrupted(turn: TurnView) -> None:

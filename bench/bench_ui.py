@@ -8,7 +8,7 @@
 
 Medians of ``--runs`` runs after one warm-up; ratios against the baseline.
 
-Run: ``.venv/bin/python bench/bench_ui.py [--runs N]``.
+Run: ``.venv/bin/python bench/bench_ui.py [--runs N] [--breakdown]``.
 """
 
 from __future__ import annotations
@@ -71,6 +71,27 @@ def time_reload(page, url: str, session_id: str, messages: int) -> float:
     return time.perf_counter() - started
 
 
+def reload_phases(page, url: str, session_id: str, messages: int) -> dict[str, float]:
+    """Where a reload's time goes: the page and its websocket, the first replayed message (the
+    script has run and the browser is drawing), then every message with the app idle."""
+    started = time.perf_counter()
+    page.goto(f"{url}/?chat={session_id}")
+    phases = {"page loaded": time.perf_counter() - started}
+    page.wait_for_selector("[data-testid=stApp][data-test-connection-state=CONNECTED]")
+    phases["connected"] = time.perf_counter() - started
+    page.locator("[data-testid=stChatMessage]").first.wait_for(timeout=120_000)
+    phases["first message drawn"] = time.perf_counter() - started
+    wait_idle(page)
+    page.locator("[data-testid=stChatMessage]").nth(messages - 1).wait_for(timeout=120_000)
+    phases["all messages, idle"] = time.perf_counter() - started
+    return phases
+
+
+def median_phases(runs: int, measure) -> dict[str, float]:
+    measured = [measure() for _ in range(runs)]
+    return {name: statistics.median(m[name] for m in measured) for name in measured[0]}
+
+
 def median_of(runs: int, measure) -> float:
     measure()  # warm-up
     return statistics.median(measure() for _ in range(runs))
@@ -79,6 +100,8 @@ def median_of(runs: int, measure) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--breakdown", action="store_true",
+                        help="then, in as many more runs, time the phases of the reload")
     args = parser.parse_args()
     os.environ.pop("GEMINI_API_KEY", None)
     with tempfile.TemporaryDirectory() as folder:
@@ -88,12 +111,20 @@ def main() -> None:
             baseline = median_of(args.runs, lambda: time_fresh_app(page, url))
             upload = median_of(args.runs, lambda: time_upload_to_overlay(page, url))
             reload = median_of(args.runs, lambda: time_reload(page, url, session_id, 12))
+            if args.breakdown:
+                phases = median_phases(args.runs, lambda: reload_phases(page, url, session_id, 12))
     print(f"Real browser (Chromium), offline backend; median of {args.runs} runs after a warm-up.\n")
     print("| measure | median s | vs baseline | target |")
     print("|---|---:|---:|---|")
     print(f"| baseline: open the app on a fresh session | {baseline:.2f} | 1.00 | — |")
     print(f"| upload 512² CT → first overlay on screen | {upload:.2f} | {upload / baseline:.2f} | ≤ 3 s |")
     print(f"| reload a 20-turn session | {reload:.2f} | {reload / baseline:.2f} | ≤ 2 s |")
+    if args.breakdown:
+        print("\nReload, median time since the request (separate runs):\n")
+        print("| phase | s |")
+        print("|---|---:|")
+        for name, seconds in phases.items():
+            print(f"| {name} | {seconds:.2f} |")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,14 @@ def assert_healthy(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def open_sections(at: AppTest, *keys: str) -> None:
+    """Open expanders drawn only while open (ui/sections.py), as a click on their label does."""
+    for key in keys:
+        at.session_state[key] = True
+    at.run()
+    assert_healthy(at)
+
+
 def images_shown(media) -> list[Image.Image]:
     return [Image.open(io.BytesIO(data)) for data, mime in media.values() if mime == "image/png"]
 
@@ -122,10 +130,13 @@ def test_report_draft_edit_sign_and_downloads(app):
     app.chat_input[0].set_value("Draft a report").run()
     assert_healthy(app)
     assert any("**Version 1 of 1 · DRAFT**" in m.value for m in app.markdown)
+    assert not app.text_area, "closed sections draw nothing until opened"
+    open_sections(app, "edit_report_open")
     app.text_area(key="impression-1").set_value("No focal liver lesion is reported by Loupe.").run()
     app.button(key="save-1").click().run()
     assert_healthy(app)
     assert any("**Version 2 of 2 · DRAFT**" in m.value for m in app.markdown)
+    open_sections(app, "sign_off_open")
     app.text_input(key="signer_name").set_value("Dr Test").run()
     app.button(key="sign").click().run()
     assert_healthy(app)
@@ -144,6 +155,10 @@ def test_reload_from_the_url_brings_the_conversation_back(app, data_dir, media):
     assert [label.split(" ")[0] for label in tool_boxes(reloaded)] == ["detect_anomalies", "fit_gaussian",
                                                                         "render_overlay"]
     assert images_shown(media), "stored images are replayed"
+    arguments = lambda: [c.value for c in reloaded.main.caption if c.value.startswith("{")]  # noqa: E731
+    assert not arguments(), "a closed tool box draws only its status line"
+    open_sections(reloaded, min(key for key in reloaded.session_state if key.startswith("call-")))
+    assert arguments(), "an opened tool box shows its arguments"
 
 
 def test_someone_elses_chat_id_opens_a_new_session(app, data_dir, monkeypatch):
@@ -192,6 +207,7 @@ def test_gemini_down_offers_the_offline_planner(data_dir, monkeypatch):
 
 def test_sessions_can_be_deleted_from_the_sidebar(app, data_dir):
     first = app.query_params["chat"]
+    open_sections(app, "sessions_open")
     app.button(key="new_session").click().run()
     assert app.query_params["chat"] != first
     app.button(key=f"delete-{first}").click().run()
@@ -233,6 +249,7 @@ def test_second_read_mode_in_the_app(data_dir, media):
 
 def test_findings_table_matches_the_ids_in_the_chat(app):
     app.button(key="suggest-Analyse this scan").click().run()
+    open_sections(app, "findings_open")
     table = next(e for e in app.expander if e.label.startswith("Findings ("))
     ids = list(table.dataframe[0].value["id"])
     assert ids[0] == "F1" and f"({len(ids)})" in table.label

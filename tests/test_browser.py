@@ -29,6 +29,7 @@ def browser_available() -> None:
 
 
 def test_upload_analyse_report_download_and_reload(browser_available, tmp_path, monkeypatch):
+    from playwright.sync_api import expect
     from pypdf import PdfReader
 
     # Extension-less, like files straight off a modality or PACS export.
@@ -48,8 +49,10 @@ def test_upload_analyse_report_download_and_reload(browser_available, tmp_path, 
         statuses = page.locator("[data-testid=stExpander] summary").all_inner_texts()
         assert any("detect_anomalies" in s and "check" in s for s in statuses), statuses  # "check": done
         assert any("render_overlay" in s for s in statuses), statuses
-        assert page.locator("[data-testid=stChatMessage] img").count() >= 1
-        assert "CT" in page.locator("[data-testid=stSidebar]").inner_text()
+        # Waited for, not read at once: the app reruns after a turn to redraw the sidebar and the
+        # replayed turn, and the browser can report idle between the two runs.
+        page.locator("[data-testid=stChatMessage] img").first.wait_for(timeout=30_000)
+        expect(page.locator("[data-testid=stSidebar]")).to_contain_text("CT", timeout=30_000)
         screenshot(page, "02-analysed")
 
         send_message(page, "Draft a report")

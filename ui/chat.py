@@ -15,6 +15,7 @@ from agent.conversation import Conversation
 from agent.store import Store
 from agent.workspace import ToolCallView, TurnView, backend_for, open_uploads, replay
 from tools.errors import LoupeError
+from ui.sections import drawn_when_open
 
 _ICONS = {"complete": ":material/check:", "error": ":material/error:", "running": ":material/pending:"}
 RECENT_TURNS = 6
@@ -22,7 +23,8 @@ SUGGESTIONS = ("Analyse this scan", "Where is the lesion and how big?", "Draft a
 
 
 def chat_panel(conversation: Conversation, store: Store) -> None:
-    turns = replay(store, conversation.session_id)
+    show_all = st.session_state.get("show_all_turns")
+    turns = replay(store, conversation.session_id, images_for_last=None if show_all else RECENT_TURNS)
     for turn in _visible(turns):
         _draw_turn(turn, offer_offline=turn is turns[-1] and turn.offline_offer)
     message = _incoming(conversation, first_turn=not turns)
@@ -115,10 +117,7 @@ def _draw_turn(turn: TurnView, *, offer_offline: bool) -> None:
         st.markdown(turn.message)
     with st.chat_message("assistant"):
         for call in turn.tool_calls:
-            # An expander looks like a finished status box; st.status pauses 50 ms per box,
-            # which a long conversation cannot afford on every rerun.
-            with st.expander(_status_label(call), expanded=False, icon=_ICONS[call.state]):
-                st.caption(_args_text(call.args))
+            _draw_tool_box(turn, call)
             for caption, data in call.images:
                 st.image(data, caption=caption, output_format="PNG")
         for text in turn.texts:
@@ -127,6 +126,17 @@ def _draw_turn(turn: TurnView, *, offer_offline: bool) -> None:
             st.error(error)
         if offer_offline:
             _draw_error(turn.errors[-1], offline=True, message=turn.message)
+
+
+def _draw_tool_box(turn: TurnView, call: ToolCallView) -> None:
+    """A finished tool call: its status line, and its arguments once opened.
+
+    An expander looks like a finished status box; st.status pauses 50 ms per box, which a long
+    conversation cannot afford on every rerun. The arguments are drawn only while the box is open,
+    so a reload sends the browser one element per call instead of two."""
+    box = drawn_when_open(_status_label(call), key=f"call-{turn.turn_id}-{call.call_id}", icon=_ICONS[call.state])
+    if box is not None:
+        box.caption(_args_text(call.args))
 
 
 def _draw_error(text: str, *, offline: bool, message: str) -> None:

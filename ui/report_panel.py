@@ -9,12 +9,17 @@ from agent import reports
 from agent.conversation import Conversation
 from agent.workspace import findings_table
 from tools.errors import LoupeError
+from ui.sections import drawn_when_open
+
 
 def findings_panel(conversation: Conversation) -> None:
     """The findings the chat cites by id (F1, F2, …), strongest first."""
     rows = findings_table(conversation)
-    if rows:
-        with st.expander(f"Findings ({len(rows)})", expanded=False):
+    if not rows:
+        return
+    section = drawn_when_open(f"Findings ({len(rows)})", key="findings_open")
+    if section is not None:
+        with section:
             st.dataframe(rows, hide_index=True, use_container_width=True)
 
 
@@ -57,7 +62,10 @@ def _compare(conversation: Conversation, history, shown: int) -> None:
     others = [v.version for v in history.versions if v.version != shown]
     if not others:
         return
-    with st.expander("Compare with another version"):
+    section = drawn_when_open("Compare with another version", key="compare_open")
+    if section is None:
+        return
+    with section:
         other = st.selectbox("Compare with", others[::-1], key="compare_with")
         st.code(reports.diff(conversation, min(other, shown), max(other, shown)) or "No differences.", language="diff")
 
@@ -65,7 +73,10 @@ def _compare(conversation: Conversation, history, shown: int) -> None:
 def _edit(conversation: Conversation, report) -> None:
     if report.status == "signed":
         st.caption("This version is signed and cannot change; edits start a new draft.")
-    with st.expander("Edit the report"):
+    section = drawn_when_open("Edit the report", key="edit_report_open")
+    if section is None:
+        return
+    with section:
         impression = st.text_area("Impression", report.impression, key=f"impression-{report.version}")
         recommendations = st.text_area("Recommendations (one per line)", "\n".join(report.recommendations),
                                        key=f"recommendations-{report.version}")
@@ -83,7 +94,10 @@ def _edit(conversation: Conversation, report) -> None:
 def _sign(conversation: Conversation, report) -> None:
     if report.status == "signed":
         return
-    with st.expander("Sign off"):
+    section = drawn_when_open("Sign off", key="sign_off_open")
+    if section is None:
+        return
+    with section:
         name = st.text_input("Your name", key="signer_name")
         if st.button(f"Sign version {report.version}", key="sign", disabled=not name.strip()):
             _act(lambda: reports.sign(conversation, report.version, name=name))

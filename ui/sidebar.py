@@ -11,6 +11,7 @@ from agent.store import Store
 from agent.workspace import (display_png, open_sample, open_uploads, owned_sessions, privacy_status, set_view,
                              study_facts, window_presets)
 from tools.errors import LoupeError
+from ui.sections import drawn_when_open
 
 
 def sidebar(conversation: Conversation, store: Store, owner: str) -> None:
@@ -32,7 +33,10 @@ def _backend() -> None:
 
 
 def _open_study(conversation: Conversation) -> None:
-    with st.expander("Open a study", expanded=False):
+    section = drawn_when_open("Open a study", key="open_study_open")
+    if section is None:
+        return
+    with section:
         uploads = st.file_uploader("DICOM files of one series, a .zip, a PNG or a JPEG", accept_multiple_files=True,
                                    key="sidebar_upload")
         modality = st.selectbox("Modality of a PNG/JPEG", ["(from the file)", "CT", "MR", "DX", "US"], key="modality")
@@ -94,7 +98,10 @@ def _privacy(conversation: Conversation) -> None:
 
 
 def _sessions(conversation: Conversation, store: Store, owner: str) -> None:
-    with st.expander("Sessions", expanded=False):
+    section = drawn_when_open("Sessions", key="sessions_open")  # the list grows with every session
+    if section is None:
+        return
+    with section:
         if st.button("New session", key="new_session"):
             st.query_params.clear()
             st.session_state.pop("conversation", None)
