@@ -28,6 +28,9 @@ from ui.second_read_panel import second_read_panel  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402
 
 st.set_page_config(page_title="Loupe", layout="wide")
+# A report's findings table is wider than the chat column or the report panel: let it scroll
+# inside its column instead of running under the panel beside it.
+st.html("<style>[data-testid=stMarkdownContainer] table {display: block; overflow-x: auto;}</style>")
 
 
 @st.cache_resource

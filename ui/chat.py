@@ -50,7 +50,7 @@ def _incoming(conversation: Conversation, *, first_turn: bool) -> str | None:
         st.caption("Try:")
         columns = st.columns(len(SUGGESTIONS))
         for column, suggestion in zip(columns, SUGGESTIONS, strict=True):
-            if column.button(suggestion, key=f"suggest-{suggestion}", use_container_width=True):
+            if column.button(suggestion, key=f"suggest-{suggestion}", width="stretch"):
                 state.pending = suggestion
     entry = st.chat_input("Ask about this study, or drop DICOM / .zip / PNG / JPEG files here",
                           accept_file="multiple", submit_mode="disable", key="chat_input")

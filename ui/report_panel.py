@@ -20,7 +20,7 @@ def findings_panel(conversation: Conversation) -> None:
     section = drawn_when_open(f"Findings ({len(rows)})", key="findings_open")
     if section is not None:
         with section:
-            st.dataframe(rows, hide_index=True, use_container_width=True)
+            st.dataframe(rows, hide_index=True, width="stretch")
 
 
 def report_panel(conversation: Conversation) -> None:
@@ -106,11 +106,12 @@ def _sign(conversation: Conversation, report) -> None:
 def _downloads(conversation: Conversation, version: int) -> None:
     """One download per format; each is made only when clicked, and clicking does not rerun."""
     options, notes = reports.export_options(conversation, version)
-    columns = st.columns(len(options))
-    for column, option in zip(columns, options, strict=True):
-        column.download_button(option.label, lambda o=option: reports.export_bytes(conversation, o, version),
-                               file_name=option.file_name, mime=option.mime_type, on_click="ignore",
-                               key=f"download-{option.kind}-{version}")
+    columns = st.columns(2)  # two per row: four in the side panel cut their labels to "M…", "P…"
+    for index, option in enumerate(options):
+        columns[index % 2].download_button(
+            option.label, lambda o=option: reports.export_bytes(conversation, o, version),
+            file_name=option.file_name, mime=option.mime_type, on_click="ignore",
+            key=f"download-{option.kind}-{version}", width="stretch")
     for note in notes:
         st.caption(note)
 

@@ -38,7 +38,7 @@ def _step(conversation: Conversation, view) -> None:
     agree, disagree, uncertain = st.columns(3)
     for column, (label, key) in zip((agree, disagree, uncertain),
                                     (("Agree", "a"), ("Disagree", "d"), ("Uncertain", "u")), strict=True):
-        if column.button(label, key=f"assess-{label.lower()}", shortcut=key, use_container_width=True):
+        if column.button(label, key=f"assess-{label.lower()}", shortcut=key, width="stretch"):
             _act(conversation, "record_assessment", {"assessment": label.lower(), "note": note})
     back, forward = st.columns(2)
     if back.button("Previous step", key="second-read-previous", disabled=view.number == 1):
