@@ -38,6 +38,12 @@ def expected_polarity(modality: str | None) -> Polarity:
     return "dark" if (modality or "").upper() == "US" else "bright"
 
 
+def row_span(mask: np.ndarray) -> tuple[int, int] | None:
+    """First and last row where ``mask`` is set, or None when it spans fewer than two rows."""
+    rows = np.nonzero(mask.any(axis=1))[0]
+    return (int(rows[0]), int(rows[-1])) if rows.size >= 2 else None
+
+
 #: The fraction of the image's bottom rows where a neck shows as body: a sagittal or coronal view.
 _NECK_ROWS = 0.03
 #: A view counts as including the neck when the body crosses this fraction of the bottom rows' width.
@@ -58,12 +64,12 @@ class HeadExtent:
 
     @classmethod
     def of(cls, body: np.ndarray) -> HeadExtent | None:
-        rows = np.nonzero(body.any(axis=1))[0]
-        if rows.size < 2:
+        span = row_span(body)
+        if span is None:
             return None
         bottom_band = body[int(body.shape[0] * (1 - _NECK_ROWS)):]
         includes_neck = bool(bottom_band.any(axis=0).mean() >= _NECK_WIDTH)
-        return cls(top=int(rows[0]), bottom=int(rows[-1]), includes_neck=includes_neck)
+        return cls(top=span[0], bottom=span[1], includes_neck=includes_neck)
 
     def depth(self, y: float) -> float:
         """How far down the head a row is: 0 at the vertex, 1 at the bottom of the body."""
@@ -101,10 +107,7 @@ class WorkingImage:
     @cached_property
     def sector_rows(self) -> tuple[int, int] | None:
         """First and last row of the imaged sector on ultrasound (the skin line is at the top)."""
-        if self.organ != "sector":
-            return None
-        rows = np.nonzero(self.search.any(axis=1))[0]
-        return (int(rows[0]), int(rows[-1])) if rows.size >= 2 else None
+        return row_span(self.search) if self.organ == "sector" else None
 
     def to_native(self, x: float, y: float) -> tuple[float, float]:
         """Working pixel-centre coordinates -> native pixel-centre coordinates."""
