@@ -179,6 +179,23 @@ def test_ultrasound_lesion_is_more_confident_than_speckle_alone():
     assert with_lesion > speckle + 0.2
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_elongated_lesion_is_centred_by_the_gaussian_fit_not_the_blob_peak(seed):
+    """A 150 x 60 px hypoechoic lesion: the scale-space peak sits ~24 px along its long axis (a
+    round blob of one of a few sizes fits best off-centre); the reported centre is the fit's."""
+    centre = (300, 230)
+    image = us_image(lesion=None, seed=seed)
+    yy, xx = _grid(US_SHAPE)
+    lesion = ((xx - centre[0]) / 75) ** 2 + ((yy - centre[1]) / 30) ** 2 <= 1
+    image[lesion] = (25 * np.random.default_rng(seed + 10).rayleigh(1.0, US_SHAPE) / 1.25)[lesion]
+    work = prepare(image, "US")
+    peak, fitted = detect_on_work(work, refine=0)[0], detect_on_work(work)[0]
+    assert math.hypot(peak.x - centre[0], peak.y - centre[1]) > 15  # what the fit corrects
+    assert inside(fitted, centre, 8), fitted
+    assert (fitted.score, fitted.radius_px) == (peak.score, peak.radius_px)
+    assert fitted.box.center == pytest.approx((fitted.x, fitted.y), abs=1.0)
+
+
 def test_ultrasound_dark_band_at_the_skin_line_ranks_below_a_lesion_beneath_it():
     """A dark blob reaching up to the top of the imaged field (skin, subcutaneous fat,
     reverberation) is less lesion-like than an equal one beneath the skin line."""

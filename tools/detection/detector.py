@@ -5,11 +5,18 @@ LoG candidates (``candidates``), evidence features (``evidence``), modality scor
 calibrated confidence (``scoring``). On a CT/MR series every slice (or an even sample of at
 most ``MAX_SLICES``) is searched and detections of the same lesion on neighbouring slices are
 merged, keeping the slice where it is most conspicuous.
+
+The centre of the leading detections is the centre of a 2-D Gaussian fitted to the blob, not
+the scale-space peak: the LoG peaks where a blob of one of a few discrete sizes fits best, which
+on an irregular or elongated lesion can sit well off its middle (dev: median centre deviation
+of the top detection 6.9 -> 3.4 % of the diagonal on ultrasound, 3.4 -> 2.6 % on MR, 0.5 ->
+0.3 % on CT; no change in hits).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,9 +26,17 @@ from tools.detection.candidates import Candidate, ranked_candidates
 from tools.detection.evidence import ScaleSpace
 from tools.detection.scoring import confidence, score
 from tools.detection.working import WorkingImage, prepare_study_frame
+from tools.fit_gaussian import fit_gaussian_2d
 from tools.study import Study
 
 MAX_SLICES = 64
+#: Detections (best first) whose centre is refined by a Gaussian fit: the ones ``detect_anomalies``
+#: lists by default. Each fit costs ~25 ms at the working resolution.
+REFINED_DETECTIONS = 10
+#: The fit looks for the blob within this many blob radii of the scale-space peak (dev: 1.25-2
+#: radii gave the same hits and medians within 0.3 % of the diagonal), and its centre is used
+#: only if it stays within one radius of the peak (a fit that wanders off found something else).
+REFINE_BOX_RADII = 1.5
 
 LABELS = {
     "CT": "focal nodular opacity in the lung field",
@@ -50,26 +65,48 @@ def label_for(modality: str | None) -> str:
     return LABELS.get((modality or "").upper(), "focal abnormality")
 
 
+def _disk_box(work: WorkingImage, x: float, y: float, radius: float) -> BoxPx:
+    """The box around a blob's disk (native px), clipped to the image."""
+    rows, cols = work.native_shape
+    return BoxPx.around(x, y, 2 * radius, 2 * radius).clipped(cols, rows)
+
+
 def _to_detection(candidate: Candidate, work: WorkingImage, frame: int) -> Detection:
     x, y = work.to_native(candidate.x, candidate.y)
     radius = candidate.radius / work.scale
-    rows, cols = work.native_shape
-    box = BoxPx.around(x, y, 2 * radius, 2 * radius).clipped(cols, rows)
     value = score(candidate, work)
-    return Detection(frame=frame, x=x, y=y, box=box, radius_px=radius, score=value,
+    return Detection(frame=frame, x=x, y=y, box=_disk_box(work, x, y, radius), radius_px=radius, score=value,
                      confidence=confidence(value, work.modality), label=label_for(work.modality))
 
 
+def recentred(detection: Detection, work: WorkingImage) -> Detection:
+    """The detection moved to the centre of a 2-D Gaussian fitted to its blob (background
+    removed) on the working image; unchanged when the fit fails or wanders further than the
+    blob's radius (it found something else). Its score stays the one it was ranked by."""
+    x, y = work.to_working(detection.x, detection.y)
+    radius = detection.radius_px * work.scale
+    reach = REFINE_BOX_RADII * radius
+    fit = fit_gaussian_2d(work.evidence_image, BoxPx(x0=x - reach, y0=y - reach, x1=x + reach, y1=y + reach),
+                          polarity=work.polarity)
+    fx, fy = fit.center_px
+    if not fit.converged or math.hypot(fx - x, fy - y) > radius:
+        return detection
+    nx, ny = work.to_native(fx, fy)
+    return replace(detection, x=nx, y=ny, box=_disk_box(work, nx, ny, detection.radius_px))
+
+
 def detect_on_work(work: WorkingImage, frame: int = 0, limit: int = 10,
-                   space: ScaleSpace | None = None) -> list[Detection]:
-    """Ranked detections on a prepared working image, most confident first."""
+                   space: ScaleSpace | None = None, refine: int = REFINED_DETECTIONS) -> list[Detection]:
+    """Ranked detections on a prepared working image, most confident first; the first
+    ``refine`` of them centred by a Gaussian fit (see ``recentred``)."""
     candidates = ranked_candidates(space or ScaleSpace(work), lambda c: score(c, work), limit)
-    return [_to_detection(c, work, frame) for c in candidates]
+    detections = [_to_detection(c, work, frame) for c in candidates]
+    return [recentred(d, work) if rank < refine else d for rank, d in enumerate(detections)]
 
 
-def detect_frame(study: Study, frame: int, limit: int = 10) -> list[Detection]:
+def detect_frame(study: Study, frame: int, limit: int = 10, refine: int = REFINED_DETECTIONS) -> list[Detection]:
     """Ranked detections on one frame of a study."""
-    return detect_on_work(prepare_study_frame(study, frame), frame, limit)
+    return detect_on_work(prepare_study_frame(study, frame), frame, limit, refine=refine)
 
 
 @dataclass(frozen=True)
@@ -110,7 +147,8 @@ def _slice_reach(study: Study, radius_px: float) -> int:
 
 def detect_volume(study: Study, limit: int = 10) -> list[Detection]:
     """Detections across the slices of a series, one per lesion, on its best slice."""
-    everything = [d for frame in _slices(study) for d in detect_frame(study, frame, limit)]
+    # Centres are refined only for the detections kept, not for every candidate of every slice.
+    everything = [d for frame in _slices(study) for d in detect_frame(study, frame, limit, refine=0)]
     everything.sort(key=lambda d: -d.score)
     kept: list[Detection] = []
     for detection in everything:
@@ -122,4 +160,9 @@ def detect_volume(study: Study, limit: int = 10) -> list[Detection]:
         kept.append(detection)
         if len(kept) >= limit:
             break
-    return kept
+    return _recentred_on_their_slices(study, kept)
+
+
+def _recentred_on_their_slices(study: Study, detections: list[Detection]) -> list[Detection]:
+    works = {frame: prepare_study_frame(study, frame) for frame in sorted({d.frame for d in detections})}
+    return [recentred(d, works[d.frame]) for d in detections]
