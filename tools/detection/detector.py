@@ -30,9 +30,9 @@ from tools.fit_gaussian import fit_gaussian_2d
 from tools.study import Study
 
 MAX_SLICES = 64
-#: Detections (best first) whose centre is refined by a Gaussian fit: the ones ``detect_anomalies``
-#: lists by default. Each fit costs ~25 ms at the working resolution.
-REFINED_DETECTIONS = 10
+#: Detections (best first) whose centre is refined by a Gaussian fit: as many as ``detect_anomalies``
+#: lists by default (its ``max_findings``). Each fit costs 25-35 ms at the working resolution.
+REFINED_DETECTIONS = 5
 #: The fit looks for the blob within this many blob radii of the scale-space peak (dev: 1.25-2
 #: radii gave the same hits and medians within 0.3 % of the diagonal), and its centre is used
 #: only if it stays within one radius of the peak (a fit that wanders off found something else).
