@@ -138,6 +138,11 @@ def test_report_draft_edit_sign_and_downloads(app):
     assert any("**Version 2 of 2 · DRAFT**" in m.value for m in app.markdown)
     open_sections(app, "sign_off_open")
     app.text_input(key="signer_name").set_value("Dr Test").run()
+    app.session_state["sign_off_open"] = False  # closed: the name field is not drawn ...
+    app.run()
+    assert not app.text_input and app.session_state["signer_name"] == "Dr Test"
+    open_sections(app, "sign_off_open")  # ... and the typed name is still there when it opens again
+    assert app.text_input(key="signer_name").value == "Dr Test"
     app.button(key="sign").click().run()
     assert_healthy(app)
     assert any("**Version 3 of 3 · SIGNED by Dr Test**" in m.value for m in app.markdown)

@@ -94,6 +94,10 @@ def _edit(conversation: Conversation, report) -> None:
 def _sign(conversation: Conversation, report) -> None:
     if report.status == "signed":
         return
+    # Streamlit drops a widget's value on a run that does not draw it; re-assigning the key
+    # makes it plain session state, so a name typed before "Sign off" was closed is still there.
+    if "signer_name" in st.session_state:
+        st.session_state["signer_name"] = st.session_state["signer_name"]
     section = drawn_when_open("Sign off", key="sign_off_open")
     if section is None:
         return
