@@ -294,6 +294,17 @@ def test_body_mr_from_its_dicom_header_is_not_searched_as_a_brain(eval_dir):
         assert prepare_study_frame(study, 0).organ == "body"
 
 
+def test_pacemaker_is_not_the_top_finding_on_a_chest_radiograph(eval_dir):
+    """NIH ChestX-ray14 00012592_005: a pacemaker over the left lung is the strongest blob in
+    the lung fields, denser than any tissue there; the marked nodule is found first instead."""
+    with open_study(eval_dir / "nih_cxr14" / "00012592_005.png", limits=StudyLimits(), modality="DX") as study:
+        work = prepare_study_frame(study, 0)
+        detections = detect_on_work(work)
+    nodule = (771, 527, 858, 593)  # the manifest's box
+    assert nodule[0] <= detections[0].x <= nodule[2] and nodule[1] <= detections[0].y <= nodule[3], detections[0]
+    assert all(math.hypot(d.x - 764, d.y - 316) > 60 for d in detections[:5])  # the generator's centre
+
+
 def test_mr_skull_base_damping_leaves_axial_views_alone():
     """Without a neck in view the lower part of the image is brain (occipital lobes)."""
     image = mr_head(lesion=(256, 400), radius=14, seed=6)

@@ -135,6 +135,7 @@ class Evidence:
     inside: bool  # within the search mask
     border: float  # distance to the search-mask border, in units of the radius
     dark_ring: float = 0.0  # fraction of the ring darker than half the tissue level (air, bone, fluid)
+    level: float = 0.0  # mean inside the disk, image units [0, 1] (not signed)
 
 
 def measure(space: ScaleSpace, x: float, y: float, sigma: float) -> Evidence:
@@ -148,6 +149,7 @@ def measure(space: ScaleSpace, x: float, y: float, sigma: float) -> Evidence:
     window, disk, ring = disk_and_ring(work.image.shape, x, y, radius)
     patch = work.evidence_image[window]
     inside_values, ring_values = patch[disk], patch[ring]
+    level = float(inside_values.mean()) if inside_values.size else 0.0
     if inside_values.size == 0 or ring_values.size < 4:
         contrast, cnr, dark_ring = 0.0, 0.0, 0.0
     else:
@@ -155,5 +157,5 @@ def measure(space: ScaleSpace, x: float, y: float, sigma: float) -> Evidence:
         cnr = contrast / max(float(ring_values.std()), 0.01)
         dark_ring = float(np.count_nonzero(ring_values < space.dark_level)) / ring_values.size
     return Evidence(response=response, contrast=contrast, cnr=cnr, inside=bool(work.search[yi, xi]),
-                    border=float(space.border_map[yi, xi]) / radius, dark_ring=dark_ring)
+                    border=float(space.border_map[yi, xi]) / radius, dark_ring=dark_ring, level=level)
 

@@ -25,7 +25,10 @@ Scores (σ in units of a 512-px image, positions as fractions of the image):
 - CT: min(contrast-to-noise, 5)·σ, measured on the lung view (outside the lungs set to
   parenchyma) — nodules, including juxtapleural ones, beat small vessel cross-sections.
 - CR/DX: contrast-to-noise·√σ, damped within two radii of the lung-field edge — focal
-  opacities inside the lungs, not rib crossings and the lung outline.
+  opacities inside the lungs, not rib crossings and the lung outline — and cut to
+  ``DEVICE_FLOOR`` for blobs denser on average than 99 % of the lung fields: a pacemaker,
+  port or ECG electrode, not soft tissue (a pacemaker was the top false positive on a dev
+  image; among the other dev top-10 candidates only 3 were that dense, none a lesion).
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ NEAR_FIELD_GAP = 0.02
 NEAR_FIELD_WIDTH = 0.02
 NEAR_FIELD_FLOOR = 0.5
 
+#: What is left of a radiograph blob's score when it is denser than 99 % of the lung fields.
+DEVICE_FLOOR = 0.1
+
 _RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
 
 
@@ -95,6 +101,8 @@ def score(candidate: Candidate, work: WorkingImage) -> float:
     elif family == "DX":
         # Ribs and the lung outline make strong blobs at the edge of the lung fields.
         value = evidence.cnr * math.sqrt(sigma) * min(evidence.border / 2.0, 1.0)
+        if evidence.level > work.dense_level:
+            value *= DEVICE_FLOOR
     else:
         centrality = max(0.0, 1 - 2 * abs(cx - 0.5)) * max(0.0, 1 - 2 * abs(cy - 0.5))
         # Tumours sit in brain tissue; bright skull-base and facial structures sit among air,

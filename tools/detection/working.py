@@ -109,6 +109,13 @@ class WorkingImage:
         """First and last row of the imaged sector on ultrasound (the skin line is at the top)."""
         return row_span(self.search) if self.organ == "sector" else None
 
+    @cached_property
+    def dense_level(self) -> float:
+        """The 99th percentile of the evidence image inside the search mask: on a radiograph,
+        a blob brighter than this on average is denser than nearly all of the lung fields."""
+        inside = self.evidence_image[self.search]
+        return float(np.percentile(inside, 99)) if inside.size else 1.0
+
     def to_native(self, x: float, y: float) -> tuple[float, float]:
         """Working pixel-centre coordinates -> native pixel-centre coordinates."""
         return (x + 0.5) / self.scale - 0.5, (y + 0.5) / self.scale - 0.5
