@@ -294,15 +294,20 @@ def test_body_mr_from_its_dicom_header_is_not_searched_as_a_brain(eval_dir):
         assert prepare_study_frame(study, 0).organ == "body"
 
 
-def test_pacemaker_is_not_the_top_finding_on_a_chest_radiograph(eval_dir):
-    """NIH ChestX-ray14 00012592_005: a pacemaker over the left lung is the strongest blob in
-    the lung fields, denser than any tissue there; the marked nodule is found first instead."""
-    with open_study(eval_dir / "nih_cxr14" / "00012592_005.png", limits=StudyLimits(), modality="DX") as study:
-        work = prepare_study_frame(study, 0)
-        detections = detect_on_work(work)
-    nodule = (771, 527, 858, 593)  # the manifest's box
-    assert nodule[0] <= detections[0].x <= nodule[2] and nodule[1] <= detections[0].y <= nodule[3], detections[0]
-    assert all(math.hypot(d.x - 764, d.y - 316) > 60 for d in detections[:5])  # the generator's centre
+@pytest.mark.parametrize(("name", "nodule", "device"), [
+    # A pacemaker generator over the left lung: denser than any tissue in the lung fields.
+    ("00012592_005.png", (771, 527, 858, 593), (764, 316)),
+    # An ECG electrode seen en face, a bright ring with a dark centre: its rim's edge is sharp.
+    ("00010959_010.png", (212, 490, 291, 551), (728, 384)),
+])
+def test_metal_is_not_the_top_finding_on_a_chest_radiograph(eval_dir, name, nodule, device):
+    """NIH ChestX-ray14 images where a device was the strongest blob in the lung fields; the
+    marked nodule (the manifest's box) is found first instead, and the device not in the top 5."""
+    with open_study(eval_dir / "nih_cxr14" / name, limits=StudyLimits(), modality="DX") as study:
+        detections = detect_on_work(prepare_study_frame(study, 0))
+    top = detections[0]
+    assert nodule[0] <= top.x <= nodule[2] and nodule[1] <= top.y <= nodule[3], top
+    assert all(math.hypot(d.x - device[0], d.y - device[1]) > 60 for d in detections[:5])
 
 
 def test_mr_skull_base_damping_leaves_axial_views_alone():

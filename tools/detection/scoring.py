@@ -26,9 +26,11 @@ Scores (σ in units of a 512-px image, positions as fractions of the image):
   parenchyma) — nodules, including juxtapleural ones, beat small vessel cross-sections.
 - CR/DX: contrast-to-noise·√σ, damped within two radii of the lung-field edge — focal
   opacities inside the lungs, not rib crossings and the lung outline — and cut to
-  ``DEVICE_FLOOR`` for blobs denser on average than 99 % of the lung fields: a pacemaker,
-  port or ECG electrode, not soft tissue (a pacemaker was the top false positive on a dev
-  image; among the other dev top-10 candidates only 3 were that dense, none a lesion).
+  ``DEVICE_FLOOR`` for what looks like metal (a pacemaker, port, ECG electrode or clip): denser
+  on average than 99 % of the lung fields, or edged more sharply than ``DEVICE_EDGE`` times
+  their 99th-percentile gradient. A pacemaker and an electrode were top false positives on
+  dev images; the sharpest edge near any dev lesion candidate was 1.2 times that percentile,
+  near other top-10 candidates up to 3.9 (dev DX hit@1 0.27 -> 0.33; 1.4-2.5 gave the same).
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ from __future__ import annotations
 import math
 
 from tools.detection.candidates import Candidate
+from tools.detection.evidence import disk_and_ring
 from tools.detection.working import WorkingImage
 
 #: (a, b) of the logistic calibration per modality; "other" for unknown modalities.
 CALIBRATION: dict[str, tuple[float, float]] = {
-    # US and DX refitted after the Gaussian-fit centres and the radiograph device damping
+    # US and DX refitted after the Gaussian-fit centres and the radiograph metal damping
     # (``bench/calibrate_detector.py``); the highest confidence on a normal dev ultrasound is 0.48.
     "US": (2.459, -0.603),
     # MR refitted together with the verifier's thresholds (see tools.verify_coordinates). The
@@ -48,7 +51,7 @@ CALIBRATION: dict[str, tuple[float, float]] = {
     # app said "no significant anomaly" on every brain tumour; this one says "anomaly" on 23/45.
     "MR": (2.210, -2.820),
     "CT": (4.031, -13.022),
-    "DX": (4.349, -8.545),
+    "DX": (4.805, -9.224),
     "other": (0.608, -1.795),
 }
 
@@ -73,8 +76,10 @@ NEAR_FIELD_GAP = 0.02
 NEAR_FIELD_WIDTH = 0.02
 NEAR_FIELD_FLOOR = 0.5
 
-#: What is left of a radiograph blob's score when it is denser than 99 % of the lung fields.
+#: What is left of a radiograph blob's score when it looks like metal (see the module notes).
 DEVICE_FLOOR = 0.1
+#: An edge this many times sharper than the lung fields' 99th-percentile gradient is metal's.
+DEVICE_EDGE = 2.0
 
 _RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
 
@@ -103,7 +108,7 @@ def score(candidate: Candidate, work: WorkingImage) -> float:
     elif family == "DX":
         # Ribs and the lung outline make strong blobs at the edge of the lung fields.
         value = evidence.cnr * math.sqrt(sigma) * min(evidence.border / 2.0, 1.0)
-        if evidence.level > work.dense_level:
+        if _looks_like_metal(candidate, work):
             value *= DEVICE_FLOOR
     else:
         centrality = max(0.0, 1 - 2 * abs(cx - 0.5)) * max(0.0, 1 - 2 * abs(cy - 0.5))
@@ -112,6 +117,16 @@ def score(candidate: Candidate, work: WorkingImage) -> float:
         value = min(evidence.border, 2.0) * evidence.contrast * sigma * centrality * (1.0 - evidence.dark_ring)
         value *= _above_skull_base(work, candidate.y)
     return max(value, 0.0)
+
+
+def _looks_like_metal(candidate: Candidate, work: WorkingImage) -> bool:
+    """Denser, or sharper-edged, than nearly everything in the lung fields (radiographs)."""
+    if candidate.evidence.level > work.dense_level:
+        return True
+    # A little beyond the blob's radius, so that the rim of a ring (an ECG electrode) counts.
+    window, disk, _ = disk_and_ring(work.image.shape, candidate.x, candidate.y, 1.2 * candidate.radius)
+    edges = work.edge_map[window][disk]
+    return edges.size > 0 and float(edges.max()) > DEVICE_EDGE * work.edge_level
 
 
 def _below_skin_line(work: WorkingImage, blob_top: float) -> float:

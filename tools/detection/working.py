@@ -116,6 +116,17 @@ class WorkingImage:
         inside = self.evidence_image[self.search]
         return float(np.percentile(inside, 99)) if inside.size else 1.0
 
+    @cached_property
+    def edge_map(self) -> np.ndarray:
+        """Gradient magnitude of the evidence image at the finest scale (σ = 1 px)."""
+        return ndi.gaussian_gradient_magnitude(self.evidence_image, 1.0)
+
+    @cached_property
+    def edge_level(self) -> float:
+        """The 99th percentile of ``edge_map`` inside the search mask."""
+        inside = self.edge_map[self.search]
+        return float(np.percentile(inside, 99)) if inside.size else 0.0
+
     def to_native(self, x: float, y: float) -> tuple[float, float]:
         """Working pixel-centre coordinates -> native pixel-centre coordinates."""
         return (x + 0.5) / self.scale - 0.5, (y + 0.5) / self.scale - 0.5
