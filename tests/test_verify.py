@@ -93,6 +93,19 @@ def test_offset_proposal_is_adjusted_towards_the_lesion(request, which, centre, 
     assert v.reasons[0].startswith("moved ")
 
 
+@pytest.mark.parametrize("fraction, status", [(0.2, "adjusted"), (0.1, "confirmed")])
+def test_proposal_off_the_middle_of_a_lesion_moves_to_it_unless_the_offset_is_jitter(us, fraction, status):
+    """A generous box (1.5 times the lesion) on the lesion but a fifth of its side off the
+    middle is re-centred on the lesion; a tenth of its side off is taken as the proposal itself
+    (below ``MIN_MOVE_FRACTION``)."""
+    size = 1.5 * (2 * US_LESION_RADIUS + 2)
+    proposed = (US_LESION[0] + fraction * size, US_LESION[1])
+    result = _verify(us, BoxPx.around(*proposed, size, size))
+    assert result.verification.status == status, result.verification.reasons
+    expected = US_LESION if status == "adjusted" else proposed
+    assert math.dist(result.center, expected) <= 1.5
+
+
 def test_adjustment_without_spacing_has_no_mm(ct):
     size = 2 * CT_NODULE_RADIUS + 2
     result = _verify(ct, BoxPx.around(CT_NODULE[0] + size, CT_NODULE[1], size, size), spacing=None)
