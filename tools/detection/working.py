@@ -123,9 +123,10 @@ class WorkingImage:
 
     @cached_property
     def edge_level(self) -> float:
-        """The 99th percentile of ``edge_map`` inside the search mask."""
+        """The 99th percentile of ``edge_map`` inside the search mask (infinite without one, so
+        that no edge counts as exceptionally sharp)."""
         inside = self.edge_map[self.search]
-        return float(np.percentile(inside, 99)) if inside.size else 0.0
+        return float(np.percentile(inside, 99)) if inside.size else float("inf")
 
     def to_native(self, x: float, y: float) -> tuple[float, float]:
         """Working pixel-centre coordinates -> native pixel-centre coordinates."""
