@@ -181,7 +181,7 @@ def test_steps_show_the_window_and_the_findings_in_their_region(eval_dir):
 
 def test_an_agreed_finding_is_seen_by_both_and_a_disagreed_one_is_ai_only(eval_dir):
     for path, modality, answer, bucket in [("busi/benign_030.png", "US", "agree", "both"),
-                                           ("nih_cxr14/00012592_005.png", "DX", "disagree", "ai_only")]:
+                                           ("nih_cxr14/00018623_001.png", "DX", "disagree", "ai_only")]:
         ctx = opened(eval_dir, path, modality)
         total = len(run_tool(ctx, "start_second_read", {}).output.steps)
         homes = home_steps(ctx, total)
