@@ -310,6 +310,37 @@ def test_metal_is_not_the_top_finding_on_a_chest_radiograph(eval_dir, name, nodu
     assert all(math.hypot(d.x - device[0], d.y - device[1]) > 60 for d in detections[:5])
 
 
+def _paired_blobs(image: np.ndarray, offset: float = 70, row: float = 300, radius: float = 15) -> np.ndarray:
+    """Two equal bright blobs mirrored across the head's midline (column 256): paired anatomy."""
+    yy, xx = _grid(image.shape)
+    for cx in (256 - offset, 256 + offset):
+        blob = (xx - cx) ** 2 + (yy - row) ** 2 <= radius**2
+        image[blob] = 200.0 + np.random.default_rng(1).normal(0.0, 6.0, image.shape)[blob]
+    return image
+
+
+def test_mr_blobs_mirrored_across_the_midline_rank_below_a_single_lesion():
+    """Larger than the lesion, the pair would outrank it; each is the other's mirror image, so
+    they are taken for symmetric anatomy and the one-sided lesion comes first."""
+    work = prepare(_paired_blobs(mr_head(lesion=(290, 200), radius=12, seed=3)), "MR")
+    assert work.midline_x == pytest.approx(256, abs=2)
+    detections = detect_on_work(work)
+    assert inside(detections[0], (290, 200), 12), detections[0]
+    assert {(round(d.x / 10), round(d.y / 10)) for d in detections[1:3]} == {(19, 30), (33, 30)}
+    # A blob on the midline is its own mirror image, not a twin: it keeps its score and comes first.
+    lone = _paired_blobs(mr_head(lesion=(290, 200), radius=12, seed=3), offset=0)
+    assert inside(detect_on_work(prepare(lone, "MR"))[0], (256, 300), 15)
+
+
+def test_midline_is_known_only_for_a_head_outline_that_matches_its_mirror_image():
+    assert prepare(mr_head(), "MR").midline_x == pytest.approx(256, abs=2)
+    profile = mr_head(lesion=None)
+    profile[:, :180] = 0  # a lopsided outline, as a sagittal view with the face on one side
+    profile[100:300, 180:230] = 180.0
+    assert prepare(profile, "MR").midline_x is None
+    assert prepare(us_image(), "US").midline_x is None
+
+
 def test_mr_skull_base_damping_leaves_axial_views_alone():
     """Without a neck in view the lower part of the image is brain (occipital lobes)."""
     image = mr_head(lesion=(256, 400), radius=14, seed=6)

@@ -97,7 +97,11 @@ def suppress_overlaps(ranked: Sequence[Candidate], limit: int = MAX_CANDIDATES) 
     return kept
 
 
-def ranked_candidates(space: ScaleSpace, rank: Callable[[Candidate], float],
-                      limit: int = MAX_CANDIDATES) -> list[Candidate]:
-    """Candidates ordered by ``rank`` (higher first), overlaps suppressed."""
-    return suppress_overlaps(sorted(find_candidates(space), key=lambda c: -rank(c)), limit)
+def ranked_candidates(space: ScaleSpace, rank: Callable[[Sequence[Candidate]], Sequence[float]],
+                      limit: int = MAX_CANDIDATES) -> list[tuple[Candidate, float]]:
+    """Candidates with their value under ``rank`` (which scores all of them at once, as a
+    candidate's value may depend on the others), best first, overlaps suppressed."""
+    found = find_candidates(space)
+    values = {id(c): v for c, v in zip(found, rank(found), strict=True)}
+    kept = suppress_overlaps(sorted(found, key=lambda c: -values[id(c)]), limit)
+    return [(c, values[id(c)]) for c in kept]

@@ -24,7 +24,7 @@ from tools.context import ToolContext
 from tools.coordinates import BoxPx
 from tools.detection.candidates import Candidate, ranked_candidates
 from tools.detection.evidence import ScaleSpace
-from tools.detection.scoring import confidence, score
+from tools.detection.scoring import confidence, scores
 from tools.detection.working import WorkingImage, prepare_study_frame
 from tools.fit_gaussian import fit_gaussian_2d
 from tools.study import Study
@@ -71,10 +71,9 @@ def _disk_box(work: WorkingImage, x: float, y: float, radius: float) -> BoxPx:
     return BoxPx.around(x, y, 2 * radius, 2 * radius).clipped(cols, rows)
 
 
-def _to_detection(candidate: Candidate, work: WorkingImage, frame: int) -> Detection:
+def _to_detection(candidate: Candidate, value: float, work: WorkingImage, frame: int) -> Detection:
     x, y = work.to_native(candidate.x, candidate.y)
     radius = candidate.radius / work.scale
-    value = score(candidate, work)
     return Detection(frame=frame, x=x, y=y, box=_disk_box(work, x, y, radius), radius_px=radius, score=value,
                      confidence=confidence(value, work.modality), label=label_for(work.modality))
 
@@ -99,8 +98,8 @@ def detect_on_work(work: WorkingImage, frame: int = 0, limit: int = 10,
                    space: ScaleSpace | None = None, refine: int = REFINED_DETECTIONS) -> list[Detection]:
     """Ranked detections on a prepared working image, most confident first; the first
     ``refine`` of them centred by a Gaussian fit (see ``recentred``)."""
-    candidates = ranked_candidates(space or ScaleSpace(work), lambda c: score(c, work), limit)
-    detections = [_to_detection(c, work, frame) for c in candidates]
+    ranked = ranked_candidates(space or ScaleSpace(work), lambda found: scores(found, work), limit)
+    detections = [_to_detection(c, value, work, frame) for c, value in ranked]
     return [recentred(d, work) if rank < refine else d for rank, d in enumerate(detections)]
 
 
