@@ -133,6 +133,11 @@ def test_report_draft_edit_sign_and_downloads(app):
     assert not app.text_area, "closed sections draw nothing until opened"
     open_sections(app, "edit_report_open")
     app.text_area(key="impression-1").set_value("No focal liver lesion is reported by Loupe.").run()
+    app.session_state["edit_report_open"] = False  # closed before saving: the edit is not drawn ...
+    app.run()
+    assert not app.text_area
+    open_sections(app, "edit_report_open")  # ... and is still there, unsaved, when it opens again
+    assert app.text_area(key="impression-1").value == "No focal liver lesion is reported by Loupe."
     app.button(key="save-1").click().run()
     assert_healthy(app)
     assert any("**Version 2 of 2 · DRAFT**" in m.value for m in app.markdown)

@@ -62,7 +62,7 @@ def _compare(conversation: Conversation, history, shown: int) -> None:
     others = [v.version for v in history.versions if v.version != shown]
     if not others:
         return
-    section = drawn_when_open("Compare with another version", key="compare_open")
+    section = drawn_when_open("Compare with another version", key="compare_open", keep=("compare_with",))
     if section is None:
         return
     with section:
@@ -73,7 +73,8 @@ def _compare(conversation: Conversation, history, shown: int) -> None:
 def _edit(conversation: Conversation, report) -> None:
     if report.status == "signed":
         st.caption("This version is signed and cannot change; edits start a new draft.")
-    section = drawn_when_open("Edit the report", key="edit_report_open")
+    section = drawn_when_open("Edit the report", key="edit_report_open",
+                              keep=(f"impression-{report.version}", f"recommendations-{report.version}"))
     if section is None:
         return
     with section:
@@ -94,11 +95,7 @@ def _edit(conversation: Conversation, report) -> None:
 def _sign(conversation: Conversation, report) -> None:
     if report.status == "signed":
         return
-    # Streamlit drops a widget's value on a run that does not draw it; re-assigning the key
-    # makes it plain session state, so a name typed before "Sign off" was closed is still there.
-    if "signer_name" in st.session_state:
-        st.session_state["signer_name"] = st.session_state["signer_name"]
-    section = drawn_when_open("Sign off", key="sign_off_open")
+    section = drawn_when_open("Sign off", key="sign_off_open", keep=("signer_name",))
     if section is None:
         return
     with section:
