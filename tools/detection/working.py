@@ -114,13 +114,13 @@ class WorkingImage:
         (its outline nearly matches its mirror image); None on other views and organs."""
         if self.organ != "brain":
             return None
-        columns = np.nonzero(self.body.any(axis=0))[0]
-        if columns.size < 2:
+        columns = row_span(self.body.T)  # the outline's first and last column
+        if columns is None:
             return None
-        outline = self.body[:, columns[0]:columns[-1] + 1]
+        outline = self.body[:, columns[0]:columns[1] + 1]
         mirrored = outline[:, ::-1]
         overlap = np.count_nonzero(outline & mirrored) / max(np.count_nonzero(outline | mirrored), 1)
-        return (columns[0] + columns[-1]) / 2 if overlap >= _MIRROR_IOU else None
+        return (columns[0] + columns[1]) / 2 if overlap >= _MIRROR_IOU else None
 
     @cached_property
     def sector_rows(self) -> tuple[int, int] | None:
@@ -131,8 +131,7 @@ class WorkingImage:
     def dense_level(self) -> float:
         """The 99th percentile of the evidence image inside the search mask: on a radiograph,
         a blob brighter than this on average is denser than nearly all of the lung fields."""
-        inside = self.evidence_image[self.search]
-        return float(np.percentile(inside, 99)) if inside.size else 1.0
+        return self._percentile_in_search(self.evidence_image, empty=1.0)
 
     @cached_property
     def edge_map(self) -> np.ndarray:
@@ -143,8 +142,12 @@ class WorkingImage:
     def edge_level(self) -> float:
         """The 99th percentile of ``edge_map`` inside the search mask (infinite without one, so
         that no edge counts as exceptionally sharp)."""
-        inside = self.edge_map[self.search]
-        return float(np.percentile(inside, 99)) if inside.size else float("inf")
+        return self._percentile_in_search(self.edge_map, empty=float("inf"))
+
+    def _percentile_in_search(self, values: np.ndarray, empty: float) -> float:
+        """The 99th percentile of ``values`` inside the search mask; ``empty`` without one."""
+        inside = values[self.search]
+        return float(np.percentile(inside, 99)) if inside.size else empty
 
     def to_native(self, x: float, y: float) -> tuple[float, float]:
         """Working pixel-centre coordinates -> native pixel-centre coordinates."""
