@@ -16,6 +16,7 @@ from tests.conftest import EVAL_DIR, pydicom_file
 from tests.test_detection import _write_ct_series
 from tools.context import VisionProposal
 from tools.coordinates import BoxPx
+from tools.detection.detector import REFINED_DETECTIONS, frame_analysis, recentred
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.findings import Finding
 
@@ -341,3 +342,18 @@ def test_vision_samples_give_positional_uncertainty(ctx, lesion_png):
     # A new detection drops the old findings and their samples.
     run_tool(ctx, "detect_anomalies", {"use_vision_model": False})
     assert vlm[0].id not in ctx.finding_samples
+
+
+def test_findings_beyond_the_fifth_are_centred_by_their_gaussian_fit(ctx, eval_dir):
+    """The shared frame analysis fits only the first five detections; asking for more findings
+    must not list the rest at their scale-space peaks."""
+    _load(ctx, BENIGN_030, "US")
+    findings = run_tool(ctx, "detect_anomalies", {"max_findings": 8}).output.findings
+    view = ctx.view(None)
+    analysis = frame_analysis(ctx, view.study, view.frame)
+    expected = [recentred(d, analysis.work) if rank >= REFINED_DETECTIONS else d
+                for rank, d in enumerate(analysis.detections[:8])]
+    listed = [coordinate for f in findings for coordinate in f.center_px]
+    assert listed == pytest.approx([coordinate for d in expected for coordinate in (d.x, d.y)], abs=0.01)
+    moved = [rank for rank, d in enumerate(analysis.detections[:8]) if (d.x, d.y) != (expected[rank].x, expected[rank].y)]
+    assert moved and min(moved) >= REFINED_DETECTIONS

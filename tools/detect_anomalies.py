@@ -17,7 +17,15 @@ from pydantic import BaseModel, Field
 
 from tools.context import ToolContext, ToolResult, VisionProposal
 from tools.coordinates import BoxPx, box_2d_to_px
-from tools.detection.detector import Detection, detect_volume, frame_analysis, label_for
+from tools.detection.detector import (
+    REFINED_DETECTIONS,
+    Detection,
+    FrameAnalysis,
+    detect_volume,
+    frame_analysis,
+    label_for,
+    recentred,
+)
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import ImageWithheldError, InvalidCoordinatesError, ModelUnavailableError
 from tools.findings import Finding, Verification
@@ -149,7 +157,7 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         detections = detect_volume(study, limit=args.max_findings)
         searched = list(range(study.frame_count))
     else:
-        detections = frame_analysis(ctx, study, frame).detections[: max(args.max_findings, 10)]
+        detections = _listed_detections(frame_analysis(ctx, study, frame), args.max_findings)
         searched = [frame]
     used: set[int] = set()
     drafts: list[_Draft] = []
@@ -177,6 +185,14 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
                                    anomaly_found=anomaly, threshold=ANOMALY_THRESHOLD, summary=summary,
                                    vision_model=vision_name)
     return ToolResult(output=output)
+
+
+def _listed_detections(analysis: FrameAnalysis, max_findings: int) -> list[Detection]:
+    """The frame's leading detections (at least ten, for the vision model's proposals to be weighed
+    against), the first ``max_findings`` centred by their Gaussian fit: the shared analysis fits
+    only the first ``REFINED_DETECTIONS`` (the default ``max_findings``), to keep it fast."""
+    return [recentred(d, analysis.work) if REFINED_DETECTIONS <= rank < max_findings else d
+            for rank, d in enumerate(analysis.detections[: max(max_findings, 10)])]
 
 
 def _classical_verification(detection: Detection) -> Verification:
