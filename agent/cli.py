@@ -9,7 +9,7 @@ Commands (a contract other issues and checks rely on):
 - ``loupe analyze STUDY --out DIR [--backend offline|gemini] [--json]`` — load, detect,
   verify, fit, render; writes ``DIR/overlay.png`` and ``DIR/findings.json``.
 - ``loupe verify STUDY --box-2d YMIN,XMIN,YMAX,XMAX [--json]`` — verdict on a proposed box.
-- ``loupe eval MANIFEST.csv [--backend offline] [--json OUT] [--simulate-proposals SIGMA_PCT]``.
+- ``loupe eval MANIFEST.csv [--backend offline] [--json OUT] [--simulate-proposals SIGMA_PCT [--seed N] [--repeats K]]``.
 - ``loupe ask STUDY "question" [--backend auto|gemini|offline] [--json] [--images DIR]`` — one
   conversation turn; ``--json`` prints ``{"answer", "tool_calls": [{"name", "args", "ok",
   "duration_ms"}], "findings", "usage", ...}``.
@@ -95,6 +95,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="Also write the scores as JSON.")
     evaluate.add_argument("--simulate-proposals", type=float, metavar="SIGMA_PCT",
                           help="Verify simulated proposals shifted by this σ (%% of the diagonal).")
+    evaluate.add_argument("--seed", type=int, help="Seed of the simulated proposals (default: a fixed seed).")
+    evaluate.add_argument("--repeats", type=int, default=1, metavar="K",
+                          help="Simulated proposals per image, from seeds SEED … SEED+K-1 (default 1).")
 
     backends = ["auto", "gemini", "offline"]
     ask = commands.add_parser("ask", help="Ask one question about a study (one conversation turn).")
@@ -292,7 +295,11 @@ def _eval(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
     if args.backend == "gemini":
         _fail("the Gemini backend is not available in this version; use --backend offline")
-    report = run_eval(args.manifest, limits=settings.study_limits(), simulate_sigma_pct=args.simulate_proposals)
+    if args.repeats < 1:
+        _fail("--repeats must be at least 1")
+    seed = {} if args.seed is None else {"seed": args.seed}
+    report = run_eval(args.manifest, limits=settings.study_limits(), simulate_sigma_pct=args.simulate_proposals,
+                      repeats=args.repeats, **seed)
     print(report.text)
     if args.json_out:
         args.json_out.write_text(json.dumps(report.data, indent=2))

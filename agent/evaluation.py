@@ -182,7 +182,11 @@ class SimulatedProposal:
     box: BoxPx
 
 
-def simulate_proposals(images: Iterable[EvalImage], sigma_pct: float, seed: int = 20261128) -> list[SimulatedProposal]:
+#: The simulation's default seed: the same proposals on every run.
+SIMULATION_SEED = 20261128
+
+
+def simulate_proposals(images: Iterable[EvalImage], sigma_pct: float, seed: int = SIMULATION_SEED) -> list[SimulatedProposal]:
     """For each lesion image: its first scored lesion's box, shifted by N(0, σ·diagonal) in x and
     y and with its size jittered by a log-normal factor (σ = 0.2), kept inside the image."""
     rng = random.Random(seed)

@@ -271,6 +271,32 @@ def test_eval_simulation_table(capsys, eval_dir, tmp_path):
     assert overall["n"] == 4 and 0 <= overall["made_worse"] <= 1 and 0 <= overall["rejected"] <= 1
 
 
+def test_eval_simulation_pools_several_seeds(capsys, eval_dir, tmp_path):
+    """--repeats K verifies K proposals per image (seeds SEED..SEED+K-1); one seed is the
+    default run, and the pooled table holds exactly the single-seed runs' proposals."""
+    manifest = _small_manifest(eval_dir, tmp_path)
+
+    def simulation(*flags):
+        out_json = tmp_path / "sim.json"
+        code, out, err = run_cli(capsys, "eval", manifest, "--simulate-proposals", "8", "--json", out_json, *flags)
+        assert code == 0, err
+        data = json.loads(out_json.read_text())
+        return out, data, next(s for s in data["simulation"] if s["group"] == "all")
+
+    _, default, _ = simulation()
+    _, first, first_all = simulation("--seed", str(default["seeds"][0]))
+    _, second, second_all = simulation("--seed", str(default["seeds"][0] + 1))
+    out, pooled, pooled_all = simulation("--seed", str(default["seeds"][0]), "--repeats", "2")
+    assert first["simulation"] == default["simulation"] and first_all != second_all
+    assert pooled["seeds"] == [default["seeds"][0], default["seeds"][0] + 1]
+    assert "2 proposals per image" in out
+    assert pooled_all["n"] == first_all["n"] + second_all["n"] == 8
+    for key in ("hit_before", "hit_after", "made_worse", "rejected"):
+        assert pooled_all[key] == pytest.approx((first_all[key] + second_all[key]) / 2)
+    code, _, err = run_cli(capsys, "eval", manifest, "--simulate-proposals", "8", "--repeats", "0")
+    assert code == 2 and "--repeats" in _one_line_error(err)
+
+
 def test_eval_missing_manifest(capsys, tmp_path):
     code, out, err = run_cli(capsys, "eval", tmp_path / "nowhere.csv")
     assert code == 2 and out == ""
