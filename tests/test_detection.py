@@ -391,6 +391,31 @@ def test_ct_lung_mask_of_airless_slice_is_empty_and_search_falls_back_to_body():
     assert work.organ == "body" and work.search.any()
 
 
+def test_lung_joined_to_the_outside_by_a_thin_gap_is_in_the_thorax_mask():
+    """A dark field inside a body outline: filled when the outline is whole or broken by a gap
+    a few px wide, but not when it opens widely (the outside of the body is not a lung)."""
+    yy, xx = _grid((512, 512))
+    outline = (np.hypot(xx - 256, yy - 256) <= 200) & ~(np.hypot(xx - 256, yy - 256) <= 150)
+    for gap, filled in ((0, True), (4, True), (60, False)):
+        body = outline & ~((np.abs(xx - 256) <= gap / 2) & (yy < 256)) if gap else outline
+        thorax = masks.thorax_mask(body)
+        assert thorax[256, 256] == filled, gap
+        assert not thorax[5, 5] and (thorax | ~body).all()
+
+
+def test_radiograph_lung_reaching_the_outline_through_a_gap_is_searched(eval_dir):
+    """NIH 00001075_024: the right lung field joins the outside through a thin dark gap above it,
+    so the body threshold and hole filling left the whole lung, and the hilar mass in it, out of
+    the search; the mass is now among the first three findings."""
+    mass = (290, 326, 444, 524)
+    with open_study(eval_dir / "nih_cxr14" / "00001075_024.png", limits=StudyLimits(), modality="DX") as study:
+        work = prepare_study_frame(study, 0)
+    x, y = work.to_working((mass[0] + mass[2]) / 2, (mass[1] + mass[3]) / 2)
+    assert work.body[round(y), round(x)] and work.search[round(y), round(x)]
+    detections = detect_on_work(work)
+    assert any(mass[0] <= d.x <= mass[2] and mass[1] <= d.y <= mass[3] for d in detections[:3])
+
+
 def test_ultrasound_mask_excludes_black_margins_and_borders():
     work = prepare(us_image(), "US")
     # Coarse by design (smoothing and closing may bleed a few px into the black bands), but the

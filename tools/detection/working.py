@@ -195,6 +195,7 @@ def prepare(values: np.ndarray, modality: str | None, body_part: str | None = No
             if modality == "MR" and is_head(body_part):
                 search, organ = masks.brain_mask(image, body), "brain"
             elif modality in _CHEST_RADIOGRAPHY:
+                body = masks.thorax_mask(body)
                 search, organ = masks.chest_lung_mask(image, body), "lungs"
             else:
                 search, organ = body, "body"
