@@ -403,6 +403,16 @@ def test_lung_joined_to_the_outside_by_a_thin_gap_is_in_the_thorax_mask():
         assert not thorax[5, 5] and (thorax | ~body).all()
 
 
+def test_convex_hull_fills_notches_and_keeps_degenerate_masks():
+    mask = np.zeros((60, 80), dtype=bool)
+    mask[10:50, 5:70] = True
+    notched = mask.copy()
+    notched[20:40, 5:30] = False  # a notch open to the left edge of the rectangle
+    assert (masks.convex_hull(notched) == mask).all()
+    empty, line = np.zeros((9, 9), dtype=bool), np.eye(9, dtype=bool)
+    assert not masks.convex_hull(empty).any() and (masks.convex_hull(line) == line).all()
+
+
 def test_radiograph_lung_reaching_the_outline_through_a_gap_is_searched(eval_dir):
     """NIH 00001075_024: the right lung field joins the outside through a thin dark gap above it,
     so the body threshold and hole filling left the whole lung, and the hilar mass in it, out of

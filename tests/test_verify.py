@@ -172,6 +172,22 @@ def test_proposal_contradicted_by_the_pixels_is_rejected(request, which, centre,
     assert v.shift_px == 0 and result.center == pytest.approx(centre)
 
 
+def test_anechoic_lesion_at_the_edge_of_the_ultrasound_field_is_not_background():
+    """A black cyst against the left edge of the imaged field merges with the black margin, so
+    the sector mask leaves it out; the field it lies in is convex, so it is not 'outside'. A
+    box in the margin itself still is."""
+    image = us_image(lesion=None, seed=3)
+    yy, xx = np.mgrid[0:US_SHAPE[0], 0:US_SHAPE[1]]
+    image[np.hypot(xx - 60, yy - 240) <= 45] = 0.0  # anechoic, and open to the left margin
+    work = prepare(image, "US")
+    cyst = BoxPx.around(55, 240, 80, 80)
+    assert not work.body[round(240 * work.scale), round(55 * work.scale)]  # the sector mask's gap
+    on_cyst = verify_location(work, cyst, candidates=(), space=ScaleSpace(work)).verification
+    assert on_cyst.status != "rejected", on_cyst.reasons
+    in_margin = verify_location(work, BoxPx.around(12, 240, 16, 16), candidates=(), space=ScaleSpace(work)).verification
+    assert in_margin.status == "rejected" and "outside the imaged sector" in in_margin.reasons[0]
+
+
 def test_wrong_polarity_is_rejected_in_words():
     """A bright spot on ultrasound, where lesions are dark (hypoechoic)."""
     image = us_image(lesion=None)

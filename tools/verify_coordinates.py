@@ -285,7 +285,7 @@ def _contradiction(space: ScaleSpace, box: BoxPx, here: Evidence, levels: list[i
     work = space.work
     xi, yi = (round(v) for v in work.to_working(*box.center))
     rows, cols = work.image.shape
-    if not work.body[min(max(yi, 0), rows - 1), min(max(xi, 0), cols - 1)]:
+    if not work.field[min(max(yi, 0), rows - 1), min(max(xi, 0), cols - 1)]:
         where = "the imaged sector" if work.organ == "sector" else "the body"
         return f"the proposed centre lies outside {where}, on background"
     strongest = _strongest_in_box(space, box, levels)

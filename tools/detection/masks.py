@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull
 
 
 def _largest_components(mask: np.ndarray, keep: int = 1, min_fraction: float = 0.0) -> np.ndarray:
@@ -123,6 +124,19 @@ def chest_lung_mask(image: np.ndarray, body: np.ndarray) -> np.ndarray:
     lungs = _largest_components(lungs, keep=2, min_fraction=0.01)
     closed = ndi.binary_closing(lungs, iterations=8)
     return ndi.binary_fill_holes(closed) & prior
+
+
+def convex_hull(mask: np.ndarray) -> np.ndarray:
+    """The filled convex hull of ``mask`` (pixel centres within half a pixel of the hull)."""
+    points = np.argwhere(mask & ~ndi.binary_erosion(mask))  # the hull of the outline is the hull
+    if len(points) < 3 or np.linalg.matrix_rank(points - points[0]) < 2:
+        return mask.copy()  # a point or a line is its own hull
+    hull = ConvexHull(points)
+    rows, cols = np.indices(mask.shape)
+    inside = np.ones(mask.shape, dtype=bool)
+    for normal_row, normal_col, offset in hull.equations:  # inside: normal · p + offset <= 0
+        inside &= normal_row * rows + normal_col * cols + offset <= 0.5
+    return inside
 
 
 def ultrasound_mask(image: np.ndarray) -> np.ndarray:

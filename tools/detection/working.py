@@ -123,6 +123,16 @@ class WorkingImage:
         return (columns[0] + columns[1]) / 2 if overlap >= _MIRROR_IOU else None
 
     @cached_property
+    def field(self) -> np.ndarray:
+        """Where the image shows the patient, for telling a location that is on background. On
+        ultrasound, the convex hull of the sector (any probe's imaged field is convex): an
+        anechoic lesion at the field's edge is as black as the margins outside it, and the
+        sector mask leaves it out (dev: a breast cyst against the left edge). Elsewhere the body."""
+        if self.organ != "sector" or not self.body.any():
+            return self.body
+        return masks.convex_hull(self.body)
+
+    @cached_property
     def sector_rows(self) -> tuple[int, int] | None:
         """First and last row of the imaged sector on ultrasound (the skin line is at the top)."""
         return row_span(self.search) if self.organ == "sector" else None
