@@ -288,6 +288,24 @@ def test_mr_is_searched_inside_a_brain_mask_only_for_a_head(body_part, organ):
     assert (work.head_extent is not None) == (organ == "brain")
 
 
+@pytest.mark.parametrize(("modality", "body_part", "organ", "label"), [
+    ("DX", None, "lungs", "focal opacity in the lung field"),
+    ("DX", "CHEST", "lungs", "focal opacity in the lung field"),
+    ("CR", "Thorax", "lungs", "focal opacity in the lung field"),
+    ("DX", "HAND", "body", "focal opacity"),
+    ("CR", "KNEE", "body", "focal opacity"),
+])
+def test_radiographs_are_searched_for_lung_fields_only_when_they_show_a_chest(eval_dir, modality, body_part,
+                                                                              organ, label):
+    """A radiograph coded as a hand or knee is searched over the body, and its findings do not
+    claim a lung field; an uncoded one is taken as a chest, the commonest."""
+    with open_study(eval_dir / "nih_cxr14" / "00012592_005.png", limits=StudyLimits(), modality="DX") as study:
+        values = np.asarray(study.physical(0), dtype=np.float32)
+    work = prepare(values, modality, body_part)
+    assert work.organ == organ
+    assert {d.label for d in detect_on_work(work, refine=0)} == {label}
+
+
 def test_body_mr_from_its_dicom_header_is_not_searched_as_a_brain(eval_dir):
     with open_study(eval_dir / "pydicom_overlay" / "examples_overlay.dcm", limits=StudyLimits()) as study:
         assert study.safe.body_part == "ABDOMEN"
@@ -389,6 +407,7 @@ def test_ct_lung_mask_of_airless_slice_is_empty_and_search_falls_back_to_body():
     assert not masks.ct_lung_mask(hu).any()
     work = prepare(hu, "CT")
     assert work.organ == "body" and work.search.any()
+    assert {d.label for d in detect_on_work(work, refine=0)} == {"focal density"}  # not "lung field"
 
 
 def test_lung_joined_to_the_outside_by_a_thin_gap_is_in_the_thorax_mask():

@@ -131,7 +131,7 @@ def _vision_drafts(ctx: ToolContext, study: Study, frame: int, window, samples: 
         confidence = max(result.verification.evidence or 0.0, agreement, 0.5 if agreeing else 0.35)
         anchor = Detection(frame=frame, x=result.center[0], y=result.center[1], box=result.box,
                            radius_px=max(result.box.width, result.box.height) / 2, score=confidence,
-                           confidence=confidence, label=proposal.label or label_for(study.modality))
+                           confidence=confidence, label=proposal.label or label_for(study.modality, analysis.work.organ))
         drafts.append(_Draft(anchor, "vlm", result.verification, proposal.centres))
     return drafts
 

@@ -38,13 +38,17 @@ REFINED_DETECTIONS = 5
 #: only if it stays within one radius of the peak (a fit that wanders off found something else).
 REFINE_BOX_RADII = 1.5
 
+#: What a detection is called, by modality; ``LUNG_LABELS`` when the lung fields were searched.
 LABELS = {
-    "CT": "focal nodular opacity in the lung field",
+    "CT": "focal density",
     "MR": "focal lesion with abnormal signal",
     "US": "hypoechoic mass",
-    "CR": "focal opacity in the lung field",
-    "DX": "focal opacity in the lung field",
+    "CR": "focal opacity",
+    "DX": "focal opacity",
+    "DR": "focal opacity",
+    "RG": "focal opacity",
 }
+LUNG_LABELS = {"CT": "focal nodular opacity in the lung field"}
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,13 @@ class Detection:
     label: str
 
 
-def label_for(modality: str | None) -> str:
-    return LABELS.get((modality or "").upper(), "focal abnormality")
+def label_for(modality: str | None, organ: str | None = None) -> str:
+    """The offline label of a detection: by modality, and by where it was searched (``organ`` of
+    the working image), so that a hand radiograph's finding does not say "lung field"."""
+    modality = (modality or "").upper()
+    if organ == "lungs":
+        return LUNG_LABELS.get(modality, "focal opacity in the lung field")
+    return LABELS.get(modality, "focal abnormality")
 
 
 def _disk_box(work: WorkingImage, x: float, y: float, radius: float) -> BoxPx:
@@ -75,7 +84,7 @@ def _to_detection(candidate: Candidate, value: float, work: WorkingImage, frame:
     x, y = work.to_native(candidate.x, candidate.y)
     radius = candidate.radius / work.scale
     return Detection(frame=frame, x=x, y=y, box=_disk_box(work, x, y, radius), radius_px=radius, score=value,
-                     confidence=confidence(value, work.modality), label=label_for(work.modality))
+                     confidence=confidence(value, work.modality), label=label_for(work.modality, work.organ))
 
 
 def recentred(detection: Detection, work: WorkingImage) -> Detection:

@@ -29,8 +29,22 @@ _CHEST_RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
 _HEAD_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "CEREBRUM", "PITUITARY", "SELLA"}
 
 
+#: BodyPartExamined codes of a chest radiograph. As for MR, an uncoded radiograph is taken as the
+#: commonest, a chest; a coded hand, knee or spine is searched over the whole body, not for lungs.
+_CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHESTABDOMEN", "CHEST_ABDOMEN", "CHESTABDPELVIS"}
+
+
+def _coded_as(body_part: str | None, parts: set[str]) -> bool:
+    """True when ``body_part`` is not coded or is one of ``parts``."""
+    return not body_part or body_part.strip().upper().replace(" ", "") in parts
+
+
 def is_head(body_part: str | None) -> bool:
-    return not body_part or body_part.strip().upper().replace(" ", "") in _HEAD_PARTS
+    return _coded_as(body_part, _HEAD_PARTS)
+
+
+def is_chest(body_part: str | None) -> bool:
+    return _coded_as(body_part, _CHEST_PARTS)
 
 
 def expected_polarity(modality: str | None) -> Polarity:
@@ -204,7 +218,7 @@ def prepare(values: np.ndarray, modality: str | None, body_part: str | None = No
             body = masks.foreground_mask(image)
             if modality == "MR" and is_head(body_part):
                 search, organ = masks.brain_mask(image, body), "brain"
-            elif modality in _CHEST_RADIOGRAPHY:
+            elif modality in _CHEST_RADIOGRAPHY and is_chest(body_part):
                 body = masks.thorax_mask(body)
                 search, organ = masks.chest_lung_mask(image, body), "lungs"
             else:
