@@ -188,6 +188,21 @@ def test_anechoic_lesion_at_the_edge_of_the_ultrasound_field_is_not_background()
     assert in_margin.status == "rejected" and "outside the imaged sector" in in_margin.reasons[0]
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_box_larger_than_every_blob_scale_is_not_called_flat(seed):
+    """A faintly hypoechoic mass filling much of the field (380 x 220 px): its blob responses are
+    flat at every scale the detector has, but none of them is the box's size, so the pixels do
+    not contradict it; kept with weak evidence, not rejected."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:US_SHAPE[0], 0:US_SHAPE[1]]
+    echo = np.where(((xx - 280) / 190) ** 2 + ((yy - 260) / 110) ** 2 <= 1, 105.0, 120.0)
+    image = echo * rng.rayleigh(1.0, US_SHAPE) / 1.25
+    image[:, :30], image[:, -30:], image[:20] = 0, 0, 0
+    work = prepare(image.astype(np.float32), "US")
+    v = verify_location(work, BoxPx.around(280, 260, 380, 220), candidates=(), space=ScaleSpace(work)).verification
+    assert v.status == "confirmed" and "weak" in v.reasons[0], v.reasons
+
+
 def test_wrong_polarity_is_rejected_in_words():
     """A bright spot on ultrasound, where lesions are dark (hypoechoic)."""
     image = us_image(lesion=None)

@@ -76,6 +76,9 @@ MIN_MOVE_FRACTION = 0.15
 #: model's box size is informative (a 20 % size error is typical), the blob radius less so.
 #: 0.4-0.5 made fewer proposals worse than 0.6-0.8 at about the same gain.
 SIZE_TOLERANCE = 0.5
+#: Blob radii from this fraction to this multiple of a proposal's half-diagonal fit its size.
+SMALLEST_FIT = 0.35
+LARGEST_FIT = 1.6
 #: Blobs of the proposal's size examined in the window, strongest first.
 MAX_WINDOW_BLOBS = 12
 #: Contrast-to-noise at or below which (with a blob response of the opposite sign) the proposed
@@ -127,7 +130,7 @@ def _shape_notes(box: BoxPx, width: int, height: int, reasons: list[str]) -> Non
 
 def _sigma_range(space: ScaleSpace, half_size: float) -> list[int]:
     """Scale levels whose blob radius (σ√2) is compatible with the proposal's size."""
-    levels = [i for i, s in enumerate(space.sigmas) if 0.35 * half_size <= s * SQRT2 <= 1.6 * half_size]
+    levels = [i for i, s in enumerate(space.sigmas) if SMALLEST_FIT * half_size <= s * SQRT2 <= LARGEST_FIT * half_size]
     if not levels:
         levels = [int(np.argmin([abs(s * SQRT2 - half_size) for s in space.sigmas]))]
     return levels
@@ -288,8 +291,14 @@ def _contradiction(space: ScaleSpace, box: BoxPx, here: Evidence, levels: list[i
     if not work.field[min(max(yi, 0), rows - 1), min(max(xi, 0), cols - 1)]:
         where = "the imaged sector" if work.organ == "sector" else "the body"
         return f"the proposed centre lies outside {where}, on background"
+    # "Flat" is said only of a box the blob scales reach: past the largest (a breast mass filling
+    # much of the field), no structure at the box's size was looked for. Dev simulation, σ = 2 %
+    # and 8 %, five seeds each: 9 of the 10 ultrasound proposals on a lesion rejected as flat had
+    # such a box, against 1 of the 10 beside one.
+    half_size = math.hypot(box.width, box.height) / 2 * work.scale
+    larger_than_scales = SMALLEST_FIT * half_size > space.sigmas[-1] * SQRT2
     strongest = _strongest_in_box(space, box, levels)
-    if strongest < MIN_RESPONSE and abs(here.cnr) < 0.5:
+    if strongest < MIN_RESPONSE and abs(here.cnr) < 0.5 and not larger_than_scales:
         return "the region is flat: no structure at the size of the box, nothing that could be a lesion"
     # MR lesions can be brighter or darker than brain; elsewhere the polarity is expected.
     if work.modality != "MR" and here.cnr <= WRONG_POLARITY_CNR and here.response <= -MIN_RESPONSE:
