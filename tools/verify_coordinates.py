@@ -294,7 +294,7 @@ def _contradiction(space: ScaleSpace, box: BoxPx, here: Evidence, levels: list[i
     # "Flat" is said only of a box the blob scales reach: past the largest (a breast mass filling
     # much of the field), no structure at the box's size was looked for. Dev simulation, σ = 2 %
     # and 8 %, five seeds each: 9 of the 10 ultrasound proposals on a lesion rejected as flat had
-    # such a box, against 1 of the 10 beside one.
+    # such a box, against 1 of the 5 beside one.
     half_size = math.hypot(box.width, box.height) / 2 * work.scale
     larger_than_scales = SMALLEST_FIT * half_size > space.sigmas[-1] * SQRT2
     strongest = _strongest_in_box(space, box, levels)

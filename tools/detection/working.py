@@ -142,7 +142,7 @@ class WorkingImage:
         ultrasound, the convex hull of the sector (any probe's imaged field is convex): an
         anechoic lesion at the field's edge is as black as the margins outside it, and the
         sector mask leaves it out (dev: a breast cyst against the left edge). Elsewhere the body."""
-        if self.organ != "sector" or not self.body.any():
+        if self.organ != "sector":
             return self.body
         return masks.convex_hull(self.body)
 
