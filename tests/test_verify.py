@@ -201,6 +201,7 @@ def test_box_larger_than_every_blob_scale_is_not_called_flat(seed):
     work = prepare(image.astype(np.float32), "US")
     v = verify_location(work, BoxPx.around(280, 260, 380, 220), candidates=(), space=ScaleSpace(work)).verification
     assert v.status == "confirmed" and "weak" in v.reasons[0], v.reasons
+    assert any("larger than any lesion size" in reason for reason in v.reasons)
 
 
 def test_wrong_polarity_is_rejected_in_words():

@@ -254,6 +254,9 @@ def verify_location(work: WorkingImage, box: BoxPx, *, spacing_mm: tuple[float, 
         status = "rejected" if contradiction else "confirmed"
         final_confidence = here_confidence
         reasons.insert(0, contradiction or _kept_reason(here, here_confidence))
+        if not contradiction and _beyond_blob_scales(space, box):
+            reasons.append("the box is larger than any lesion size the detector measures, so only the "
+                           "evidence at its centre was weighed")
     _evidence_notes(work, here, reasons)
     _agreement_notes(refined, candidates, sample_centres, box, reasons)
     verification = Verification(status=status, reasons=reasons, shift_px=round(shift_px, 2),
@@ -295,10 +298,8 @@ def _contradiction(space: ScaleSpace, box: BoxPx, here: Evidence, levels: list[i
     # much of the field), no structure at the box's size was looked for. Dev simulation, σ = 2 %
     # and 8 %, five seeds each: 9 of the 10 ultrasound proposals on a lesion rejected as flat had
     # such a box, against 1 of the 5 beside one.
-    half_size = math.hypot(box.width, box.height) / 2 * work.scale
-    larger_than_scales = SMALLEST_FIT * half_size > space.sigmas[-1] * SQRT2
     strongest = _strongest_in_box(space, box, levels)
-    if strongest < MIN_RESPONSE and abs(here.cnr) < 0.5 and not larger_than_scales:
+    if strongest < MIN_RESPONSE and abs(here.cnr) < 0.5 and not _beyond_blob_scales(space, box):
         return "the region is flat: no structure at the size of the box, nothing that could be a lesion"
     # MR lesions can be brighter or darker than brain; elsewhere the polarity is expected.
     if work.modality != "MR" and here.cnr <= WRONG_POLARITY_CNR and here.response <= -MIN_RESPONSE:
@@ -306,6 +307,12 @@ def _contradiction(space: ScaleSpace, box: BoxPx, here: Evidence, levels: list[i
         return (f"the proposed area is {found} than its surroundings (contrast-to-noise {here.cnr:.1f}), "
                 f"whereas a lesion here would be {lesion}")
     return None
+
+
+def _beyond_blob_scales(space: ScaleSpace, box: BoxPx) -> bool:
+    """True when even the largest blob scale is too small for the box (see ``_sigma_range``)."""
+    half_size = math.hypot(box.width, box.height) / 2 * space.work.scale
+    return SMALLEST_FIT * half_size > space.sigmas[-1] * SQRT2
 
 
 def _strongest_in_box(space: ScaleSpace, box: BoxPx, levels: list[int]) -> float:
