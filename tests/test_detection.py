@@ -292,8 +292,11 @@ def test_mr_is_searched_inside_a_brain_mask_only_for_a_head(body_part, organ):
     ("DX", None, "lungs", "focal opacity in the lung field"),
     ("DX", "CHEST", "lungs", "focal opacity in the lung field"),
     ("CR", "Thorax", "lungs", "focal opacity in the lung field"),
+    ("DX", "CHEST PA", "lungs", "focal opacity in the lung field"),  # scanners write it freely
+    ("DX", "Port Chest", "lungs", "focal opacity in the lung field"),
     ("DX", "HAND", "body", "focal opacity"),
     ("CR", "KNEE", "body", "focal opacity"),
+    ("DX", "THORACIC SPINE", "body", "focal opacity"),
 ])
 def test_radiographs_are_searched_for_lung_fields_only_when_they_show_a_chest(eval_dir, modality, body_part,
                                                                               organ, label):

@@ -29,22 +29,23 @@ _CHEST_RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
 _HEAD_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "CEREBRUM", "PITUITARY", "SELLA"}
 
 
-#: BodyPartExamined codes of a chest radiograph. As for MR, an uncoded radiograph is taken as the
-#: commonest, a chest; a coded hand, knee or spine is searched over the whole body, not for lungs.
-_CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "LUNGS", "CHESTABDOMEN", "CHEST_ABDOMEN", "CHESTABDPELVIS"}
+#: Words in BodyPartExamined that mean a chest radiograph. Scanners write it freely ("CHEST",
+#: "CHEST PA", "PORT CHEST", "THORAX AP", "TORAX"), so any of these in it counts ("THORAX", not
+#: "THORACIC": a thoracic spine is not a chest film). As for MR, an uncoded radiograph is taken as
+#: the commonest, a chest; a hand, knee or spine is searched over the whole body, not for lungs.
+_CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "LUNG", "PECHO")
 
 
-def _coded_as(body_part: str | None, parts: set[str]) -> bool:
-    """True when ``body_part`` is not coded or is one of ``parts``."""
-    return not body_part or body_part.strip().upper().replace(" ", "") in parts
+def _normalised(body_part: str) -> str:
+    return body_part.strip().upper().replace(" ", "")
 
 
 def is_head(body_part: str | None) -> bool:
-    return _coded_as(body_part, _HEAD_PARTS)
+    return not body_part or _normalised(body_part) in _HEAD_PARTS
 
 
 def is_chest(body_part: str | None) -> bool:
-    return _coded_as(body_part, _CHEST_PARTS)
+    return not body_part or any(word in _normalised(body_part) for word in _CHEST_WORDS)
 
 
 def expected_polarity(modality: str | None) -> Polarity:
