@@ -23,29 +23,27 @@ Polarity = Literal["bright", "dark"]
 WORKING_SIDE = 512
 
 _CHEST_RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
-#: BodyPartExamined codes (DICOM PS3.16 CID 4031 and common variants) of a head MR. An MR whose
-#: body part is not coded is taken as a head, the commonest MR; any other coded part (an
-#: abdomen, a knee) is searched over the whole body instead of inside a brain mask.
-_HEAD_PARTS = {"HEAD", "BRAIN", "SKULL", "HEADNECK", "HEAD_NECK", "CEREBRUM", "PITUITARY", "SELLA"}
-
-
-#: Words in BodyPartExamined that mean a chest radiograph. Scanners write it freely ("CHEST",
-#: "CHEST PA", "PORT CHEST", "THORAX AP", "TORAX"), so any of these in it counts ("THORAX", not
-#: "THORACIC": a thoracic spine is not a chest film). As for MR, an uncoded radiograph is taken as
-#: the commonest, a chest; a hand, knee or spine is searched over the whole body, not for lungs.
+#: Words in BodyPartExamined (DICOM PS3.16 CID 4031 and what scanners write freely: "BRAIN W/WO",
+#: "HEAD_NECK", "CHEST PA", "PORT CHEST", "TORAX") that mean a head MR or a chest radiograph; any
+#: of them in it counts ("THORAX", not "THORACIC": a thoracic spine is not a chest film). An
+#: uncoded body part is taken as the commonest (a head for MR, a chest for a radiograph); any
+#: other coded part (an abdomen, a hand, a knee) is searched over the whole body instead of
+#: inside a brain or lung mask.
+_HEAD_WORDS = ("HEAD", "BRAIN", "SKULL", "CEREBR", "CRANI", "PITUITARY", "SELLA")
 _CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "LUNG", "PECHO")
 
 
-def _normalised(body_part: str) -> str:
-    return body_part.strip().upper().replace(" ", "")
+def _coded_as(body_part: str | None, words: tuple[str, ...]) -> bool:
+    """True when ``body_part`` is not coded or contains one of ``words``."""
+    return not body_part or any(word in body_part.upper().replace(" ", "") for word in words)
 
 
 def is_head(body_part: str | None) -> bool:
-    return not body_part or _normalised(body_part) in _HEAD_PARTS
+    return _coded_as(body_part, _HEAD_WORDS)
 
 
 def is_chest(body_part: str | None) -> bool:
-    return not body_part or any(word in _normalised(body_part) for word in _CHEST_WORDS)
+    return _coded_as(body_part, _CHEST_WORDS)
 
 
 def expected_polarity(modality: str | None) -> Polarity:
