@@ -281,7 +281,7 @@ def test_mr_blob_below_the_skull_base_ranks_below_one_in_the_brain():
 
 
 @pytest.mark.parametrize(("body_part", "organ"), [(None, "brain"), ("HEAD", "brain"), ("brain", "brain"),
-                                                   ("BRAIN W/WO", "brain"), ("HEAD_NECK", "brain"),
+                                                   ("BRAIN W/WO", "brain"), ("HEAD_NECK", "brain"), ("  ", "brain"),
                                                    ("ABDOMEN", "body"), ("KNEE", "body"), ("NECK", "body")])
 def test_mr_is_searched_inside_a_brain_mask_only_for_a_head(body_part, organ):
     work = prepare(mr_head(), "MR", body_part)

@@ -34,8 +34,9 @@ _CHEST_WORDS = ("CHEST", "THORAX", "TORAX", "LUNG", "PECHO")
 
 
 def _coded_as(body_part: str | None, words: tuple[str, ...]) -> bool:
-    """True when ``body_part`` is not coded or contains one of ``words``."""
-    return not body_part or any(word in body_part.upper().replace(" ", "") for word in words)
+    """True when ``body_part`` is not coded (or blank) or contains one of ``words``."""
+    part = (body_part or "").upper().replace(" ", "")
+    return not part or any(word in part for word in words)
 
 
 def is_head(body_part: str | None) -> bool:
