@@ -25,7 +25,7 @@ from tools.coordinates import BoxPx
 from tools.detection.candidates import Candidate, ranked_candidates
 from tools.detection.evidence import ScaleSpace
 from tools.detection.scoring import confidence, scores
-from tools.detection.working import WorkingImage, prepare_study_frame
+from tools.detection.working import RADIOGRAPHY, WorkingImage, prepare_study_frame
 from tools.fit_gaussian import fit_gaussian_2d
 from tools.study import Study
 
@@ -38,17 +38,15 @@ REFINED_DETECTIONS = 5
 #: only if it stays within one radius of the peak (a fit that wanders off found something else).
 REFINE_BOX_RADII = 1.5
 
-#: What a detection is called, by modality; ``LUNG_LABELS`` when the lung fields were searched.
+#: What a detection is called, by modality (any radiograph as "DX"); ``LUNG_LABELS`` when the
+#: lung fields were searched.
 LABELS = {
     "CT": "focal density",
     "MR": "focal lesion with abnormal signal",
     "US": "hypoechoic mass",
-    "CR": "focal opacity",
     "DX": "focal opacity",
-    "DR": "focal opacity",
-    "RG": "focal opacity",
 }
-LUNG_LABELS = {"CT": "focal nodular opacity in the lung field"}
+LUNG_LABELS = {"CT": "focal nodular opacity in the lung field", "DX": "focal opacity in the lung field"}
 
 
 @dataclass(frozen=True)
@@ -69,8 +67,9 @@ def label_for(modality: str | None, organ: str | None = None) -> str:
     """The offline label of a detection: by modality, and by where it was searched (``organ`` of
     the working image), so that a hand radiograph's finding does not say "lung field"."""
     modality = (modality or "").upper()
+    modality = "DX" if modality in RADIOGRAPHY else modality
     if organ == "lungs":
-        return LUNG_LABELS.get(modality, "focal opacity in the lung field")
+        return LUNG_LABELS.get(modality, LUNG_LABELS["DX"])
     return LABELS.get(modality, "focal abnormality")
 
 

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 from tools.detection.candidates import Candidate
 from tools.detection.evidence import disk_and_ring
-from tools.detection.working import WorkingImage
+from tools.detection.working import RADIOGRAPHY, WorkingImage
 
 #: (a, b) of the logistic calibration per modality; "other" for unknown modalities.
 CALIBRATION: dict[str, tuple[float, float]] = {
@@ -94,12 +94,9 @@ TWIN_REACH = 1.0
 TWIN_SIZE = 1.5
 TWIN_RELATIVE = 0.5
 
-_RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
-
-
 def _family(modality: str | None) -> str:
     modality = (modality or "").upper()
-    if modality in _RADIOGRAPHY:
+    if modality in RADIOGRAPHY:
         return "DX"
     return modality if modality in ("US", "MR", "CT") else "other"
 

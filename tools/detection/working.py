@@ -22,7 +22,8 @@ from tools.study import Study
 Polarity = Literal["bright", "dark"]
 WORKING_SIDE = 512
 
-_CHEST_RADIOGRAPHY = {"CR", "DX", "RG", "DR"}
+#: Modalities of projection radiographs.
+RADIOGRAPHY = {"CR", "DX", "DR", "RG"}
 #: Words in BodyPartExamined (DICOM PS3.16 CID 4031 and what scanners write freely: "BRAIN W/WO",
 #: "HEAD_NECK", "CHEST PA", "PORT CHEST", "TORAX") that mean a head MR or a chest radiograph; any
 #: of them in it counts ("THORAX", not "THORACIC": a thoracic spine is not a chest film). An
@@ -218,7 +219,7 @@ def prepare(values: np.ndarray, modality: str | None, body_part: str | None = No
             body = masks.foreground_mask(image)
             if modality == "MR" and is_head(body_part):
                 search, organ = masks.brain_mask(image, body), "brain"
-            elif modality in _CHEST_RADIOGRAPHY and is_chest(body_part):
+            elif modality in RADIOGRAPHY and is_chest(body_part):
                 body = masks.thorax_mask(body)
                 search, organ = masks.chest_lung_mask(image, body), "lungs"
             else:
