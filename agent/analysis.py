@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.atomic_file import write_atomically
+from agent.store.files import write_atomically
 from agent.settings import LoupeSettings
 from agent.toolbox import new_context, run_tool
 from tools.context import Artifact, ToolContext
@@ -95,8 +95,8 @@ def _context(settings: LoupeSettings, backend: str) -> ToolContext:
     boundary (images at risk of burned-in text are not sent; the classical detector still runs)."""
     ctx = new_context(settings)
     if backend == "gemini":
-        from agent.backends import make_vision_proposer
-        from agent.privacy import PrivacyBoundary
+        from agent.models.factory import make_vision_proposer
+        from agent.privacy.boundary import PrivacyBoundary
 
         boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex)
         ctx.vision = make_vision_proposer(settings, boundary)

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.events import Event, TurnError, TurnFinished, TurnStarted, Usage
-from agent.persistence import SessionRecorder, repaired_history, restore_state
-from agent.privacy import PrivacyBoundary
+from agent.store.sessions import SessionRecorder, repaired_history, restore_tool_state, tool_state
+from agent.privacy.boundary import PrivacyBoundary
 from agent.settings import LoupeSettings
-from agent.store import Store
+from agent.store.database import Store
 from agent.tool_calls import ToolOutcome, execute
 from tools.context import ToolContext
 from tools.errors import LoupeError
@@ -95,13 +95,34 @@ class Conversation:
         """A stored session as it was after its last completed step."""
         row = store.session_row(session_id, owner)
         conversation = cls._blank(settings, vision)
-        restore_state(conversation, store, session_id, row.state)
+        conversation._restore(store, session_id, row.state)
         conversation._attach(SessionRecorder(store, session_id, owner))
         conversation.history, added = repaired_history(store.history(session_id))
         conversation.boundary.approve_sent(conversation.history)
         if added:
-            conversation.recorder.commit(added, conversation)
+            conversation.recorder.commit(added, conversation.ctx, conversation.state())
         return conversation
+
+    def _restore(self, store: Store, session_id: str, state: dict[str, Any]) -> None:
+        """Reopen the stored studies, then put the tools' state and the conversation's back."""
+        for row in store.studies(session_id):
+            self.reopen_study(store.data_dir / row.storage, row.study_id, row.modality)
+        restore_tool_state(self.ctx, store, session_id, state)
+        self.boundary.confirmed.update(state.get("confirmed", []))
+        sent = state.get("sent_view")
+        self.sent_view = None if sent is None else tuple(sent)
+        self.usage = Usage.model_validate(state.get("usage", {}))
+        self.turns = int(state.get("turns", 0))
+
+    def state(self) -> dict[str, Any]:
+        """What the store keeps of this conversation besides history, findings and reports."""
+        return {
+            "turns": self.turns,
+            **tool_state(self.ctx),
+            "confirmed": sorted(self.boundary.confirmed),
+            "sent_view": None if self.sent_view is None else list(self.sent_view),
+            "usage": self.usage.model_dump(),
+        }
 
     def _attach(self, recorder: SessionRecorder) -> None:
         self.recorder = recorder
@@ -121,7 +142,7 @@ class Conversation:
         self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), folder)
         if self.recorder is not None:
             self.recorder.save_study(study, path, modality)
-            self.recorder.commit([], self)
+            self.recorder.commit([], self.ctx, self.state())
         return outcome
 
     def reopen_study(self, stored: Path, study_id: str, modality: str | None = None) -> None:
@@ -154,7 +175,7 @@ class Conversation:
         self.boundary.confirm(study.id)
         if self.recorder is not None:
             self.recorder.audit("image_release_confirmed", {"study_id": study.id})
-            self.recorder.commit([], self)
+            self.recorder.commit([], self.ctx, self.state())
 
     def ask(self, message: str, backend: Backend) -> Iterator[Event]:
         """Run one turn; always ends with ``TurnFinished``, whatever happens inside."""
@@ -178,7 +199,7 @@ class Conversation:
         finished = TurnFinished(turn_id=turn.id, usage=turn.usage, ok=ok,
                                 wall_ms=round((time.perf_counter() - started) * 1000, 1))
         if self.recorder is not None:
-            self.recorder.commit([], self)  # usage and turn count
+            self.recorder.commit([], self.ctx, self.state())  # usage and turn count
         yield self._recorded(finished, turn)
 
     def _recorded(self, event: Event, turn: Turn) -> Event:
@@ -192,12 +213,12 @@ class Conversation:
         """Append a completed step's contents (and commit them, findings and state together)."""
         self.history.extend(contents)
         if self.recorder is not None:
-            self.recorder.commit(contents, self)
+            self.recorder.commit(contents, self.ctx, self.state())
 
     def save(self) -> None:
         """Commit the session's state now (after an action outside a turn, e.g. a sign-off)."""
         if self.recorder is not None:
-            self.recorder.commit([], self)
+            self.recorder.commit([], self.ctx, self.state())
 
     def close_unanswered(self, note: str) -> None:
         """If the history ends with a user turn, add the model's ``note`` so turns alternate."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.atomic_file import write_atomically
+from agent.store.files import write_atomically
 from agent.settings import LoupeSettings
 from tools.context import ToolContext, ToolResult
 from tools.errors import LoupeError

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.backends import make_backend
+from agent.models.factory import make_backend
 from agent.conversation import Backend, Conversation
 from agent.samples import DEFAULT_SAMPLE, sample_path
 from agent.settings import LoupeSettings
-from agent.store import SessionNotFoundError, Store
-from agent.atomic_file import write_atomically
+from agent.store.database import SessionNotFoundError, Store
+from agent.store.files import write_atomically
 from agent.toolbox import save_upload
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.conversation import Conversation  # noqa: E402
 from agent.events import ToolFinished, TurnFinished  # noqa: E402
-from agent.gemini import GeminiBackend  # noqa: E402
+from agent.models.gemini import GeminiBackend  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
 from tests.fake_gemini import FakeGemini, call_reply, image_bytes, text_reply  # noqa: E402
 

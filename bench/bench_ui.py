@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.conversation import Conversation  # noqa: E402
-from agent.planner import OfflinePlanner  # noqa: E402
+from agent.models.planner import OfflinePlanner  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
-from agent.store import Store  # noqa: E402
+from agent.store.database import Store  # noqa: E402
 from tests.browser import chromium_page, send_message, served_app, wait_idle  # noqa: E402
 
 CT_512 = ROOT.parent / "shared" / "data" / "eval" / "lidc_ct" / "LIDC-IDRI-0002" / "z-0089.50.dcm"

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.evaluation import read_manifest  # noqa: E402
+from agent.evaluation.manifest import read_manifest  # noqa: E402
 from tools.detection.detector import detect_frame  # noqa: E402
 from tools.detection.scoring import CALIBRATION, _family  # noqa: E402
 from tools.study import open_study  # noqa: E402

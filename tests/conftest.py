@@ -45,7 +45,7 @@ def isolated_cli(monkeypatch, tmp_path):
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
     """Run ``loupe ARGS`` in-process; return (exit code, stdout, stderr)."""
-    from agent.cli import main
+    from agent.cli.main import main
 
     try:
         main([str(a) for a in args])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from agent.evaluation import read_manifest
+from agent.evaluation.manifest import read_manifest
 from tests.conftest import EVAL_DIR, pydicom_file, run_cli
 
 OVERLAY_MR = EVAL_DIR / "pydicom_overlay" / "examples_overlay.dcm"

@@ -15,7 +15,7 @@ from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
-from agent.store import Store
+from agent.store.database import Store
 from tests.conftest import pydicom_file
 from tests.fake_gemini import FakeGemini, fixture
 

@@ -1,6 +1,6 @@
 """The ``loupe`` command-line contract (agent/cli.py).
 
-Most cases call ``agent.cli.main([...])`` in-process (fast); a handful go through a real
+Most cases call ``agent.cli.main.main([...])`` in-process (fast); a handful go through a real
 subprocess to prove the installed entry point behaves the same. Everything is offline: the
 DICOM files come from pydicom's test data (and pydicom-data) with ``download=False``.
 """

@@ -11,7 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from agent.deid import DeidError, deidentify
+from agent.privacy.deid import DeidError, deidentify
 from tests.conftest import pydicom_file
 from tests.reference_files import REFERENCE, Loads
 from tests.test_reference_files import FILES

@@ -15,7 +15,7 @@ import pytest
 from pydicom.uid import generate_uid
 from scipy import ndimage as ndi
 
-from agent.eval_command import run_eval
+from agent.evaluation.benchmark import run_eval
 from tests.conftest import pydicom_file
 from tools.detection import masks
 from tools.detection.detector import Detection, detect_frame, detect_on_work, detect_volume

@@ -15,7 +15,7 @@ from PIL import Image
 
 from agent.conversation import Conversation
 from agent.events import AssistantText, ToolFailed, ToolFinished, TurnError, TurnFinished
-from agent.gemini import GeminiBackend
+from agent.models.gemini import GeminiBackend
 from agent.settings import LoupeSettings
 from agent.toolbox import run_tool
 from tests.conftest import pydicom_file, run_cli

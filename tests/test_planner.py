@@ -10,7 +10,7 @@ import pytest
 
 from agent.conversation import Conversation
 from agent.events import AssistantText, ToolFinished, ToolStarted
-from agent.planner import OfflinePlanner, classify
+from agent.models.planner import OfflinePlanner, classify
 from agent.settings import LoupeSettings
 from tests.conftest import pydicom_file, run_cli
 from tools.detection.scoring import ANOMALY_THRESHOLD

@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from agent.conversation import Conversation
-from agent.gemini import GeminiBackend
-from agent.privacy import REDACTED, PrivacyBoundary
+from agent.models.gemini import GeminiBackend
+from agent.privacy.boundary import REDACTED, PrivacyBoundary
 from agent.settings import LoupeSettings
 from tests.conftest import pydicom_file
 from tests.fake_gemini import call_reply, fixture, text_reply

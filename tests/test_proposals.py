@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.proposals import MAX_PROPOSALS, parse_proposals
+from agent.models.proposals import MAX_PROPOSALS, parse_proposals
 
 
 def test_plain_array():

@@ -11,9 +11,9 @@ import pytest
 from agent import reports
 from agent.conversation import Conversation
 from agent.events import ToolFailed, ToolFinished
-from agent.gemini import GeminiBackend
+from agent.models.gemini import GeminiBackend
 from agent.settings import LoupeSettings
-from agent.store import Store
+from agent.store.database import Store
 from agent.toolbox import run_tool
 from tests.conftest import pydicom_file, run_cli
 from tests.fake_gemini import call_reply, text_reply

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from agent.evaluation import read_manifest, score_simulation, simulate_proposals
+from agent.evaluation.manifest import read_manifest
+from agent.evaluation.simulation import score_simulation, simulate_proposals
 from agent.settings import LoupeSettings
 from agent.toolbox import ToolCallError, new_context, run_tool
 from tests.conftest import pydicom_file

@@ -19,7 +19,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from agent.settings import LoupeSettings  # noqa: E402
-from agent.store import Store  # noqa: E402
+from agent.store.database import Store  # noqa: E402
 from agent.workspace import backend_for, open_session  # noqa: E402
 from tools.errors import LoupeError  # noqa: E402
 from ui.chat import chat_panel  # noqa: E402

@@ -12,7 +12,7 @@ import json
 import streamlit as st
 
 from agent.conversation import Conversation
-from agent.store import Store
+from agent.store.database import Store
 from agent.workspace import ToolCallView, TurnView, backend_for, open_uploads, replay
 from tools.errors import LoupeError
 from ui.sections import drawn_when_open

@@ -7,7 +7,7 @@ import streamlit as st
 
 from agent.conversation import Conversation
 from agent.samples import SAMPLES
-from agent.store import Store
+from agent.store.database import Store
 from agent.workspace import (display_png, open_sample, open_uploads, owned_sessions, privacy_status, set_view,
                              study_facts, window_presets)
 from tools.errors import LoupeError

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent.atomic_file import write_atomically
+from agent.store.files import write_atomically
 from agent.settings import LoupeSettings
 from tools.errors import LoupeError
 from tools.study import Study, open_study
@@ -291,7 +291,7 @@ def _verify(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
 
 def _eval(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    from agent.eval_command import run_eval
+    from agent.evaluation.benchmark import run_eval
 
     if args.backend == "gemini":
         _fail("the Gemini backend is not available in this version; use --backend offline")
@@ -316,7 +316,7 @@ def _backend_choice(name: str | None) -> str | None:
 
 
 def _ask(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    from agent.chat_cli import ask
+    from agent.cli.chat import ask
 
     code = ask(settings, _study_path(args.paths), args.question, backend_name=_backend_choice(args.backend),
                as_json=args.json, modality=args.modality, image_dir=args.images,
@@ -326,14 +326,14 @@ def _ask(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
 
 def _chat(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    from agent.chat_cli import chat
+    from agent.cli.chat import chat
 
     raise SystemExit(chat(settings, _study_path(args.paths), backend_name=_backend_choice(args.backend),
                           modality=args.modality, image_dir=args.images, session_id=args.session))
 
 
 def _sessions(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    from agent.store import Store
+    from agent.store.database import Store
 
     store = Store.for_data_dir(settings.data_dir, settings.db_url)
     if args.action == "rename":
@@ -351,7 +351,7 @@ def _sessions(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
 
 def _report(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    from agent.report_command import parse_formats, run_report
+    from agent.cli.report import parse_formats, run_report
 
     study = _study_path(args.paths) if args.paths else None
     raise SystemExit(run_report(settings, study=study, session_id=args.session, out_dir=args.out,
@@ -361,7 +361,7 @@ def _report(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
 
 def _second_read(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    from agent.second_read_command import load_responses, run_second_read
+    from agent.cli.second_read import load_responses, run_second_read
 
     responses = None if args.responses is None else load_responses(args.responses)
     raise SystemExit(run_second_read(settings, _study_path(args.paths), responses, args.json, args.modality,
@@ -369,8 +369,8 @@ def _second_read(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
 
 def _deid(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    from agent.deid import default_pseudonym_map, deidentify
-    from agent.store import Store
+    from agent.privacy.deid import default_pseudonym_map, deidentify
+    from agent.store.database import Store
 
     report = deidentify(args.source, args.target, pseudonym_map=args.map_path or default_pseudonym_map(args.target))
     Store.for_data_dir(settings.data_dir, settings.db_url).audit(
@@ -387,8 +387,8 @@ def _deid(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
 
 def _audit(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    from agent.audit import export_jsonl
-    from agent.store import Store
+    from agent.store.audit import export_jsonl
+    from agent.store.database import Store
 
     store = Store.for_data_dir(settings.data_dir, settings.db_url)
     text = export_jsonl(store, session_id=args.session)
@@ -403,7 +403,7 @@ def _serve(args: argparse.Namespace, settings: LoupeSettings) -> None:
         # Sessions hold clinical work: beyond this machine, every user must be identified.
         _fail(f"LOUPE_HOST={settings.host} makes Loupe reachable from other machines; set LOUPE_AUTH=oidc "
               "(Streamlit login) or LOUPE_AUTH=proxy-header (behind an authenticating reverse proxy) first")
-    app = Path(__file__).resolve().parent.parent / "ui" / "app.py"
+    app = Path(__file__).resolve().parents[2] / "ui" / "app.py"
     command = [
         sys.executable, "-m", "streamlit", "run", str(app),
         "--server.address", settings.host,
@@ -449,6 +449,3 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise
         _fail(f"unexpected internal error ({type(error).__name__}: {error}); set LOUPE_DEBUG=1 for details")
 
-
-if __name__ == "__main__":
-    main()

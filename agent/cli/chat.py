@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.analysis import finding_json
-from agent.atomic_file import write_atomically
-from agent.backends import make_backend
+from agent.store.files import write_atomically
+from agent.models.factory import make_backend
 from agent.conversation import Backend, Conversation
 from agent.events import (AssistantText, Event, ToolFailed, ToolFinished, ToolStarted, TurnError, TurnFinished,
                           TurnStarted)
 from agent.settings import LoupeSettings
-from agent.store import Store
+from agent.store.database import Store
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""``loupe eval``: run the offline detector (and the verifier on simulated proposals) over a
-manifest and print the tables of ``agent.evaluation``, with the centre-guess baseline."""
+"""The benchmark behind ``loupe eval``: run the offline detector (and the verifier on simulated
+proposals) over a manifest and tabulate the scores beside the centre-guess baseline."""
 
 from __future__ import annotations
 
@@ -10,18 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.evaluation import (
-    SIMULATION_SEED,
-    Prediction,
-    SimulatedProposal,
-    centre_guess,
-    format_scores,
-    format_simulation,
-    read_manifest,
-    score,
-    score_simulation,
-    simulate_proposals,
-)
+from agent.evaluation.manifest import read_manifest
+from agent.evaluation.scoring import Prediction, centre_guess, format_scores, score
+from agent.evaluation.simulation import (SIMULATION_SEED, SimulatedProposal, format_simulation, score_simulation,
+                                         simulate_proposals)
 from tools.detection.detector import analyse_frame, detect_frame
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import LoupeError

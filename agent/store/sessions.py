@@ -1,10 +1,11 @@
-"""Recording a conversation as it happens, and bringing it back.
+"""Recording a session as it happens, and what a stored session needs to come back.
 
-``SessionRecorder`` is what ``Conversation`` calls: every event is written before it is shown;
-each completed model step (history contents, findings, state) is one transaction; tool calls
-and model requests also go to the audit trail. ``resume`` rebuilds a ``Conversation`` from the
-store — studies reopened from their stored bytes, findings and view restored, and a history cut
-by a crash repaired so that no function call is left without its response.
+``SessionRecorder`` is what the conversation calls: every event is written before it is shown;
+each completed model step (history contents, findings, reports, second reads, state) is one
+transaction; tool calls and model requests also go to the audit trail. It knows the tool
+context and the events, not the conversation: the conversation hands it its state as a dict and
+rebuilds itself from the stored rows (``Conversation.resume``). A history cut by a crash is
+repaired here so that no function call is left without its response.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ import hashlib
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
 from agent.events import Event, ToolFailed, ToolFinished, ToolStarted
-from agent.store import (AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, ReportVersionRow, SecondReadRow,
-                         SessionRow, Store, StudyRow, ToolCallRow, _now)
+from agent.store.database import (AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, ReportVersionRow,
+                                  SecondReadRow, SessionRow, Store, StudyRow, ToolCallRow, _now)
+from tools.context import ToolContext
 from tools.findings import Finding
 from tools.report import ClinicalReport, ReportHistory
 from tools.second_read import restore_second_reads, second_reads_json
 from tools.study import Study, Window
-
-if TYPE_CHECKING:
-    from agent.conversation import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -80,26 +79,27 @@ class SessionRecorder:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def commit(self, contents: list[dict[str, Any]], conversation: Conversation) -> None:
-        """One transaction: new history contents, the findings as they are, the session state."""
+    def commit(self, contents: list[dict[str, Any]], ctx: ToolContext, state: dict[str, Any]) -> None:
+        """One transaction: new history contents, the findings, reports and second reads as they
+        are in ``ctx``, and the conversation's ``state``."""
         with self.store.transaction() as db:
             for content in contents:
                 db.add(HistoryRow(session_id=self.session_id, content=content))
-            self._write_findings(db, conversation)
-            self._write_report_versions(db, conversation)
-            self._write_second_reads(db, conversation)
+            self._write_findings(db, ctx)
+            self._write_report_versions(db, ctx)
+            self._write_second_reads(db, ctx)
             db.execute(update(SessionRow).where(SessionRow.id == self.session_id)
-                       .values(state=session_state(conversation), updated_at=_now()))
+                       .values(state=state, updated_at=_now()))
 
-    def _write_findings(self, db, conversation: Conversation) -> None:
+    def _write_findings(self, db, ctx: ToolContext) -> None:
         db.execute(delete(FindingRow).where(FindingRow.session_id == self.session_id))
-        for finding in conversation.ctx.findings.values():
+        for finding in ctx.findings.values():
             db.add(FindingRow(session_id=self.session_id, finding_id=finding.id, study_id=finding.study_id,
                               data=finding.model_dump(mode="json")))
 
-    def _write_report_versions(self, db, conversation: Conversation) -> None:
+    def _write_report_versions(self, db, ctx: ToolContext) -> None:
         """Versions are immutable: write the ones not stored yet, and audit each change."""
-        for study_id, history in conversation.ctx.reports.items():
+        for study_id, history in ctx.reports.items():
             stored = db.scalar(select(func.max(ReportVersionRow.version)).where(
                 ReportVersionRow.session_id == self.session_id, ReportVersionRow.study_id == study_id)) or 0
             for report in history.versions[stored:]:
@@ -111,10 +111,10 @@ class SessionRecorder:
                                     "reason": report.reason, "status": report.status,
                                     "sha256": hashlib.sha256(report.model_dump_json().encode()).hexdigest()}, db=db)
 
-    def _write_second_reads(self, db, conversation: Conversation) -> None:
-        if not conversation.ctx.second_reads:
+    def _write_second_reads(self, db, ctx: ToolContext) -> None:
+        if not ctx.second_reads:
             return
-        data = second_reads_json(conversation.ctx)
+        data = second_reads_json(ctx)
         row = db.get(SecondReadRow, self.session_id)
         if row is None:
             db.add(SecondReadRow(session_id=self.session_id, data=data))
@@ -155,28 +155,20 @@ def audit_safe(args: dict[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def session_state(conversation: Conversation) -> dict[str, Any]:
-    ctx = conversation.ctx
+def tool_state(ctx: ToolContext) -> dict[str, Any]:
+    """The tool context's part of a session's stored state: views, counters, sample centres."""
     return {
-        "turns": conversation.turns,
         "current_study_id": ctx.current_study_id,
         "views": {sid: {"frame": v.frame, "window": None if v.window is None else v.window.model_dump(mode="json")}
                   for sid, v in ctx.views.items()},
         "finding_counter": ctx.findings_issued,
         "finding_samples": {fid: [list(c) for c in centres] for fid, centres in ctx.finding_samples.items()},
-        "confirmed": sorted(conversation.boundary.confirmed),
-        "sent_view": None if conversation.sent_view is None else list(conversation.sent_view),
-        "usage": conversation.usage.model_dump(),
     }
 
 
-def restore_state(conversation: Conversation, store: Store, session_id: str, state: dict[str, Any]) -> None:
-    """Reopen the stored studies and put findings, views and counters back."""
-    from agent.events import Usage
-
-    ctx = conversation.ctx
-    for row in store.studies(session_id):
-        conversation.reopen_study(store.data_dir / row.storage, row.study_id, row.modality)
+def restore_tool_state(ctx: ToolContext, store: Store, session_id: str, state: dict[str, Any]) -> None:
+    """Put findings, reports, second reads, views and counters back into ``ctx``, whose studies
+    have been reopened from their stored copies."""
     for sid, view in state.get("views", {}).items():
         if sid in ctx.views:
             ctx.views[sid].frame = view["frame"]
@@ -194,11 +186,6 @@ def restore_state(conversation: Conversation, store: Store, session_id: str, sta
     ctx.findings_issued = int(state.get("finding_counter", len(ctx.findings)))
     ctx.finding_samples = {fid: tuple(tuple(c) for c in centres)
                            for fid, centres in state.get("finding_samples", {}).items()}
-    conversation.boundary.confirmed.update(state.get("confirmed", []))
-    sent = state.get("sent_view")
-    conversation.sent_view = None if sent is None else tuple(sent)
-    conversation.usage = Usage.model_validate(state.get("usage", {}))
-    conversation.turns = int(state.get("turns", 0))
 
 
 def repaired_history(history: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

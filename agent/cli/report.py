@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 from agent.analysis import analyse_current
-from agent.atomic_file import write_atomically
-from agent.backends import make_backend
-from agent.chat_cli import open_conversation
+from agent.store.files import write_atomically
+from agent.models.factory import make_backend
+from agent.cli.chat import open_conversation
 from agent.conversation import Conversation
 from agent.reports import export, sign
 from agent.settings import LoupeSettings
-from agent.store import Store
+from agent.store.database import Store
 from agent.toolbox import run_tool
 from tools.errors import LoupeError
 

@@ -54,7 +54,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from agent.atomic_file import write_atomically
+from agent.store.files import write_atomically
 from tools.errors import LoupeError, NotAnImageError, UnreadableStudyError
 from tools.study.dicom import MEDIA_STORAGE_DIRECTORY
 from tools.study.sources import sniff

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from agent.store import Store
+from agent.store.database import Store
 
 
 def export_jsonl(store: Store, session_id: str | None = None) -> str:

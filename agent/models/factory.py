@@ -6,8 +6,8 @@ The Gemini module is imported only when it is used, so offline use never loads t
 from __future__ import annotations
 
 from agent.conversation import Backend
-from agent.planner import OfflinePlanner
-from agent.privacy import PrivacyBoundary
+from agent.models.planner import OfflinePlanner
+from agent.privacy.boundary import PrivacyBoundary
 from agent.settings import LoupeSettings
 from tools.context import VisionProposer
 
@@ -18,7 +18,7 @@ def make_backend(settings: LoupeSettings, name: str | None = None) -> Backend:
     Raises ModelUnavailableError when Gemini is asked for but not configured.
     """
     if (name or settings.backend_name) == "gemini":
-        from agent.gemini import GeminiBackend
+        from agent.models.gemini import GeminiBackend
 
         return GeminiBackend(settings)
     return OfflinePlanner()
@@ -26,7 +26,7 @@ def make_backend(settings: LoupeSettings, name: str | None = None) -> Backend:
 
 def make_vision_proposer(settings: LoupeSettings, boundary: PrivacyBoundary) -> VisionProposer:
     """Gemini as a source of detection proposals (ModelUnavailableError when not configured)."""
-    from agent.gemini import GeminiCaller, GeminiVisionProposer
+    from agent.models.gemini import GeminiCaller, GeminiVisionProposer
 
     proposer = GeminiVisionProposer(GeminiCaller(settings))
     proposer.boundary = boundary

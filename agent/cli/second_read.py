@@ -22,8 +22,8 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ValidationError
 
-from agent.atomic_file import write_atomically
-from agent.chat_cli import open_conversation
+from agent.store.files import write_atomically
+from agent.cli.chat import open_conversation
 from agent.conversation import Conversation
 from agent.settings import LoupeSettings
 from agent.toolbox import run_tool

@@ -10,7 +10,7 @@ from io import BytesIO
 import numpy as np
 from PIL import Image
 
-from agent.privacy import PrivacyBoundary
+from agent.privacy.boundary import PrivacyBoundary
 from tools.context import Artifact, ToolContext
 from tools.model_image import downscale_for_model, model_image
 

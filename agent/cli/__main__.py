@@ -1,0 +1,5 @@
+"""``python -m agent.cli``: the same as the ``loupe`` command."""
+
+from agent.cli.main import main
+
+main()
