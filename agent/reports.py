@@ -17,8 +17,8 @@ from pydantic import TypeAdapter
 from agent.conversation import Conversation
 from agent.toolbox import run_tool
 from tools.draft_report import ReportOutput
-from tools.report import ClinicalReport, ReportError, ReportHistory
-from tools.report_markdown import report_markdown
+from tools.report.document import ClinicalReport, ReportError, ReportHistory
+from tools.report.markdown import report_markdown
 from tools.revise_report import RevisionEdit, history_of, revise
 
 ExportFormat = Literal["md", "pdf", "sr", "json"]
@@ -130,12 +130,12 @@ def _exported(conversation: Conversation, report: ClinicalReport, fmt: ExportFor
         return [ExportFile(f"{stem}.json", "application/json",
                            json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False).encode())]
     if fmt == "pdf":
-        from tools.report_pdf import report_pdf
+        from tools.report.pdf import report_pdf
 
         image, caption = _key_image(conversation, report)
         return [ExportFile(f"{stem}.pdf", "application/pdf",
                            report_pdf(report, key_image_png=image, key_image_caption=caption))]
-    from tools.report_sr import report_sr
+    from tools.report.sr import report_sr
 
     study = conversation.ctx.view(report.study_id).study
     measurements, narrative = report_sr(report, study, conversation.ctx.findings)

@@ -19,18 +19,11 @@ from tools.context import ToolContext
 from tools.coordinates import BoxPx
 from tools.errors import InvalidCoordinatesError, NoStudyOpenError
 from tools.findings import Finding, GaussianFit
-from tools.fit_gaussian import (
-    FLAT_NOTE,
-    FWHM_PER_SIGMA,
-    FitGaussianInput,
-    FitGaussianOutput,
-    PositionalUncertainty,
-    expected_polarity,
-    fit_gaussian,
-    fit_gaussian_2d,
-    positional_uncertainty,
-    probability_map,
-)
+from tools.detection.working import expected_polarity
+from tools.fit_gaussian import FitGaussianInput, FitGaussianOutput, fit_gaussian
+from tools.gaussian.fit import FLAT_NOTE, fit_gaussian_2d
+from tools.gaussian.measurement import FWHM_PER_SIGMA
+from tools.gaussian.uncertainty import PositionalUncertainty, positional_uncertainty, probability_map
 from tools.load_study import LoadStudyInput, load_study
 from tools.registry import Tool
 

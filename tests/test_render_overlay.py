@@ -21,7 +21,7 @@ from tools.coordinates import BoxPx
 from tools.errors import InvalidCoordinatesError
 from tools.findings import Finding, GaussianFit, Verification
 from tools.load_study import LoadStudyInput, load_study
-from tools.png import encode_png
+from tools.render.png import encode_png
 from tools.render_overlay import (
     STATUS_STYLE,
     RenderOverlayInput,
@@ -238,7 +238,7 @@ def test_remembered_text_draws_the_same_pixels(synthetic):
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (7, 5, 3), (64, 48, 3)])
 def test_png_encoder_is_lossless_and_reads_strided_views(shape):
-    # tools.png filters and deflates by itself: Pillow must decode exactly the input pixels.
+    # tools.render.png filters and deflates by itself: Pillow must decode exactly the input pixels.
     pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     decoded = np.asarray(Image.open(io.BytesIO(encode_png(pixels))))
     assert decoded.dtype == np.uint8 and np.array_equal(decoded, pixels)

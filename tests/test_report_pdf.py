@@ -15,9 +15,9 @@ from PIL import Image
 
 from tools.coordinates import BoxPx
 from tools.findings import Finding, Verification
-from tools.png import encode_png
+from tools.render.png import encode_png
 from tools.render_overlay import render_annotated
-from tools.report import (
+from tools.report.document import (
     ClinicalReport,
     Measurement,
     ReportError,
@@ -25,7 +25,7 @@ from tools.report import (
     ReportHistory,
     StudySummary,
 )
-from tools.report_pdf import FOOTER_TEXT, NO_FINDINGS_TEXT, report_pdf
+from tools.report.pdf import FOOTER_TEXT, NO_FINDINGS_TEXT, report_pdf
 
 CREATED = datetime(2025, 3, 4, 10, 30, tzinfo=UTC)
 SIGNER = "Dr Émile Durand-Åkesson"

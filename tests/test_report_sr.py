@@ -24,7 +24,7 @@ from pydicom.valuerep import DT
 from tests.conftest import EVAL_DIR, pydicom_file
 from tools.coordinates import BoxPx
 from tools.findings import Finding, GaussianFit
-from tools.report import (
+from tools.report.document import (
     ClinicalReport,
     Measurement,
     ReportError,
@@ -33,7 +33,7 @@ from tools.report import (
     StudySummary,
     measured_size,
 )
-from tools.report_sr import RASTER_STUDY_MESSAGE, report_sr, source_datasets
+from tools.report.sr import RASTER_STUDY_MESSAGE, report_sr, source_datasets
 from tools.study import open_study
 
 DCIODVFY = Path("/usr/bin/dciodvfy")

@@ -17,7 +17,7 @@ from agent.store.database import Store
 from agent.toolbox import run_tool
 from tests.conftest import pydicom_file, run_cli
 from tests.fake_gemini import call_reply, text_reply
-from tools.report import AI_LIMITATION, ReportError
+from tools.report.document import AI_LIMITATION, ReportError
 
 
 @pytest.fixture

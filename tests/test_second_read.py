@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from agent.cli.second_read import run_second_read
 from agent.settings import LoupeSettings
 from agent.toolbox import new_context, run_tool
-from tools.checklists import (
+from tools.checklists.catalogue import (
     ORGAN_MASK,
     Checklist,
     ChecklistError,
@@ -26,7 +26,8 @@ from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import LoupeError
 from tools.findings import Finding
 from tools.registry import TOOLS
-from tools.second_read import ADDENDUM_PREFIX, restore_second_reads, second_reads_json
+from tools.checklists.record import restore_second_reads, second_reads_json
+from tools.second_read.concordance import ADDENDUM_PREFIX
 from tools.study.windowing import presets_for
 
 ANSWERS = ("agree", "disagree", "uncertain")
@@ -332,7 +333,7 @@ def test_the_command_reads_answers_interactively_and_refuses_bad_responses(eval_
 
 
 def test_the_checklist_follows_the_body_part_when_the_study_codes_one():
-    from tools.checklists import checklist_for
+    from tools.checklists.catalogue import checklist_for
 
     assert checklist_for("MR").id == "brain_mr"  # a PNG/JPEG MR has no body part: brain, as the eval data
     assert checklist_for("MR", body_part="BRAIN").id == "brain_mr"

@@ -11,18 +11,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from tools.checklists.record import SecondReadState
 from tools.errors import NoStudyOpenError, UnreadableStudyError
 from tools.findings import Finding
-from tools.report import ClinicalReport, ReportHistory, ReportNarrative
+from tools.render.model_image import ImagePolicy
+from tools.report.document import ClinicalReport, ReportHistory, ReportNarrative
 from tools.study import Study, StudyLimits, Window
-
-if TYPE_CHECKING:  # tools.second_read imports this module
-    from tools.second_read import SecondReadState
 
 
 class Artifact(BaseModel):
@@ -68,16 +66,6 @@ class ReportWriter(Protocol):
     name: str
 
     def write(self, report: ClinicalReport, instruction: str) -> ReportNarrative: ...
-
-
-class ImagePolicy(Protocol):
-    """What of a study's pixels may be shown to a vision model (the agent's privacy boundary).
-
-    ``prepare`` returns the pixels to send — possibly with regions blanked — or raises
-    ``ImageWithheldError`` when they may not be sent at all.
-    """
-
-    def prepare(self, study: Study, pixels: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass

@@ -29,7 +29,7 @@ from tools.detection.detector import (
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import ImageWithheldError, InvalidCoordinatesError, ModelUnavailableError
 from tools.findings import Finding, Verification
-from tools.model_image import model_image
+from tools.render.model_image import model_image
 from tools.study import Study
 from tools.verify_coordinates import verify_location
 

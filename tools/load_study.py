@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from tools.context import Artifact, ToolContext, ToolResult
-from tools.png import encode_png
+from tools.render.png import encode_png
 from tools.study import SafeMetadata, Window, open_study
 
 

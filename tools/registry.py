@@ -14,9 +14,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tools import (detect_anomalies, draft_report, fit_gaussian, load_study, render_overlay, revise_report,
-                   second_read, verify_coordinates)
+from tools import (
+    detect_anomalies,
+    draft_report,
+    fit_gaussian,
+    load_study,
+    render_overlay,
+    revise_report,
+    verify_coordinates,
+)
 from tools.context import ToolContext, ToolResult
+from tools.second_read import flow as second_read
 
 
 @dataclass(frozen=True)

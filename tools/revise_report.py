@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 from tools.context import ToolContext, ToolResult
 from tools.draft_report import ReportOutput, report_finding
 from tools.errors import ModelUnavailableError
-from tools.report import (AddFinding, AddRecommendation, Author, ClinicalReport, EditFinding, RemoveFinding,
+from tools.report.document import (AddFinding, AddRecommendation, Author, ClinicalReport, EditFinding, RemoveFinding,
                           ReorderFindings, ReportError, ReportHistory, SetSection, apply_edits, guard_numbers)
-from tools.report_markdown import report_markdown
+from tools.report.markdown import report_markdown
 
 
 class Restyle(BaseModel):

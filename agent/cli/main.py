@@ -233,7 +233,7 @@ def _info(args: argparse.Namespace, settings: LoupeSettings) -> None:
 def _view(args: argparse.Namespace, settings: LoupeSettings) -> None:
     if args.out.suffix.lower() != ".png":
         _fail(f"the output file must end in .png (got '{args.out.name}')")
-    from tools.png import encode_png
+    from tools.render.png import encode_png
 
     with open_study(_source(args.paths), limits=settings.study_limits(), modality=args.modality) as study:
         data = encode_png(study.display(study.check_frame(args.frame), args.window))

@@ -29,7 +29,8 @@ from agent.settings import LoupeSettings
 from agent.toolbox import run_tool
 from tools.context import ToolResult
 from tools.errors import LoupeError
-from tools.second_read import Assessment, ClinicianMark
+from tools.checklists.record import Assessment
+from tools.second_read.flow import ClinicianMark
 
 _SHORT = {"a": "agree", "d": "disagree", "u": "uncertain"}
 _PROMPT = "[a]gree / [d]isagree / [u]ncertain (+ note), [n]ext, [p]revious, [s]ummary> "

@@ -34,7 +34,7 @@ from prompts import Prompt, load_prompt, load_table
 from tools.context import VisionProposal
 from tools.errors import ImageWithheldError, ModelUnavailableError, PrivacyError
 from tools.registry import TOOLS
-from tools.report import ClinicalReport, ReportNarrative
+from tools.report.document import ClinicalReport, ReportNarrative
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ class GeminiVisionProposer:
         )
 
     def propose(self, image_png: bytes, *, modality: str | None, samples: int) -> list[VisionProposal]:
-        # The image was prepared under the conversation's image policy (tools.model_image).
+        # The image was prepared under the conversation's image policy (tools.render.model_image).
         self.boundary.approve(image_png)
         contents = [types.Content(role="user", parts=[
             types.Part.from_bytes(data=image_png, mime_type="image/png"),

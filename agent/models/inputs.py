@@ -12,7 +12,7 @@ from PIL import Image
 
 from agent.privacy.boundary import PrivacyBoundary
 from tools.context import Artifact, ToolContext
-from tools.model_image import downscale_for_model, model_image
+from tools.render.model_image import downscale_for_model, model_image
 
 
 @dataclass(frozen=True)

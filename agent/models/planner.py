@@ -19,7 +19,7 @@ from agent.tool_calls import ToolOutcome, execute
 from prompts import load_table
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.findings import Finding
-from tools.location import location_in_words
+from tools.report.location import location_in_words
 
 #: Intents in the order their tools run and their answers are written.
 INTENT_ORDER = ("window", "frame", "analyse", "where", "size", "heatmap", "crops", "statistics",

@@ -23,8 +23,8 @@ from agent.store.database import (AuditRow, EventRow, FindingRow, HistoryRow, Im
                                   SecondReadRow, SessionRow, Store, StudyRow, ToolCallRow, _now)
 from tools.context import ToolContext
 from tools.findings import Finding
-from tools.report import ClinicalReport, ReportHistory
-from tools.second_read import restore_second_reads, second_reads_json
+from tools.report.document import ClinicalReport, ReportHistory
+from tools.checklists.record import restore_second_reads, second_reads_json
 from tools.study import Study, Window
 
 log = logging.getLogger(__name__)

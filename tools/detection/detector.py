@@ -16,17 +16,18 @@ of the top detection 6.9 -> 3.4 % of the diagonal on ultrasound, 3.4 -> 2.6 % on
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
-from tools.context import ToolContext
 from tools.coordinates import BoxPx
 from tools.detection.candidates import Candidate, ranked_candidates
 from tools.detection.evidence import ScaleSpace
 from tools.detection.scoring import confidence, scores
 from tools.detection.working import RADIOGRAPHY, WorkingImage, prepare_study_frame
-from tools.fit_gaussian import fit_gaussian_2d
+from tools.gaussian.fit import fit_gaussian_2d
 from tools.study import Study
 
 MAX_SLICES = 64
@@ -131,7 +132,13 @@ def analyse_frame(study: Study, frame: int, limit: int = 30) -> FrameAnalysis:
     return FrameAnalysis(work, space, detect_on_work(work, frame, limit, space))
 
 
-def frame_analysis(ctx: ToolContext, study: Study, frame: int) -> FrameAnalysis:
+class DerivedCache(Protocol):
+    """Where a session keeps derived data (``tools.context.ToolContext`` is one)."""
+
+    def derived(self, key: tuple, compute: Callable[[], FrameAnalysis]) -> FrameAnalysis: ...
+
+
+def frame_analysis(ctx: DerivedCache, study: Study, frame: int) -> FrameAnalysis:
     """A frame's analysis, computed once per session and shared by the tools that need it."""
     return ctx.derived(("frame-analysis", study.id, frame), lambda: analyse_frame(study, frame))
 

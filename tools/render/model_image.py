@@ -8,14 +8,24 @@ convert the model's ``box_2d`` back to native pixels always matches the pixels a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from tools.context import ImagePolicy
 from tools.coordinates import SentImage
-from tools.png import encode_png
+from tools.render.png import encode_png
 from tools.study import Study, Window
+
+
+class ImagePolicy(Protocol):
+    """What of a study's pixels may be shown to a vision model (the agent's privacy boundary).
+
+    ``prepare`` returns the pixels to send — possibly with regions blanked — or raises
+    ``ImageWithheldError`` when they may not be sent at all.
+    """
+
+    def prepare(self, study: Study, pixels: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

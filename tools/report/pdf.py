@@ -17,7 +17,7 @@ Drawing uses matplotlib's object API (``Figure`` on a PDF canvas, ``PdfPages``) 
 page's bottom-left corner, and only the DejaVu Sans files bundled with matplotlib. Lines are
 wrapped with ``textwrap`` and checked against those fonts' advance widths. The document dates are
 the report's ``created_at``, so equal reports give identical bytes. Wording follows
-``tools.report_markdown``.
+``tools.report.markdown``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.transforms import Affine2D
 from PIL import Image
 
-from tools.report import ClinicalReport, ReportError, ReportFinding
+from tools.report.document import ClinicalReport, ReportError, ReportFinding
 
 __all__ = ["FOOTER_TEXT", "NO_FINDINGS_TEXT", "report_pdf", "status_text"]
 

@@ -37,7 +37,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DT
 
 from tools.findings import Finding, GaussianFit
-from tools.report import ClinicalReport, Measurement, ReportError, ReportFinding
+from tools.report.document import ClinicalReport, Measurement, ReportError, ReportFinding
 from tools.study import DicomStudy, Study
 
 LOUPE = "Loupe"

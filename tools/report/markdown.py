@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.report import ClinicalReport
+from tools.report.document import ClinicalReport
 
 
 def report_markdown(report: ClinicalReport) -> str:

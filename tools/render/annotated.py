@@ -1,0 +1,204 @@
+"""The ``image`` and ``annotated`` layers.
+
+Each finding is drawn as an ellipse (its Gaussian fit's FWHM axes and angle) or, without a fit,
+its box; the id label kept inside the image; a colour per verification status (confirmed green,
+adjusted amber, rejected red dashed, unverified cyan); calipers along the major axis with the
+size (mm, or px without spacing); a scale bar when spacing is known; orientation letters at the
+four edges when ImageOrientationPatient is known."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Ellipse, Rectangle
+
+from tools.findings import Finding
+from tools.render.geometry import (
+    LesionShape,
+    Spacing,
+    caliper_px,
+    clamp,
+    length_label,
+    lesion_shape,
+    scale_bar_mm,
+    size_text,
+    status_of,
+)
+from tools.render.panel import Panel, check_display, show_image
+from tools.render.png import encode_png
+from tools.render.style import (
+    DPI,
+    LABEL_BOX,
+    LABEL_PAD_PX,
+    LABEL_PT,
+    STATUS_STYLE,
+    figure_png,
+    figure_px,
+    figure_text,
+    fit_px,
+    new_figure,
+    suptitle,
+)
+from tools.study.orientation import Orientation, orientation_labels
+
+
+# == annotation drawing =========================================================================
+def _draw_outline(panel: Panel, finding: Finding, shape: LesionShape, colour: str, style: str) -> None:
+    common = {"fill": False, "edgecolor": colour, "linewidth": 2.0, "linestyle": style}
+    if shape.ellipse:
+        panel.add(Ellipse((shape.x, shape.y), shape.major_px, shape.minor_px, angle=shape.angle_deg,
+                          gid=f"outline-{finding.id}", **common))
+    else:
+        box = finding.bbox_px
+        panel.add(Rectangle((box.x0 - 0.5, box.y0 - 0.5), box.width, box.height,
+                            gid=f"outline-{finding.id}", **common))
+
+
+def _draw_calipers(panel: Panel, finding: Finding, shape: LesionShape, length_px: float, colour: str) -> None:
+    """A line along the major axis with perpendicular end ticks, on a dark underlay."""
+    c, s = shape.direction
+    half, tick = length_px / 2.0, 7.0 / panel.view.scale
+    ends = [(shape.x - half * c, shape.y - half * s), (shape.x + half * c, shape.y + half * s)]
+    segments = [ends] + [[(x + tick * s, y - tick * c), (x - tick * s, y + tick * c)] for x, y in ends]
+    # The underlay keeps the calipers visible where they cross a bright lesion.
+    gid = f"calipers-{finding.id}"
+    panel.add(LineCollection(segments, colors="black", linewidths=3.2, alpha=0.7, gid=gid))
+    panel.add(LineCollection(segments, colors=colour, linewidths=1.6, gid=gid))
+
+
+def place_label(panel: Panel, text: str, shape: LesionShape, colour: str, gid: str) -> None:
+    """Put the label above the shape (below it near the top edge), always inside the view."""
+    view = panel.view
+    artist = panel.text(0, 0, text, color=colour, fontsize=LABEL_PT, fontweight="bold", ha="left",
+                        va="top", bbox=LABEL_BOX, gid=gid)
+    extent = artist.get_window_extent(panel.figure.canvas.get_renderer())
+    pad = LABEL_PAD_PX / view.scale
+    w, h = extent.width / view.scale + 2 * pad, extent.height / view.scale + 2 * pad
+    margin, gap = 3.0 / view.scale, 4.0 / view.scale
+    hx, hy = shape.half_extent()
+    x, y = shape.x - hx, shape.y - hy - gap - h
+    if y < view.top + margin:
+        y = shape.y + hy + gap
+    x = clamp(x, view.left + margin, view.right - margin - w)
+    y = clamp(y, view.top + margin, view.bottom - margin - h)
+    artist.set_position((x + pad, y + pad))
+
+
+def _draw_finding(panel: Panel, finding: Finding, spacing_mm: Spacing) -> None:
+    colour, style = STATUS_STYLE[status_of(finding)]
+    shape = lesion_shape(finding)
+    _draw_outline(panel, finding, shape, colour, style)
+    caliper = caliper_px(finding, shape, spacing_mm)
+    if caliper is not None:
+        _draw_calipers(panel, finding, shape, caliper, colour)
+    size = size_text(finding, spacing_mm)
+    place_label(panel, f"{finding.id}  {size}" if size else finding.id, shape, colour,
+                 gid=f"label-{finding.id}")
+
+
+def _draw_scale_bar(panel: Panel, spacing_mm: Spacing) -> None:
+    if spacing_mm is None:
+        return
+    view = panel.view
+    mm = scale_bar_mm(view.width, spacing_mm[1])
+    length = mm / spacing_mm[1]
+    x0, y = view.left + 0.04 * view.width, view.bottom - 0.05 * view.height
+    for width, colour in ((5.0, "black"), (3.0, "white")):  # a dark rim keeps it visible on white
+        panel.add(Line2D([x0, x0 + length], [y, y], color=colour, linewidth=width,
+                         solid_capstyle="butt", gid="scale-bar"))
+    panel.text(x0 + length / 2, y - 6.0 / view.scale, length_label(mm), color="white", fontsize=10,
+               ha="center", va="bottom", bbox=LABEL_BOX, gid="scale-label")
+
+
+def _draw_orientation(panel: Panel, orientation: Orientation) -> None:
+    labels = orientation_labels(orientation)
+    if labels is None:
+        return
+    view = panel.view
+    m = 6.0 / view.scale
+    cx, cy = view.left + view.width / 2, view.top + view.height / 2
+    places = {"left": (view.left + m, cy, "left", "center"), "right": (view.right - m, cy, "right", "center"),
+              "top": (cx, view.top + m, "center", "top"), "bottom": (cx, view.bottom - m, "center", "bottom")}
+    for edge, (x, y, ha, va) in places.items():
+        panel.text(x, y, labels[edge], color="white", fontsize=12, fontweight="bold", ha=ha, va=va,
+                   bbox=LABEL_BOX, gid=f"orientation-{edge}")
+
+
+def annotate(panel: Panel, findings: Sequence[Finding], spacing_mm: Spacing, orientation: Orientation) -> None:
+    _draw_orientation(panel, orientation)
+    _draw_scale_bar(panel, spacing_mm)
+    for finding in findings:
+        _draw_finding(panel, finding, spacing_mm)
+
+
+def status_legend(figure: Figure, findings: Sequence[Finding]) -> None:
+    """One line per status present (its colour and dash) and its name, centred at the bottom.
+
+    Drawn by hand, as a Legend would (handle 2.5 em, 0.8 em to the text, 2 em between
+    entries), without a Legend's boxes and packing.
+    """
+    statuses = [s for s in STATUS_STYLE if any(status_of(f) == s for f in findings)]
+    if not statuses:
+        return
+    em = 10 * DPI / 72.0
+    handle, to_text, between, y = 2.5 * em, 0.8 * em, 2.0 * em, 21.0
+    renderer = figure.canvas.get_renderer()
+    texts = [figure_text(figure, 0, y, s, fontsize=10, ha="left", va="center", gid=f"legend-{s}")
+             for s in statuses]
+    widths = [t.get_window_extent(renderer).width for t in texts]
+    x = (figure.bbox.width - sum(widths) - len(texts) * (handle + to_text) - (len(texts) - 1) * between) / 2
+    for status, text, width in zip(statuses, texts, widths):
+        colour, style = STATUS_STYLE[status]
+        figure.add_artist(Line2D([x, x + handle], [y, y], color=colour, linestyle=style, linewidth=2.5,
+                                 transform=figure_px(figure), gid=f"legend-{status}"))
+        text.set_x(x + handle + to_text)
+        x += handle + to_text + width + between
+
+
+# == layers: pure functions =====================================================================
+def annotated_figure(display: np.ndarray, findings: Sequence[Finding], *, spacing_mm: Spacing,
+                     orientation: Orientation, title: str | None = None) -> Figure:
+    """The annotated layer as a matplotlib Figure (see ``render_annotated``)."""
+    check_display(display)
+    h, w = display.shape[:2]
+    top, bottom = (45 if title else 10), (40 if findings else 10)
+    ax_w, ax_h = fit_px(h / w, 780, 800)
+    figure = new_figure(800, top + ax_h + bottom)
+    panel = show_image(figure, ((800 - ax_w) // 2, bottom, ax_w, ax_h), display, (0, 0, w, h))
+    annotate(panel, findings, spacing_mm, orientation)
+    if title:
+        suptitle(figure, title)
+    status_legend(figure, findings)
+    return figure
+
+
+def render_annotated(display: np.ndarray, findings: Sequence[Finding], *, spacing_mm: Spacing,
+                     orientation: Orientation, title: str | None = None) -> bytes:
+    """The display image with each finding drawn, as PNG (800 px wide).
+
+    Parameters
+    ----------
+    display:
+        uint8 display image, (H, W) greyscale or (H, W, 3) RGB, at native resolution.
+    findings:
+        Findings on this frame; each is drawn as its Gaussian FWHM ellipse or its box, coloured
+        by verification status, with its id label and (when it has a size) calipers.
+    spacing_mm:
+        (row, column) pixel spacing in mm, or None (no scale bar; sizes in px).
+    orientation:
+        ImageOrientationPatient (6 cosines) for the edge letters, or None.
+    title:
+        Optional line above the image.
+    """
+    return figure_png(annotated_figure(display, findings, spacing_mm=spacing_mm,
+                                       orientation=orientation, title=title))
+
+
+def render_image(display: np.ndarray) -> bytes:
+    """The display image alone as PNG at native resolution (no matplotlib: cheap)."""
+    check_display(display)
+    return encode_png(np.ascontiguousarray(display))
