@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.cli.second_read import run_second_read
+from agent.cli.guided_read import run_second_read
 from agent.settings import LoupeSettings
 from agent.toolbox import new_context, run_tool
 from tools.checklists.catalogue import (

@@ -9,21 +9,43 @@ reference, so their SR is skipped with a note; the other formats are still writt
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.analysis import analyse_current
-from agent.store.files import write_atomically
-from agent.models.factory import make_backend
-from agent.cli.chat import open_conversation
-from agent.conversation import Conversation
-from agent.reports import export, sign
+from agent.cli.parsing import BACKENDS, backend_choice, study_path
 from agent.settings import LoupeSettings
-from agent.store.database import Store
-from agent.toolbox import run_tool
+from agent.store.files import write_atomically
 from tools.errors import LoupeError
 
+if TYPE_CHECKING:
+    from agent.conversation import Conversation
+
 FORMATS = ("md", "pdf", "sr", "json")
+
+
+def add_parser(commands) -> None:
+    report = commands.add_parser("report", help="Draft a report for a study, or export / sign one from a session.")
+    report.add_argument("paths", nargs="*", metavar="STUDY", help="Study to analyse and report on (a new session).")
+    report.add_argument("--session", help="A stored session: export (or continue) its report.")
+    report.add_argument("--out", required=True, type=Path, help="Folder for the exported files.")
+    report.add_argument("--format", default="md,pdf,sr,json", help="Comma-separated: md, pdf, sr, json (default all).")
+    report.add_argument("--version", type=int, help="Report version to export (default the current one).")
+    report.add_argument("--sign", metavar="NAME", help="Sign the current version as this physician, then export it.")
+    report.add_argument("--backend", choices=BACKENDS, default=None)
+    report.add_argument("--modality", help="Modality of a PNG/JPEG image.")
+    report.add_argument("--confirm-no-burned-in-text", action="store_true", dest="confirm_images",
+                        help="You checked the image: no identifying text on it, so Gemini may see its pixels.")
+    report.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    study = study_path(args.paths) if args.paths else None
+    raise SystemExit(run_report(settings, study=study, session_id=args.session, out_dir=args.out,
+                                formats=parse_formats(args.format), version=args.version, signer=args.sign,
+                                backend_name=backend_choice(args.backend), modality=args.modality,
+                                confirm_images=args.confirm_images))
 
 
 def parse_formats(text: str) -> list[str]:
@@ -37,6 +59,12 @@ def parse_formats(text: str) -> list[str]:
 def run_report(settings: LoupeSettings, *, study: Path | None, session_id: str | None, out_dir: Path, formats: list[str],
                version: int | None, signer: str | None, backend_name: str | None, modality: str | None,
                confirm_images: bool) -> int:
+    # Imported here: analysis, backends and exporters load the imaging stack, which the
+    # parser of every other command should not wait for.
+    from agent.conversation import Conversation
+    from agent.reports import export, sign
+    from agent.store.database import Store
+
     if study is None and session_id is None:
         raise LoupeError("Give a study to report on, or --session ID of a stored session.")
     if study is None:
@@ -63,6 +91,11 @@ def run_report(settings: LoupeSettings, *, study: Path | None, session_id: str |
 def _drafted(settings: LoupeSettings, study: Path, session_id: str | None, backend_name: str | None,
              modality: str | None, confirm_images: bool) -> Conversation:
     """A session on ``study`` with its findings analysed and a report drafted."""
+    from agent.analysis import analyse_current
+    from agent.cli.terminal import open_conversation
+    from agent.models.factory import make_backend
+    from agent.toolbox import run_tool
+
     conversation = open_conversation(settings, study, modality=modality, session_id=session_id)
     if confirm_images:
         conversation.confirm_no_burned_in_text()

@@ -1,0 +1,39 @@
+"""``loupe eval MANIFEST.csv [--json OUT] [--simulate-proposals SIGMA_PCT [--seed N] [--repeats K]]``:
+localisation scores on a manifest of lesion boxes, beside the centre-guess baseline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from agent.cli.parsing import fail
+from agent.settings import LoupeSettings
+
+
+def add_parser(commands) -> None:
+    evaluate = commands.add_parser("eval", help="Score localisation on a manifest of lesion boxes.")
+    evaluate.add_argument("manifest", type=Path, metavar="MANIFEST.csv")
+    evaluate.add_argument("--backend", choices=["offline", "gemini"], default="offline")
+    evaluate.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="Also write the scores as JSON.")
+    evaluate.add_argument("--simulate-proposals", type=float, metavar="SIGMA_PCT",
+                          help="Verify simulated proposals shifted by this σ (%% of the diagonal).")
+    evaluate.add_argument("--seed", type=int, help="Seed of the simulated proposals (default: a fixed seed).")
+    evaluate.add_argument("--repeats", type=int, default=1, metavar="K",
+                          help="Simulated proposals per image, from seeds SEED … SEED+K-1 (default 1).")
+    evaluate.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
+    from agent.evaluation.benchmark import run_eval
+
+    if args.backend == "gemini":
+        fail("the Gemini backend is not available in this version; use --backend offline")
+    if args.repeats < 1:
+        fail("--repeats must be at least 1")
+    seed = {} if args.seed is None else {"seed": args.seed}
+    report = run_eval(args.manifest, limits=settings.study_limits(), simulate_sigma_pct=args.simulate_proposals,
+                      repeats=args.repeats, **seed)
+    print(report.text)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report.data, indent=2))
