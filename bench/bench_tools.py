@@ -43,7 +43,7 @@ from agent.analysis import measured_ids, render_layers  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
 from agent.toolbox import new_context, run_tool  # noqa: E402
 from tools.coordinates import SentImage, px_to_box_2d  # noqa: E402
-from tools.render_overlay import clear_text_cache  # noqa: E402
+from tools.render.style import clear_text_cache  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "data" / "eval"
 TOOLS = ("load_study", "detect_anomalies", "verify_coordinates", "fit_gaussian", "render_overlay")

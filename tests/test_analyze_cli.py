@@ -1,4 +1,4 @@
-"""``loupe analyze``, ``loupe verify`` and ``loupe eval`` in-process (agent/cli.py)."""
+"""``loupe analyze``, ``loupe verify`` and ``loupe eval`` in-process (agent/cli/)."""
 
 from __future__ import annotations
 

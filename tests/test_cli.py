@@ -1,4 +1,4 @@
-"""The ``loupe`` command-line contract (agent/cli.py).
+"""The ``loupe`` command-line contract (agent/cli/).
 
 Most cases call ``agent.cli.main.main([...])`` in-process (fast); a handful go through a real
 subprocess to prove the installed entry point behaves the same. Everything is offline: the
