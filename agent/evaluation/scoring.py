@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from agent.evaluation.manifest import EvalImage, Lesion
 
+
 @dataclass(frozen=True)
 class Prediction:
     """A ranked candidate centre with the confidence the app would show."""

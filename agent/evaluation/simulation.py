@@ -16,6 +16,7 @@ from agent.evaluation.manifest import EvalImage
 from agent.evaluation.scoring import Prediction, deviation, hits
 from tools.coordinates import BoxPx
 
+
 @dataclass(frozen=True)
 class SimulatedProposal:
     image: EvalImage

@@ -9,10 +9,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from tools.checklists.catalogue import (
-    Checklist,
-    checklist_for,
-)
+from tools.checklists.catalogue import Checklist, checklist_for
 
 Assessment = Literal["agree", "disagree", "uncertain"]
 

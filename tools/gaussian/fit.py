@@ -26,33 +26,17 @@ from tools.findings import GaussianFit
 from tools.gaussian.measurement import FWHM_PER_SIGMA, mm_per_px
 
 MIN_SIGMA_PX = 0.5
-
-
 # The search window is the box grown by half its size on each side (at least MIN_MARGIN_PX,
 # so even a 1-px box has background around it).
 WINDOW_GROWTH = 0.5
-
-
 MIN_MARGIN_PX = 4.0
-
-
 MAX_SEARCH_SIDE = 64  # samples per side when looking for the blob
-
-
 # Samples per side in the least-squares fit. The block-mean blur is part of the model, so
 # coarser sampling costs little accuracy, while each solver step's cost grows with the samples.
 MAX_FIT_SIDE = 24
-
-
 FIT_RADIUS_SCALES = 3.0  # the fit window reaches this many blob scales from the blob
-
-
 CENSOR_NOISE = 3.0  # opposite-polarity outliers beyond this many noise units are censored
-
-
 MIN_VALID_SAMPLES = 9
-
-
 FLAT_NOTE = "flat region: no intensity peak to fit"
 
 

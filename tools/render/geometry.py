@@ -12,8 +12,6 @@ from tools.findings import Finding, GaussianFit
 from tools.gaussian.measurement import mm_per_px
 
 Spacing = tuple[float, float] | None  # (row, column) mm
-
-
 _NICE_BAR_MM = tuple(round(step * 10.0**power, 3) for power in range(-1, 4) for step in (1, 2, 3, 5))
 
 

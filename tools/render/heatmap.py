@@ -13,8 +13,8 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from tools.findings import Finding
-from tools.gaussian.uncertainty import accumulate_gaussian
 from tools.gaussian.measurement import FWHM_PER_SIGMA
+from tools.gaussian.uncertainty import accumulate_gaussian
 from tools.render.annotated import place_label
 from tools.render.geometry import lesion_shape
 from tools.render.panel import Panel, Pixels, check_display, resized

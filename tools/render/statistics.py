@@ -62,11 +62,7 @@ def line_profile(physical: np.ndarray, finding: Finding, spacing_mm: Spacing) ->
 
 
 _PT = DPI / 72.0  # figure px per point
-
-
 _TICK_PX = 3.5 * _PT  # matplotlib's default tick length and label pad
-
-
 _MINUS = "\N{MINUS SIGN}"
 
 
@@ -262,17 +258,9 @@ def _plot_residual(figure: Figure, rect: tuple[float, float, float, float], prof
 # Panel rectangles (figure px) of the 850 x 560 statistics figure: two columns, the right one
 # split 2.4 : 1 between the profile and its residuals when there is a fit.
 _STATS_SIZE = (850, 560)
-
-
 _STATS_LEFT = (60, 489)
-
-
 _STATS_WIDTH = 344
-
-
 _STATS_BOTTOM, _STATS_HEIGHT = 56, 426
-
-
 _STATS_SPLIT = (193, 289, 120)  # profile bottom and height, residual height (from _STATS_BOTTOM)
 
 

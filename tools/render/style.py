@@ -16,11 +16,7 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-from matplotlib.backends.backend_agg import (
-    FigureCanvasAgg,
-    RendererAgg,
-    get_hinting_flag,
-)
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
 from matplotlib.figure import Figure
 from matplotlib.font_manager import fontManager, get_font
 from matplotlib.text import Text
@@ -30,13 +26,8 @@ from PIL import Image
 from tools.render.png import encode_png
 
 DPI = 100
-
-
 LABEL_PT = 11
-
-
 TITLE_PT = 12
-
 
 # colour, line style
 STATUS_STYLE: dict[str, tuple[str, str]] = {
@@ -45,11 +36,7 @@ STATUS_STYLE: dict[str, tuple[str, str]] = {
     "rejected": ("#ff3030", "dashed"),
     "unverified": ("#00e5ff", "solid"),
 }
-
-
 LABEL_BOX = {"boxstyle": "round,pad=0.25", "facecolor": "black", "edgecolor": "none", "alpha": 0.6}
-
-
 LABEL_PAD_PX = 0.25 * LABEL_PT * DPI / 72.0 + 1.0
 
 
@@ -59,11 +46,7 @@ LABEL_PAD_PX = 0.25 * LABEL_PT * DPI / 72.0 + 1.0
 # on top. Image panels (``Panel``) and plots (``_Plot``) place plain artists on the figure
 # through their own pixel transforms and clip boxes.
 _TEXT_CACHE: OrderedDict[tuple, tuple] = OrderedDict()
-
-
 _TEXT_CACHE_SIZE = 512
-
-
 _TEXT_LOCK = threading.Lock()
 
 

@@ -23,10 +23,7 @@ import math
 
 from pydantic import BaseModel, Field
 
-from tools.checklists.catalogue import (
-    ResolvedRegion,
-    load_checklists,
-)
+from tools.checklists.catalogue import ResolvedRegion, load_checklists
 from tools.checklists.record import Assessment, SecondReadState
 from tools.context import Artifact, ToolContext
 from tools.draft_report import DraftReportInput, draft_report
@@ -46,8 +43,6 @@ from tools.second_read.steps import (
 from tools.study import Study
 
 ADDENDUM_PREFIX = "Second-read addendum"
-
-
 #: Two marks are the same lesion when their centres lie within either lesion's half size (and
 #: at least this many px apart never separates them: clicks are not pixel-exact).
 MIN_MATCH_PX = 8.0

@@ -23,9 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from tools.checklists.catalogue import (
-    checklist_for,
-)
+from tools.checklists.catalogue import checklist_for
 from tools.checklists.record import Assessment, ClinicianMarkRecord, SecondReadState, StepRecord
 from tools.context import Artifact, ToolContext, ToolResult
 from tools.coordinates import SentImage

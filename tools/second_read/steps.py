@@ -8,12 +8,7 @@ import math
 import numpy as np
 from pydantic import BaseModel, Field
 
-from tools.checklists.catalogue import (
-    DEFAULT_WINDOW,
-    ChecklistStep,
-    ResolvedRegion,
-    resolve_regions,
-)
+from tools.checklists.catalogue import DEFAULT_WINDOW, ChecklistStep, ResolvedRegion, resolve_regions
 from tools.checklists.record import Assessment, SecondReadState
 from tools.context import Artifact, ToolContext
 from tools.coordinates import BoxPx
@@ -28,8 +23,6 @@ from tools.study import Study
 
 #: Weaker candidates listed per step (the strongest first): enough to review, not a list of noise.
 MAX_WEAKER = 3
-
-
 #: A crop zoomed on findings shows them at twice their extent, at least this many px.
 MIN_ZOOM_PX = 96
 

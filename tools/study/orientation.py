@@ -9,8 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 
 Orientation = Sequence[float] | None  # ImageOrientationPatient, 6 direction cosines
-
-
 _PATIENT_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))  # LPS: (+, -) per patient axis
 
 
