@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.store.files import write_atomically
 from agent.settings import LoupeSettings
+from agent.store.files import write_atomically
 from agent.toolbox import new_context, run_tool
 from tools.context import Artifact, ToolContext
 from tools.detect_anomalies import DetectAnomaliesOutput

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.events import Event, TurnError, TurnFinished, TurnStarted, Usage
-from agent.store.sessions import SessionRecorder, repaired_history, restore_tool_state, tool_state
 from agent.privacy.boundary import PrivacyBoundary
 from agent.settings import LoupeSettings
 from agent.store.database import Store
+from agent.store.sessions import SessionRecorder, repaired_history, restore_tool_state, tool_state
 from agent.tool_calls import ToolOutcome, execute
 from tools.context import ToolContext
 from tools.errors import LoupeError
@@ -100,7 +100,7 @@ class Conversation:
         conversation.history, added = repaired_history(store.history(session_id))
         conversation.boundary.approve_sent(conversation.history)
         if added:
-            conversation.recorder.commit(added, conversation.ctx, conversation.state())
+            conversation._commit(added)
         return conversation
 
     def _restore(self, store: Store, session_id: str, state: dict[str, Any]) -> None:
@@ -142,7 +142,7 @@ class Conversation:
         self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), folder)
         if self.recorder is not None:
             self.recorder.save_study(study, path, modality)
-            self.recorder.commit([], self.ctx, self.state())
+            self._commit()
         return outcome
 
     def reopen_study(self, stored: Path, study_id: str, modality: str | None = None) -> None:
@@ -175,7 +175,7 @@ class Conversation:
         self.boundary.confirm(study.id)
         if self.recorder is not None:
             self.recorder.audit("image_release_confirmed", {"study_id": study.id})
-            self.recorder.commit([], self.ctx, self.state())
+            self._commit()
 
     def ask(self, message: str, backend: Backend) -> Iterator[Event]:
         """Run one turn; always ends with ``TurnFinished``, whatever happens inside."""
@@ -198,8 +198,7 @@ class Conversation:
         self.usage.add(turn.usage)
         finished = TurnFinished(turn_id=turn.id, usage=turn.usage, ok=ok,
                                 wall_ms=round((time.perf_counter() - started) * 1000, 1))
-        if self.recorder is not None:
-            self.recorder.commit([], self.ctx, self.state())  # usage and turn count
+        self._commit()  # usage and turn count
         yield self._recorded(finished, turn)
 
     def _recorded(self, event: Event, turn: Turn) -> Event:
@@ -212,13 +211,16 @@ class Conversation:
     def extend_history(self, contents: list[dict[str, Any]]) -> None:
         """Append a completed step's contents (and commit them, findings and state together)."""
         self.history.extend(contents)
-        if self.recorder is not None:
-            self.recorder.commit(contents, self.ctx, self.state())
+        self._commit(contents)
 
     def save(self) -> None:
         """Commit the session's state now (after an action outside a turn, e.g. a sign-off)."""
+        self._commit()
+
+    def _commit(self, contents: list[dict[str, Any]] | None = None) -> None:
+        """One transaction: ``contents`` added to the history, and findings, reports and state."""
         if self.recorder is not None:
-            self.recorder.commit([], self.ctx, self.state())
+            self.recorder.commit(contents or [], self.ctx, self.state())
 
     def close_unanswered(self, note: str) -> None:
         """If the history ends with a user turn, add the model's ``note`` so turns alternate."""

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.store.files import write_atomically
 from agent.settings import LoupeSettings
+from agent.store.files import write_atomically
 from tools.context import ToolContext, ToolResult
 from tools.errors import LoupeError
 from tools.registry import TOOLS

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.models.factory import make_backend
 from agent.conversation import Backend, Conversation
+from agent.models.factory import make_backend
 from agent.samples import DEFAULT_SAMPLE, sample_path
 from agent.settings import LoupeSettings
 from agent.store.database import SessionNotFoundError, Store

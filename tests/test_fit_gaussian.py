@@ -17,9 +17,9 @@ from PIL import Image
 from tests.conftest import EVAL_DIR
 from tools.context import ToolContext
 from tools.coordinates import BoxPx
+from tools.detection.working import expected_polarity
 from tools.errors import InvalidCoordinatesError, NoStudyOpenError
 from tools.findings import Finding, GaussianFit
-from tools.detection.working import expected_polarity
 from tools.fit_gaussian import FitGaussianInput, FitGaussianOutput, fit_gaussian
 from tools.gaussian.fit import FLAT_NOTE, fit_gaussian_2d
 from tools.gaussian.measurement import FWHM_PER_SIGMA

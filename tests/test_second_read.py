@@ -22,11 +22,11 @@ from tools.checklists.catalogue import (
     load_checklist_file,
     load_checklists,
 )
+from tools.checklists.record import restore_second_reads, second_reads_json
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import LoupeError
 from tools.findings import Finding
 from tools.registry import TOOLS
-from tools.checklists.record import restore_second_reads, second_reads_json
 from tools.second_read.concordance import ADDENDUM_PREFIX
 from tools.study.windowing import presets_for
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.store.audit import export_jsonl
 from agent.conversation import Conversation
 from agent.models.gemini import GeminiBackend
-from agent.store.sessions import INTERRUPTED_NOTE
 from agent.models.planner import OfflinePlanner
 from agent.settings import LoupeSettings
+from agent.store.audit import export_jsonl
 from agent.store.database import SessionNotFoundError, Store, StoreError
+from agent.store.sessions import INTERRUPTED_NOTE
 from tests.conftest import REPO, pydicom_file, run_cli
 from tests.fake_gemini import call_reply, fixture, text_reply
 

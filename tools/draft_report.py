@@ -17,9 +17,9 @@ from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import ModelUnavailableError
 from tools.findings import Finding, FindingId
 from tools.fit_gaussian import FitGaussianInput, fit_gaussian
-from tools.report.location import location_in_words
 from tools.report.document import (AI_LIMITATION, ClinicalReport, ReportError, ReportFinding, ReportHistory, StudySummary,
                           guard_numbers, measured_size)
+from tools.report.location import location_in_words
 from tools.report.markdown import report_markdown
 from tools.study import Study
 

@@ -26,8 +26,8 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from agent.conversation import Conversation, Turn
 from agent.events import AssistantText, AssistantTextDelta, Event, ToolStarted, TurnError, Usage
 from agent.models.inputs import ImageForModel, artifact_image, view_image
-from agent.privacy.boundary import PrivacyBoundary
 from agent.models.proposals import parse_proposals
+from agent.privacy.boundary import PrivacyBoundary
 from agent.settings import LoupeSettings
 from agent.tool_calls import execute
 from prompts import Prompt, load_prompt, load_table

@@ -21,10 +21,10 @@ from sqlalchemy import delete, func, select, update
 from agent.events import Event, ToolFailed, ToolFinished, ToolStarted
 from agent.store.database import (AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, ReportVersionRow,
                                   SecondReadRow, SessionRow, Store, StudyRow, ToolCallRow, _now)
+from tools.checklists.record import restore_second_reads, second_reads_json
 from tools.context import ToolContext
 from tools.findings import Finding
 from tools.report.document import ClinicalReport, ReportHistory
-from tools.checklists.record import restore_second_reads, second_reads_json
 from tools.study import Study, Window
 
 log = logging.getLogger(__name__)

@@ -4,8 +4,8 @@ when the study's geometry says which side is which (never guessed from the image
 from __future__ import annotations
 
 from tools.findings import Finding
-from tools.study.orientation import orientation_labels
 from tools.study import Study
+from tools.study.orientation import orientation_labels
 
 _SIDE_WORDS = {"R": "patient's right", "L": "patient's left"}
 
