@@ -153,11 +153,13 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
     view = ctx.view(args.study_id)
     study = view.study
     frame = study.check_frame(view.frame if args.frame is None else args.frame)
+    notes: tuple[str, ...] = ()
     if args.all_frames and study.frame_count > 1:
         detections = detect_volume(study, limit=args.max_findings)
         searched = list(range(study.frame_count))
     else:
-        detections = _listed_detections(frame_analysis(ctx, study, frame), args.max_findings)
+        analysis = frame_analysis(ctx, study, frame)
+        detections, notes = _listed_detections(analysis, args.max_findings), analysis.work.notes
         searched = [frame]
     used: set[int] = set()
     drafts: list[_Draft] = []
@@ -169,7 +171,8 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         except (ModelUnavailableError, ImageWithheldError) as error:
             # The classical detector still answers; say plainly that the model did not help.
             vision_note = f" The vision model was not consulted: {error}"
-    drafts += [_Draft(d, "classical", _classical_verification(d)) for i, d in enumerate(detections) if i not in used]
+    drafts += [_Draft(d, "classical", _classical_verification(d, notes))
+               for i, d in enumerate(detections) if i not in used]
     drafts.sort(key=lambda draft: -draft.detection.confidence)
     kept = drafts[: args.max_findings]
     findings = [_to_finding(ctx, study, draft) for draft in kept]
@@ -195,14 +198,16 @@ def _listed_detections(analysis: FrameAnalysis, max_findings: int) -> list[Detec
             for rank, d in enumerate(analysis.detections[: max(max_findings, 10)])]
 
 
-def _classical_verification(detection: Detection) -> Verification:
-    """The detector's own evidence is its check: strong enough to call, or only worth a look."""
+def _classical_verification(detection: Detection, notes: Sequence[str] = ()) -> Verification:
+    """The detector's own evidence is its check: strong enough to call, or only worth a look.
+    ``notes`` say how the frame was searched (e.g. coloured pixels left out)."""
     if detection.confidence >= ANOMALY_THRESHOLD:
         return Verification(status="confirmed", evidence=round(detection.confidence, 3),
-                            reasons=[f"lesion-like contrast found by the classical detector (confidence {detection.confidence:.2f})"])
+                            reasons=[f"lesion-like contrast found by the classical detector "
+                                     f"(confidence {detection.confidence:.2f})", *notes])
     return Verification(status="unverified", evidence=round(detection.confidence, 3),
                         reasons=[f"weak evidence (confidence {detection.confidence:.2f}), below the "
-                                 f"{ANOMALY_THRESHOLD:.2f} at which Loupe calls an anomaly"])
+                                 f"{ANOMALY_THRESHOLD:.2f} at which Loupe calls an anomaly", *notes])
 
 
 def _describe(findings: Sequence[Finding]) -> str:

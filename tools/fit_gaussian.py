@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from tools.context import ToolContext, ToolResult
@@ -137,7 +136,7 @@ def _fit_finding(ctx: ToolContext, finding: Finding, study: Study, polarity: Pol
     """Fit one finding, store the result on it, and describe it."""
     spacing = study.pixel_spacing_mm(finding.frame)
     try:
-        values = _grey(study.physical(finding.frame))
+        values = study.physical(finding.frame)
         fit = fit_gaussian_2d(values, finding.bbox_px, polarity=polarity, spacing_mm=spacing)
     except InvalidCoordinatesError as error:
         raise InvalidCoordinatesError(f"Finding {finding.id}: {error.message}") from error
@@ -152,13 +151,6 @@ def _fit_finding(ctx: ToolContext, finding: Finding, study: Study, polarity: Pol
     uncertainty = positional_uncertainty(centres, spacing) if centres else None
     return FindingFit(finding_id=finding.id, frame=finding.frame, gaussian=fit, size_mm=size_mm,
                       size_px=size_px, uncertainty=uncertainty)
-
-
-def _grey(values: np.ndarray) -> np.ndarray:
-    """Colour raster images have RGB "physical" values: fit their luma, as displayed."""
-    if values.ndim == 3:
-        return values[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return values
 
 
 def _summary(results: list[FindingFit]) -> str:

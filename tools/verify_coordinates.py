@@ -336,6 +336,7 @@ def _evidence_notes(work: WorkingImage, here: Evidence, reasons: list[str]) -> N
         reasons.append(f"the proposed centre is not {polarity}er than its surroundings, as expected here")
     elif here.cnr >= 1.0:
         reasons.append(f"contrast-to-noise at the proposed centre is {here.cnr:.1f}")
+    reasons.extend(work.notes)
 
 
 def _agreement_notes(refined: BoxPx, candidates: Sequence[Detection], sample_centres: Sequence[tuple[float, float]],

@@ -3,6 +3,7 @@ proposals) over a manifest and tabulate the scores beside the centre-guess basel
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.evaluation.manifest import read_manifest
+from agent.evaluation.manifest import EvalImage, read_manifest
 from agent.evaluation.scoring import Prediction, centre_guess, format_scores, score
 from agent.evaluation.simulation import (SIMULATION_SEED, SimulatedProposal, format_simulation, score_simulation,
                                          simulate_proposals)
@@ -20,11 +21,21 @@ from tools.errors import LoupeError
 from tools.study import StudyLimits, open_study
 from tools.verify_coordinates import verify_location
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class EvalReport:
     text: str
     data: dict[str, Any]
+
+
+def _failure(image: EvalImage, error: Exception) -> str:
+    """One line naming an image that could not be analysed, and why."""
+    if isinstance(error, LoupeError):
+        return f"{image.path.name}: {error.message}"
+    log.error("evaluation of %s failed", image.path, exc_info=error)
+    return f"{image.path.name}: internal error ({type(error).__name__}: {error})"
 
 
 def _detect(images, limits: StudyLimits) -> tuple[dict, list[str]]:
@@ -34,35 +45,36 @@ def _detect(images, limits: StudyLimits) -> tuple[dict, list[str]]:
             with open_study(image.path, limits=limits, modality=image.modality) as study:
                 detections = detect_frame(study, 0)
             predictions[image.path] = [Prediction(d.x, d.y, d.confidence) for d in detections]
-        except LoupeError as error:  # an unreadable image scores as a miss, and is listed
+        # One image must never end the run, whatever went wrong: it scores as a miss, is
+        # listed with its sentence, and an unexpected error is logged in full.
+        except Exception as error:
             predictions[image.path] = []
-            problems.append(f"{image.path.name}: {error.message}")
+            problems.append(_failure(image, error))
     return predictions, problems
 
 
-def _simulate(images, sigma_pct: float, limits: StudyLimits, seeds: Sequence[int]) -> list:
-    """Verify each image's simulated proposals, one per seed, analysing each image once."""
+def _simulate(images, sigma_pct: float, limits: StudyLimits, seeds: Sequence[int]) -> tuple[list, list[str]]:
+    """Verify each image's simulated proposals, one per seed, analysing each image once; an image
+    that cannot be analysed has its proposals count as rejected, and is listed."""
     by_image: dict[Path, list[SimulatedProposal]] = defaultdict(list)
     for seed in seeds:
         for proposal in simulate_proposals(images, sigma_pct, seed):
             by_image[proposal.image.path].append(proposal)
-    results = []
+    results, problems = [], []
     for proposals in by_image.values():
         image = proposals[0].image
         try:
             with open_study(image.path, limits=limits, modality=image.modality) as study:
                 analysis, spacing = analyse_frame(study, 0), study.pixel_spacing_mm(0)
-        except LoupeError:  # an unreadable image: its proposals count as rejected
-            results += [(proposal, proposal.box.center, True) for proposal in proposals]
-            continue
-        for proposal in proposals:
-            try:
+            for proposal in proposals:
                 verified = verify_location(analysis.work, proposal.box, spacing_mm=spacing,
                                            candidates=analysis.detections, space=analysis.space)
                 results.append((proposal, verified.center, verified.verification.status == "rejected"))
-            except LoupeError:
-                results.append((proposal, proposal.box.center, True))
-    return results
+        except Exception as error:  # as in _detect: one image never ends the run
+            done = {id(item[0]) for item in results}
+            results += [(p, p.box.center, True) for p in proposals if id(p) not in done]
+            problems.append(_failure(image, error))
+    return results, problems
 
 
 def run_eval(manifest: Path, *, limits: StudyLimits, simulate_sigma_pct: float | None = None,
@@ -79,22 +91,24 @@ def run_eval(manifest: Path, *, limits: StudyLimits, simulate_sigma_pct: float |
     started = time.perf_counter()
     if simulate_sigma_pct is not None:
         seeds = list(range(seed, seed + repeats))
-        scores = score_simulation(_simulate(images, simulate_sigma_pct, limits, seeds))
+        results, problems = _simulate(images, simulate_sigma_pct, limits, seeds)
+        scores = score_simulation(results)
         title = f"Verification of simulated proposals, σ = {simulate_sigma_pct:g}% of the diagonal"
         if repeats > 1:
             title += f", {repeats} proposals per image (seeds {seeds[0]}–{seeds[-1]})"
         text = format_simulation(title, scores)
-        data = {"simulation": [s.model_dump() for s in scores], "sigma_pct": simulate_sigma_pct, "seeds": seeds}
+        data = {"simulation": [s.model_dump() for s in scores], "sigma_pct": simulate_sigma_pct, "seeds": seeds,
+                "unreadable": problems}
     else:
         predictions, problems = _detect(images, limits)
         detector = score(images, predictions, ANOMALY_THRESHOLD)
         baseline = score(images, {i.path: centre_guess(i) for i in images}, ANOMALY_THRESHOLD)
         text = "\n\n".join([format_scores("Offline detector (top-ranked finding)", detector),
                             format_scores("Centre-guess baseline (same run)", baseline)])
-        if problems:
-            text += "\n\nImages that could not be read (scored as misses):\n" + "\n".join(f"- {p}" for p in problems)
         data = {"detector": [s.model_dump() for s in detector], "baseline": [s.model_dump() for s in baseline],
                 "anomaly_threshold": ANOMALY_THRESHOLD, "unreadable": problems}
+    if problems:
+        text += "\n\nImages that could not be analysed (scored as misses):\n" + "\n".join(f"- {p}" for p in problems)
     elapsed = time.perf_counter() - started
     text += f"\n\n{len(images)} images in {elapsed:.1f} s."
     data["seconds"] = round(elapsed, 2)

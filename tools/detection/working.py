@@ -5,6 +5,10 @@ float image in [0, 1]: HU clipped to [-1000, 400] for CT, robust percentiles of 
 otherwise. Each modality has an expected *polarity* — the sign of a lesion's contrast: bright
 nodules in CT lung fields and enhancing MR lesions, focal opacities on chest radiographs, dark
 hypoechoic lesions on ultrasound — and a search mask (lungs, brain, imaged sector).
+
+Colour frames are searched on their luma. Strongly coloured pixels (colour-Doppler flow, coloured
+calipers and annotations) are not tissue: they are left out of the masks and of the intensity
+statistics, and filled from the tissue around them so that their edges are not taken for blobs.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ class WorkingImage:
     native_shape: tuple[int, int]
     #: The image blob evidence is measured on, when it differs from ``image`` (see ``lung_view``).
     view: np.ndarray | None = None
+    #: What the clinician should know about how this frame was searched (e.g. colour left out).
+    notes: tuple[str, ...] = ()
 
     @property
     def evidence_image(self) -> np.ndarray:
@@ -182,10 +188,13 @@ class WorkingImage:
         return (x + 0.5) * self.scale - 0.5, (y + 0.5) * self.scale - 0.5
 
 
-def _normalise(values: np.ndarray, modality: str | None) -> np.ndarray:
+def _normalise(values: np.ndarray, modality: str | None, tissue: np.ndarray | None = None) -> np.ndarray:
+    """[0, 1] values: HU for CT; otherwise the 1st-99.5th percentiles of the tissue pixels (all
+    pixels when ``tissue`` is None)."""
     if (modality or "").upper() == "CT":
         return np.clip((values + 1000.0) / 1400.0, 0.0, 1.0).astype(np.float32)
-    low, high = np.percentile(values, [1.0, 99.5])
+    sample = values if tissue is None or not tissue.any() else values[tissue]
+    low, high = np.percentile(sample, [1.0, 99.5])
     if high <= low:
         return np.zeros_like(values, dtype=np.float32)
     return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
@@ -199,19 +208,57 @@ def _resize(values: np.ndarray, scale: float) -> np.ndarray:
     return ndi.zoom(smoothed, scale, order=1, grid_mode=True, mode="nearest").astype(np.float32)
 
 
-def prepare(values: np.ndarray, modality: str | None, body_part: str | None = None) -> WorkingImage:
-    """Build the working image from a frame's physical (or grey) values; ``body_part`` is the
-    study's BodyPartExamined, when coded."""
+#: Coloured pixels are filled from tissue within about this many working px, then from further.
+_FILL_SIGMAS = (4.0, 16.0)
+
+
+def _not_tissue(coloured: np.ndarray, scale: float) -> np.ndarray:
+    """The strongly coloured pixels at working resolution, grown by a pixel: anti-aliased
+    edges of annotations are part coloured."""
+    return ndi.binary_dilation(_resize(coloured.astype(np.float32), scale) > 0.2)
+
+
+def _filled(image: np.ndarray, holes: np.ndarray) -> np.ndarray:
+    """``image`` with ``holes`` filled by a Gaussian-weighted mean of the pixels around them
+    (normalised convolution), then the median tissue level where nothing is near."""
+    tissue = ~holes
+    filled = image.copy()
+    remaining = holes.copy()
+    for sigma in _FILL_SIGMAS:
+        weight = ndi.gaussian_filter(tissue.astype(np.float32), sigma)
+        mean = ndi.gaussian_filter(np.where(tissue, image, 0.0).astype(np.float32), sigma)
+        reached = remaining & (weight > 0.05)
+        filled[reached] = mean[reached] / weight[reached]
+        remaining &= ~reached
+    filled[remaining] = float(np.median(image[tissue])) if tissue.any() else 0.0
+    return filled
+
+
+def _colour_note(coloured: np.ndarray) -> str:
+    share = 100.0 * np.count_nonzero(coloured) / coloured.size
+    return (f"{share:.1f} % of the frame is strongly coloured (Doppler flow, calipers or annotations) "
+            "and was not treated as tissue")
+
+
+def prepare(values: np.ndarray, modality: str | None, body_part: str | None = None,
+            coloured: np.ndarray | None = None) -> WorkingImage:
+    """Build the working image from a frame's physical (or grey, or luma) values; ``body_part``
+    is the study's BodyPartExamined, when coded; ``coloured`` marks strongly coloured pixels
+    (``Study.coloured``), which are not searched."""
     rows, cols = values.shape
     scale = min(1.0, WORKING_SIDE / max(rows, cols))
     modality = (modality or "").upper() or None
+    not_tissue = None if coloured is None else _not_tissue(coloured, scale)
+    notes = () if coloured is None else (_colour_note(coloured),)
     if modality == "CT":
         hu = _resize(values, scale)
         image = _normalise(hu, modality)
         body = masks.foreground_mask(image)
         search, organ = masks.ct_lung_mask(hu), "lungs"
     else:
-        image = _normalise(_resize(values, scale), modality)
+        image = _normalise(_resize(values, scale), modality, None if not_tissue is None else ~not_tissue)
+        if not_tissue is not None:
+            image = _filled(image, not_tissue)
         if modality == "US":
             body = masks.ultrasound_mask(image)
             search, organ = body, "sector"
@@ -224,11 +271,13 @@ def prepare(values: np.ndarray, modality: str | None, body_part: str | None = No
                 search, organ = masks.chest_lung_mask(image, body), "lungs"
             else:
                 search, organ = body, "body"
+    if not_tissue is not None:
+        body, search = body & ~not_tissue, search & ~not_tissue
     if search.sum() < 0.01 * search.size:  # the organ mask failed: fall back to the body
         search, organ = body, "body"
     view = lung_view(image, search) if modality == "CT" and organ == "lungs" else None
     return WorkingImage(image=image, scale=scale, modality=modality, polarity=expected_polarity(modality),
-                        body=body, search=search, organ=organ, native_shape=(rows, cols), view=view)
+                        body=body, search=search, organ=organ, native_shape=(rows, cols), view=view, notes=notes)
 
 
 def lung_view(image: np.ndarray, lungs: np.ndarray) -> np.ndarray:
@@ -249,4 +298,5 @@ def lung_view(image: np.ndarray, lungs: np.ndarray) -> np.ndarray:
 
 def prepare_study_frame(study: Study, frame: int) -> WorkingImage:
     """The working image of one frame of an open study."""
-    return prepare(np.asarray(study.physical(frame), dtype=np.float32), study.modality, study.safe.body_part)
+    return prepare(np.asarray(study.physical(frame), dtype=np.float32), study.modality, study.safe.body_part,
+                   study.coloured(frame))

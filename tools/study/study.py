@@ -20,6 +20,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from tools.errors import FrameOutOfRangeError, InvalidWindowError, NotAnImageError, UnsupportedStudyError
+from tools.study.colour import luma, strongly_coloured
 from tools.study.dicom import DicomFile
 from tools.study.display import RenderedFrame, render_colour, render_grey
 from tools.study.geometry import positive_float, ultrasound_regions
@@ -111,6 +112,14 @@ class Study(ABC):
     @abstractmethod
     def _render(self, frame: int, override: Window | None) -> RenderedFrame: ...
 
+    def coloured(self, frame: int = 0) -> np.ndarray | None:
+        """Where a colour frame is strongly coloured (Doppler flow, calipers, annotations: not
+        tissue), as a bool mask; None for greyscale frames and colour frames without such pixels."""
+        self.check_frame(frame)
+        if not self.is_colour:
+            return None
+        return self._memo(("coloured", frame), lambda: strongly_coloured(self.render(frame).pixels))
+
     def display(self, frame: int = 0, window: Window | str | None = None) -> np.ndarray:
         return self.render(frame, window).pixels
 
@@ -177,8 +186,7 @@ class DicomStudy(Study):
         file, index = self.locate(frame)
         if self.is_colour:
             # Colour has no physical unit; measure on the luma of what the clinician sees.
-            rgb = self.render(frame).pixels.astype(np.float32)
-            return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+            return luma(self.render(frame).pixels)
         return file.modality_lut(self._stored(frame), index)
 
     def _render(self, frame: int, override: Window | None) -> RenderedFrame:
@@ -207,6 +215,8 @@ class RasterStudy(Study):
         self.image = image
 
     def _decode_physical(self, frame: int) -> np.ndarray:
+        if self.image.is_colour:
+            return luma(self.image.pixels)  # as for colour DICOM: the luma of what is shown
         return self.image.pixels.astype(np.float32)
 
     def _render(self, frame: int, override: Window | None) -> RenderedFrame:
