@@ -28,6 +28,8 @@ class AnalysisResult(BaseModel):
 
     study_id: str
     modality: str | None
+    #: ``{"modality", "source", "reason"}``: see ``loupe info``'s key of the same name.
+    modality_assumed: dict[str, Any]
     frame: int
     anomaly_found: bool
     threshold: float
@@ -134,6 +136,7 @@ def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, 
                 files.append(_write(out_dir, artifact, "overlay.png"))
         result = AnalysisResult(
             study_id=loaded.study_id, modality=loaded.summary.modality, frame=view.frame,
+            modality_assumed=loaded.summary.modality_assumed(),
             anomaly_found=detected.anomaly_found, threshold=detected.threshold, summary=detected.summary,
             findings=[finding_json(f) for f in findings], files=sorted(files + ["findings.json"]),
         )

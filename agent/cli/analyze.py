@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from agent.cli.parsing import source_of
+from agent.cli.parsing import note_assumed_modality, source_of
 from agent.settings import LoupeSettings
 
 
@@ -29,9 +29,10 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
     result = analyze(source_of(args.paths), args.out, settings=settings, backend=args.backend, modality=args.modality,
                      confirm_images=args.confirm_images)
-    if args.json:
+    if args.json:  # modality_assumed says it there
         print(json.dumps(result.model_dump(), indent=2))
         return
+    note_assumed_modality(result.modality_assumed)
     print(result.summary)
     for finding in result.findings:
         size = finding["size_mm"]

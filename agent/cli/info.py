@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from agent.cli.parsing import source_of
+from agent.cli.parsing import note_assumed_modality, source_of
 from agent.settings import LoupeSettings
 from tools.study import Study, open_study
 
@@ -26,8 +26,9 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     with open_study(source_of(args.paths), limits=settings.study_limits(), modality=args.modality) as study:
         summary = study_summary(study)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2))  # modality_assumed says it there
     else:
+        note_assumed_modality(summary["modality_assumed"])
         print_text(summary)
 
 
@@ -39,6 +40,7 @@ def study_summary(study: Study) -> dict[str, Any]:
         "study_id": study.id,
         "kind": safe.kind,
         "modality": safe.modality,
+        "modality_assumed": safe.modality_assumed(),
         "body_part": safe.body_part,
         "rows": safe.rows,
         "columns": safe.columns,

@@ -37,5 +37,13 @@ def study_path(paths: Sequence[str]) -> Path:
     return Path(paths[0])
 
 
+def note_assumed_modality(assumed: dict[str, str | None]) -> None:
+    """Say on stderr which modality a PNG/JPEG was taken as when Loupe guessed it, and why
+    (``assumed`` is ``SafeMetadata.modality_assumed()``)."""
+    if assumed["source"] == "guess":
+        taken = assumed["modality"] or "unknown (the generic search runs)"
+        print(f"modality: taken as {taken}: {assumed['reason']}; give --modality to set it", file=sys.stderr)
+
+
 def backend_choice(name: str | None) -> str | None:
     return None if name in (None, "auto") else name

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent.analysis import finding_json
+from agent.cli.parsing import note_assumed_modality
 from agent.conversation import Backend, Conversation
 from agent.events import (
     AssistantText,
@@ -136,9 +137,11 @@ def open_conversation(settings: LoupeSettings, study: Path, *, modality: str | N
     if session_id is not None and store.exists(session_id, settings.user):
         conversation = Conversation.resume(settings, store, session_id, settings.user)
         conversation.open_study(study, modality=modality)
-        return conversation
-    return Conversation.start(settings, study, modality=modality, store=store, owner=settings.user,
-                              session_id=session_id, title=f"{modality or 'imaging'} session")
+    else:
+        conversation = Conversation.start(settings, study, modality=modality, store=store, owner=settings.user,
+                                          session_id=session_id, title=f"{modality or 'imaging'} session")
+    note_assumed_modality(conversation.ctx.view().study.safe.modality_assumed())
+    return conversation
 
 
 def ask(settings: LoupeSettings, study: Path, message: str, *, backend_name: str | None, as_json: bool,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from agent.cli.parsing import fail, source_of
+from agent.cli.parsing import fail, note_assumed_modality, source_of
 from agent.settings import LoupeSettings
 
 
@@ -26,7 +26,8 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     box_2d = _parse_box_2d(args.box_2d)
     ctx = new_context(settings)
     try:
-        run_tool(ctx, "load_study", {"path": source_of(args.paths), "modality": args.modality})
+        loaded = run_tool(ctx, "load_study", {"path": source_of(args.paths), "modality": args.modality}).output
+        note_assumed_modality(loaded.summary.modality_assumed())
         output = run_tool(ctx, "verify_coordinates", {"box_2d": box_2d, "frame": args.frame}).output
     finally:
         ctx.close()

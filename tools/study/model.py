@@ -84,6 +84,10 @@ class SafeMetadata(BaseModel):
 
     kind: Literal["dicom", "raster"]
     modality: str | None = Field(description="DICOM modality code (CT, MR, CR, DX, US, ...).")
+    modality_source: Literal["header", "user", "guess"] = Field(
+        default="header", description="Where the modality came from: the DICOM header, the clinician, or "
+                                      "Loupe's guess from the pixels of a PNG/JPEG.")
+    modality_reason: str | None = Field(default=None, description="Why Loupe guessed that modality, in words.")
     body_part: str | None = Field(default=None, description="BodyPartExamined, if coded.")
     rows: int
     columns: int
@@ -104,6 +108,11 @@ class SafeMetadata(BaseModel):
     )
     ultrasound_regions: tuple[UltrasoundRegion, ...] = ()
     image_format: str | None = Field(default=None, description="PNG or JPEG for raster images.")
+
+    def modality_assumed(self) -> dict[str, str | None]:
+        """The modality the tools work with and where it came from: ``header`` (DICOM), ``user``
+        (the clinician named it) or ``guess`` (from a PNG/JPEG's pixels, with the reason)."""
+        return {"modality": self.modality, "source": self.modality_source, "reason": self.modality_reason}
 
 
 class IdentifyingMetadata(BaseModel):

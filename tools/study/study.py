@@ -24,6 +24,7 @@ from tools.study.colour import luma, strongly_coloured
 from tools.study.dicom import DicomFile
 from tools.study.display import RenderedFrame, render_colour, render_grey
 from tools.study.geometry import positive_float, ultrasound_regions
+from tools.study.modality import ModalityGuess, guess_modality
 from tools.study.model import (
     FrameGeometry,
     IdentifyingMetadata,
@@ -246,7 +247,9 @@ def open_study(source: StudySource, *, limits: StudyLimits | None = None,
     limits:
         Size guards; defaults to ``StudyLimits()``.
     modality:
-        For PNG/JPEG only: the modality the caller knows (DICOM headers win otherwise).
+        For PNG/JPEG only: the modality the caller knows (DICOM headers win otherwise). Without
+        it, the modality is guessed from the pixels (``tools.study.modality``) and the study's
+        metadata says so (``modality_source="guess"``, ``modality_reason``).
 
     Raises
     ------
@@ -283,9 +286,15 @@ def _open_raster(resolved: ResolvedSource, limits: StudyLimits, modality: str | 
         )
     path = resolved.raster_files[0]
     image = read_raster(path, limits)
+    if modality:
+        assumed = ModalityGuess(modality.upper(), "given by the clinician")
+    else:  # nobody said: guess from the layout, and say so (the clinician may correct it)
+        assumed = guess_modality(luma(image.pixels) if image.is_colour else image.pixels)
     safe = SafeMetadata(
         kind="raster",
-        modality=modality.upper() if modality else None,
+        modality=assumed.modality,
+        modality_source="user" if modality else "guess",
+        modality_reason=None if modality else assumed.reason,
         rows=image.pixels.shape[0],
         columns=image.pixels.shape[1],
         frames=1,
