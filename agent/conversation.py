@@ -161,6 +161,17 @@ class Conversation:
             self.ctx.current_study_id = study_id
         self.boundary.watch(view.study)
 
+    def name_modality(self, modality: str | None, study_id: str | None = None) -> None:
+        """The clinician says what a PNG/JPEG shows: the tools use it from now on, the session
+        remembers it, and the audit trail records it."""
+        study = self.ctx.view(study_id).study
+        study.name_modality(modality)
+        self.ctx.forget_derived(study.id)
+        if self.recorder is not None:
+            self.recorder.store.set_study_modality(self.recorder.session_id, study.id, study.modality)
+            self.recorder.audit("modality_named", {"study_id": study.id, "modality": study.modality})
+            self._commit()
+
     def current_view_key(self) -> tuple | None:
         """What the model would see now: study, frame, window and whether pixels may be sent."""
         if self.ctx.current_study_id is None:

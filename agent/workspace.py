@@ -18,6 +18,7 @@ from agent.settings import LoupeSettings
 from agent.store.database import SessionNotFoundError, Store
 from agent.store.files import write_atomically
 from agent.toolbox import save_upload
+from tools.errors import LoupeError
 
 
 @dataclass
@@ -188,6 +189,36 @@ def set_view(conversation: Conversation, *, frame: int | None = None, window: st
     outcome = execute(conversation.ctx, "load_study", args)
     conversation.save()
     return None if outcome.ok else outcome.error
+
+
+#: What a clinician may say a PNG/JPEG shows; "OT" (DICOM's "other") runs the generic search.
+MODALITY_CHOICES = {"US": "ultrasound", "DX": "radiograph", "MR": "MR", "CT": "CT", "OT": "other / not sure"}
+
+
+def modality_choice(conversation: Conversation) -> tuple[str, str] | None:
+    """For an open PNG/JPEG: the modality the tools use (one of ``MODALITY_CHOICES``) and a
+    sentence on where it came from; None for DICOM (the header says)."""
+    if conversation.ctx.current_study_id is None:
+        return None
+    safe = conversation.ctx.view().study.safe
+    if safe.kind != "raster":
+        return None
+    current = safe.modality if safe.modality in MODALITY_CHOICES else "OT"
+    if safe.modality_source == "guess":
+        said = (f"Loupe's guess from the picture: {safe.modality_reason}. Change it if it is wrong: "
+                "the detector searches each modality its own way.")
+    else:
+        said = "As you set it."
+    return current, said
+
+
+def name_modality(conversation: Conversation, modality: str) -> str | None:
+    """The clinician says what the open PNG/JPEG shows; an error sentence, or None."""
+    try:
+        conversation.name_modality(modality)
+    except LoupeError as error:
+        return error.message
+    return None
 
 
 def owned_sessions(store: Store, owner: str) -> list[dict[str, Any]]:

@@ -286,3 +286,32 @@ def test_several_uploaded_files_open_as_one_series(data_dir, eval_dir):
     assert conversation.ctx.view().study.frame_count == 3
     stored = sorted(p.name for p in (data_dir / "uploads").rglob("*.dcm"))
     assert stored == ["00000.dcm", "00001.dcm", "00002.dcm"]  # written once, under neutral names
+
+
+def test_a_png_is_taken_as_what_it_looks_like_and_the_clinician_can_say_otherwise(data_dir, media, eval_dir):
+    from agent.workspace import open_uploads
+
+    at = new_app()
+    conversation = at.session_state["conversation"]
+    open_uploads(conversation, [("screenshot.png", (eval_dir / "busi" / "benign_030.png").read_bytes())])
+    at.run()
+    assert_healthy(at)
+    study_id = conversation.ctx.current_study_id
+    choice = at.selectbox(key=f"modality-{study_id}")
+    assert choice.value == "US" and choice.label == "What does this image show?"
+    assert any("Loupe's guess from the picture" in c.value and "ultrasound" in c.value for c in at.caption)
+    choice.set_value("DX").run()
+    assert_healthy(at)
+    study = conversation.ctx.view().study
+    assert (study.modality, study.safe.modality_source) == ("DX", "user")
+    assert any(c.value == "As you set it." for c in at.caption)
+    reloaded = new_app(chat=conversation.session_id)  # the session remembers what the clinician said
+    again = reloaded.session_state["conversation"].ctx.view().study
+    assert (again.modality, again.safe.modality_source) == ("DX", "user")
+    assert reloaded.selectbox(key=f"modality-{study_id}").value == "DX"
+
+
+def test_a_dicom_study_offers_no_modality_choice(app):
+    conversation = app.session_state["conversation"]
+    assert conversation.ctx.view().study.safe.kind == "dicom"
+    assert not [s for s in app.selectbox if s.label == "What does this image show?"]

@@ -110,3 +110,32 @@ def test_second_read_in_the_browser(browser_available, tmp_path):
         wait_idle(page)
         assert page.get_by_text("Version 2 of 2").count() == 1
         screenshot(page, "06-second-read-summary")
+
+
+def test_a_png_gets_a_modality_the_clinician_can_change(browser_available, eval_dir, tmp_path):
+    from playwright.sync_api import expect
+
+    screenshot_png = tmp_path / "screenshot.png"  # a clinician's screenshot: no modality anywhere
+    screenshot_png.write_bytes((eval_dir / "busi" / "malignant_013.png").read_bytes())
+    with served_app(tmp_path / "data") as url, chromium_page() as page:
+        page.goto(url)
+        wait_idle(page)
+        send_message(page, "Analyse this scan", files=[screenshot_png])
+        page.get_by_text("hypoechoic mass").first.wait_for(timeout=90_000)
+        wait_idle(page)
+        sidebar = page.locator("[data-testid=stSidebar]")
+        expect(sidebar).to_contain_text("What does this image show?", timeout=30_000)
+        expect(sidebar).to_contain_text("Loupe's guess from the picture")
+        choice = sidebar.get_by_role("combobox", name="What does this image show?")
+        expect(choice).to_have_value("ultrasound (US)")
+        screenshot(page, "05-png-modality-guessed")
+
+        choice.click()
+        page.get_by_role("option", name="radiograph (DX)").click()
+        wait_idle(page)
+        expect(sidebar).to_contain_text("As you set it.", timeout=30_000)
+        page.reload()
+        wait_idle(page)
+        choice = page.locator("[data-testid=stSidebar]").get_by_role("combobox", name="What does this image show?")
+        expect(choice).to_have_value("radiograph (DX)", timeout=30_000)  # remembered by the session
+        screenshot(page, "06-png-modality-set")

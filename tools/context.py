@@ -131,6 +131,11 @@ class ToolContext:
             self._derived.popitem(last=False)
         return value
 
+    def forget_derived(self, study_id: str) -> None:
+        """Drop what was derived from a study (after its modality changed, say)."""
+        for key in [key for key in self._derived if study_id in key]:
+            del self._derived[key]
+
     def next_finding_id(self) -> str:
         """F1, F2, ... never reused within a session, even after findings are replaced."""
         self.findings_issued += 1

@@ -8,8 +8,8 @@ import streamlit as st
 from agent.conversation import Conversation
 from agent.samples import SAMPLES
 from agent.store.database import Store
-from agent.workspace import (display_png, open_sample, open_uploads, owned_sessions, privacy_status, set_view,
-                             study_facts, window_presets)
+from agent.workspace import (MODALITY_CHOICES, display_png, modality_choice, name_modality, open_sample, open_uploads,
+                             owned_sessions, privacy_status, set_view, study_facts, window_presets)
 from tools.errors import LoupeError
 from ui.sections import drawn_when_open
 
@@ -39,7 +39,7 @@ def _open_study(conversation: Conversation) -> None:
     with section:
         uploads = st.file_uploader("DICOM files of one series, a .zip, a PNG or a JPEG", accept_multiple_files=True,
                                    key="sidebar_upload")
-        modality = st.selectbox("Modality of a PNG/JPEG", ["(from the file)", "CT", "MR", "DX", "US"], key="modality")
+        modality = st.selectbox("Modality of a PNG/JPEG", ["(Loupe guesses)", "CT", "MR", "DX", "US"], key="modality")
         if uploads and st.button("Open", key="open_uploads"):
             try:
                 open_uploads(conversation, [(u.name, u.getvalue()) for u in uploads],
@@ -61,6 +61,7 @@ def _study(conversation: Conversation) -> None:
         st.info("No study is open.")
         return
     st.markdown("  \n".join(f"**{name.capitalize()}** {value}" for name, value in facts.items()))
+    _modality(conversation)
     view = conversation.ctx.view()
     frames = view.study.frame_count
     if frames > 1:
@@ -81,6 +82,22 @@ def _study(conversation: Conversation) -> None:
     shown = st.session_state.display
     if shown is not None:
         st.image(shown[0], caption=shown[1], output_format="PNG")
+
+
+def _modality(conversation: Conversation) -> None:
+    """A PNG/JPEG names no modality: show what Loupe took it as, and let the clinician say."""
+    choice = modality_choice(conversation)
+    if choice is None:
+        return
+    current, said = choice
+    study_id = conversation.ctx.current_study_id
+    options = list(MODALITY_CHOICES)
+    chosen = st.selectbox("What does this image show?", options, index=options.index(current),
+                          format_func=lambda code: f"{MODALITY_CHOICES[code]} ({code})", key=f"modality-{study_id}")
+    st.caption(said)
+    if chosen != current:
+        _report_error(name_modality(conversation, chosen))
+        st.rerun()
 
 
 def _privacy(conversation: Conversation) -> None:

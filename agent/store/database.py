@@ -280,6 +280,13 @@ class Store:
             row = db.get(ImageRow, (session_id, sha256))
             return None if row is None else row.data
 
+    def set_study_modality(self, session_id: str, study_id: str, modality: str | None) -> None:
+        """The modality a stored PNG/JPEG is reopened with (the clinician named it)."""
+        with self.transaction() as db:
+            row = db.get(StudyRow, (session_id, study_id))
+            if row is not None:
+                row.modality = modality
+
     def studies(self, session_id: str) -> list[StudyRow]:
         with Session(self.engine, expire_on_commit=False) as db:
             return list(db.scalars(select(StudyRow).where(StudyRow.session_id == session_id)

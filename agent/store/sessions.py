@@ -130,9 +130,10 @@ class SessionRecorder:
                 return
             relative = Path("sessions") / self.session_id / "studies" / study.id
             _copy_neutral(source, self.store.data_dir / relative)
-            # The modality the clinician gave a PNG/JPEG is needed to reopen it the same way.
-            db.add(StudyRow(session_id=self.session_id, study_id=study.id, storage=str(relative),
-                            modality=modality or study.safe.modality))
+            # The modality the clinician gave a PNG/JPEG is needed to reopen it the same way; a
+            # guessed one is not stored (the same pixels give the same guess, still a guess).
+            named = modality or (study.safe.modality if study.safe.modality_source != "guess" else None)
+            db.add(StudyRow(session_id=self.session_id, study_id=study.id, storage=str(relative), modality=named))
 
 
 def _copy_neutral(source: Path, target: Path) -> None:

@@ -113,6 +113,14 @@ class Study(ABC):
     @abstractmethod
     def _render(self, frame: int, override: Window | None) -> RenderedFrame: ...
 
+    def name_modality(self, modality: str | None) -> None:
+        """The clinician says what a PNG/JPEG shows (None: they do not know); a DICOM header's
+        modality stands, so this is refused for DICOM studies."""
+        if self.safe.kind != "raster":
+            raise UnsupportedStudyError("A DICOM study's modality comes from its header and cannot be changed.")
+        self.safe = self.safe.model_copy(update={"modality": modality.upper() if modality else None,
+                                                 "modality_source": "user", "modality_reason": None})
+
     def coloured(self, frame: int = 0) -> np.ndarray | None:
         """Where a colour frame is strongly coloured (Doppler flow, calipers, annotations: not
         tissue), as a bool mask; None for greyscale frames and colour frames without such pixels."""
