@@ -1,5 +1,7 @@
-"""``loupe eval MANIFEST.csv [--json OUT] [--simulate-proposals SIGMA_PCT [--seed N] [--repeats K]]``:
-localisation scores on a manifest of lesion boxes, beside the centre-guess baseline."""
+"""``loupe eval MANIFEST.csv [--json OUT] [--simulate-proposals SIGMA_PCT [--seed N] [--repeats K]] [--cv K]``:
+localisation scores on a manifest of lesion boxes, beside the centre-guess baseline; with
+``--cv K`` also K-fold cross-validated (the detector's rules and calibration chosen without
+the images they are scored on)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ def add_parser(commands) -> None:
     evaluate.add_argument("--seed", type=int, help="Seed of the simulated proposals (default: a fixed seed).")
     evaluate.add_argument("--repeats", type=int, default=1, metavar="K",
                           help="Simulated proposals per image, from seeds SEED … SEED+K-1 (default 1).")
+    evaluate.add_argument("--cv", type=int, metavar="K",
+                          help="Also score the detector's tuned rules and calibration by K-fold cross-validation.")
     evaluate.set_defaults(run=run)
 
 
@@ -31,9 +35,11 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
         fail("the Gemini backend is not available in this version; use --backend offline")
     if args.repeats < 1:
         fail("--repeats must be at least 1")
+    if args.cv is not None and (args.cv < 2 or args.simulate_proposals is not None):
+        fail("--cv takes at least 2 folds, and scores the detector (not simulated proposals)")
     seed = {} if args.seed is None else {"seed": args.seed}
     report = run_eval(args.manifest, limits=settings.study_limits(), simulate_sigma_pct=args.simulate_proposals,
-                      repeats=args.repeats, **seed)
+                      repeats=args.repeats, cv=args.cv, **seed)
     print(report.text)
     if args.json_out:
         args.json_out.write_text(json.dumps(report.data, indent=2))

@@ -25,7 +25,7 @@ import numpy as np
 from tools.coordinates import BoxPx
 from tools.detection.candidates import Candidate, ranked_candidates
 from tools.detection.evidence import ScaleSpace
-from tools.detection.scoring import confidence, scores
+from tools.detection.scoring import RULES, Rules, confidence, scores
 from tools.detection.working import RADIOGRAPHY, WorkingImage, prepare_study_frame
 from tools.gaussian.fit import fit_gaussian_2d
 from tools.study import Study
@@ -103,11 +103,11 @@ def recentred(detection: Detection, work: WorkingImage) -> Detection:
     return replace(detection, x=nx, y=ny, box=_disk_box(work, nx, ny, detection.radius_px))
 
 
-def detect_on_work(work: WorkingImage, frame: int = 0, limit: int = 10,
-                   space: ScaleSpace | None = None, refine: int = REFINED_DETECTIONS) -> list[Detection]:
+def detect_on_work(work: WorkingImage, frame: int = 0, limit: int = 10, space: ScaleSpace | None = None,
+                   refine: int = REFINED_DETECTIONS, rules: Rules = RULES) -> list[Detection]:
     """Ranked detections on a prepared working image, most confident first; the first
     ``refine`` of them centred by a Gaussian fit (see ``recentred``)."""
-    ranked = ranked_candidates(space or ScaleSpace(work), lambda found: scores(found, work), limit)
+    ranked = ranked_candidates(space or ScaleSpace(work), lambda found: scores(found, work, rules), limit)
     detections = [_to_detection(c, value, work, frame) for c, value in ranked]
     return [recentred(d, work) if rank < refine else d for rank, d in enumerate(detections)]
 

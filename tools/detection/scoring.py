@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 from tools.detection.candidates import Candidate
 from tools.detection.evidence import disk_and_ring
@@ -94,47 +95,75 @@ TWIN_REACH = 1.0
 TWIN_SIZE = 1.5
 TWIN_RELATIVE = 0.5
 
-def _family(modality: str | None) -> str:
+def modality_family(modality: str | None) -> str:
     modality = (modality or "").upper()
     if modality in RADIOGRAPHY:
         return "DX"
     return modality if modality in ("US", "MR", "CT") else "other"
 
 
-def score(candidate: Candidate, work: WorkingImage) -> float:
+@dataclass(frozen=True)
+class Rules:
+    """The modality-specific rules of the scores above, each of which can be switched off, so
+    that ``loupe eval --cv K`` can ask of every rule whether it holds on images it was not
+    chosen on (a rule written for a handful of development images may not)."""
+
+    us_skin_line: bool = True  # US: halve blobs that reach up to the skin line
+    mr_skull_base: bool = True  # MR: damp blobs below the skull base on views into the neck
+    mr_mirror_twin: bool = True  # MR: damp blobs with a mirror twin across the midline
+    dx_lung_edge: bool = True  # DX: damp blobs within two radii of the lung-field edge
+    dx_dense_metal: bool = True  # DX: cut blobs denser than 99 % of the lung fields
+    dx_sharp_metal: bool = True  # DX: cut blobs edged more sharply than DEVICE_EDGE x the lungs'
+
+    @classmethod
+    def names(cls, family: str) -> list[str]:
+        """The switches of one modality family ("US", "MR", "DX")."""
+        prefix = family.lower() + "_"
+        return [f.name for f in fields(cls) if f.name.startswith(prefix)]
+
+
+#: The rules the detector runs with.
+RULES = Rules()
+
+
+def score(candidate: Candidate, work: WorkingImage, rules: Rules = RULES) -> float:
     """The modality's ranking score (>= 0)."""
     evidence = candidate.evidence
     sigma = candidate.sigma / (max(work.image.shape) / 512.0)
     rows, cols = work.image.shape
     cx, cy = candidate.x / max(cols - 1, 1), candidate.y / max(rows - 1, 1)
-    family = _family(work.modality)
+    family = modality_family(work.modality)
     if family == "US":
-        value = evidence.contrast * math.sqrt(sigma) * _below_skin_line(work, candidate.y - candidate.radius)
+        value = evidence.contrast * math.sqrt(sigma)
+        if rules.us_skin_line:
+            value *= _below_skin_line(work, candidate.y - candidate.radius)
     elif family == "CT":
         # Contrast-to-noise saturates: a vessel cross-section in clean parenchyma has a CNR of
         # 15-30 (its ring is nearly noiseless) but is small; past CT_CNR_CAP the blob is surely
         # real and its size decides.
         value = min(evidence.cnr, CT_CNR_CAP) * sigma
     elif family == "DX":
-        # Ribs and the lung outline make strong blobs at the edge of the lung fields.
-        value = evidence.cnr * math.sqrt(sigma) * min(evidence.border / 2.0, 1.0)
-        if _looks_like_metal(candidate, work):
+        value = evidence.cnr * math.sqrt(sigma)
+        if rules.dx_lung_edge:  # ribs and the lung outline make strong blobs at the lung fields' edge
+            value *= min(evidence.border / 2.0, 1.0)
+        if _looks_like_metal(candidate, work, rules):
             value *= DEVICE_FLOOR
     else:
         centrality = max(0.0, 1 - 2 * abs(cx - 0.5)) * max(0.0, 1 - 2 * abs(cy - 0.5))
         # Tumours sit in brain tissue; bright skull-base and facial structures sit among air,
         # bone and fluid, which darken the surrounding ring.
         value = min(evidence.border, 2.0) * evidence.contrast * sigma * centrality * (1.0 - evidence.dark_ring)
-        value *= _above_skull_base(work, candidate.y)
+        if rules.mr_skull_base:
+            value *= _above_skull_base(work, candidate.y)
     return max(value, 0.0)
 
 
-def scores(candidates: Sequence[Candidate], work: WorkingImage) -> list[float]:
+def scores(candidates: Sequence[Candidate], work: WorkingImage, rules: Rules = RULES) -> list[float]:
     """``score`` of each candidate, with mirror twins damped on symmetric head-MR views (a
     candidate's value there depends on the others; ``score`` alone cannot see them)."""
-    values = [score(c, work) for c in candidates]
+    values = [score(c, work, rules) for c in candidates]
     midline = work.midline_x
-    if midline is None:
+    if midline is None or not rules.mr_mirror_twin:
         return values
     return [value * TWIN_FLOOR if value > 0 and _has_mirror_twin(c, value, candidates, values, midline) else value
             for c, value in zip(candidates, values, strict=True)]
@@ -151,10 +180,12 @@ def _has_mirror_twin(candidate: Candidate, value: float, candidates: Sequence[Ca
                for other, other_value in zip(candidates, values, strict=True))
 
 
-def _looks_like_metal(candidate: Candidate, work: WorkingImage) -> bool:
+def _looks_like_metal(candidate: Candidate, work: WorkingImage, rules: Rules) -> bool:
     """Denser, or sharper-edged, than nearly everything in the lung fields (radiographs)."""
-    if candidate.evidence.level > work.dense_level:
+    if rules.dx_dense_metal and candidate.evidence.level > work.dense_level:
         return True
+    if not rules.dx_sharp_metal:
+        return False
     # A little beyond the blob's radius, so that the rim of a ring (an ECG electrode) counts.
     window, disk, _ = disk_and_ring(work.image.shape, candidate.x, candidate.y, 1.2 * candidate.radius)
     edges = work.edge_map[window][disk]
@@ -187,5 +218,5 @@ def _above_skull_base(work: WorkingImage, y: float) -> float:
 
 def confidence(value: float, modality: str | None) -> float:
     """Calibrated probability that a candidate with this score is a lesion."""
-    a, b = CALIBRATION[_family(modality)]
+    a, b = CALIBRATION[modality_family(modality)]
     return _logistic(a * math.log(max(value, 1e-6)) + b)
