@@ -486,3 +486,18 @@ def test_tool_on_colour_ultrasound(ctx):
     annotated = _decode(result.artifacts[1].data)
     saturation = annotated.max(axis=2).astype(int) - annotated.min(axis=2)
     assert (saturation > 60).sum() > 1000  # the ultrasound's colour survives
+
+
+def test_labels_never_overlap_when_findings_crowd_one_quadrant():
+    display = np.full((256, 256), 40, dtype=np.uint8)
+    crowd = [_finding(f"F{i + 1}", x=30 + 9 * i, y=34 + 7 * (i % 2), w=8, h=8, size_mm=(12.3, 4.5))
+             for i in range(5)]
+    figure = annotated_figure(display, crowd, spacing_mm=(0.7, 0.7), orientation=AXIAL)
+    figure.canvas.draw()
+    boxes = [_text(figure, f"label-{f.id}").get_bbox_patch().get_window_extent() for f in crowd]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    image = _image_box(figure)
+    assert all(image.x0 - 1 <= b.x0 and b.x1 <= image.x1 + 1 and image.y0 - 1 <= b.y0 and b.y1 <= image.y1 + 1
+               for b in boxes)

@@ -70,8 +70,16 @@ def _draw_calipers(panel: Panel, finding: Finding, shape: LesionShape, length_px
     panel.add(LineCollection(segments, colors=colour, linewidths=1.6, gid=gid))
 
 
+#: How many label heights a label may be pushed further above or below its shape to stay clear
+#: of the labels placed before it.
+_LABEL_STACK = 8
+
+
 def place_label(panel: Panel, text: str, shape: LesionShape, colour: str, gid: str) -> None:
-    """Put the label above the shape (below it near the top edge), always inside the view."""
+    """Put the label next to its shape, always inside the view and never over another label:
+    above the shape if it fits (below near the top edge), else at its other corners or sides,
+    else pushed further out; where every place is taken, the one overlapping least. Other
+    findings' outlines (``panel.obstacles``) are avoided where a free place allows."""
     view = panel.view
     artist = panel.text(0, 0, text, color=colour, fontsize=LABEL_PT, fontweight="bold", ha="left",
                         va="top", bbox=LABEL_BOX, gid=gid)
@@ -79,13 +87,41 @@ def place_label(panel: Panel, text: str, shape: LesionShape, colour: str, gid: s
     pad = LABEL_PAD_PX / view.scale
     w, h = extent.width / view.scale + 2 * pad, extent.height / view.scale + 2 * pad
     margin, gap = 3.0 / view.scale, 4.0 / view.scale
-    hx, hy = shape.half_extent()
-    x, y = shape.x - hx, shape.y - hy - gap - h
-    if y < view.top + margin:
-        y = shape.y + hy + gap
-    x = clamp(x, view.left + margin, view.right - margin - w)
-    y = clamp(y, view.top + margin, view.bottom - margin - h)
+    best = None
+    for order, (x, y) in enumerate(_label_places(shape, w, h, gap)):
+        kept_x = clamp(x, view.left + margin, view.right - margin - w)
+        kept_y = clamp(y, view.top + margin, view.bottom - margin - h)
+        inside, x, y = (kept_x, kept_y) == (x, y), kept_x, kept_y
+        box = (x, y, x + w, y + h)
+        overlap = sum(_overlap(box, placed) for placed in panel.labels)
+        covered = sum(_overlap(box, other) for other in panel.obstacles
+                      if not (other[0] <= shape.x <= other[2] and other[1] <= shape.y <= other[3]))
+        cost = (overlap > 0, not inside, covered > 0, overlap, order)
+        if best is None or cost < best[0]:
+            best = (cost, x, y)
+        if overlap == 0 and inside and covered == 0:
+            break
+    _, x, y = best
+    panel.labels.append((x, y, x + w, y + h))
     artist.set_position((x + pad, y + pad))
+
+
+def _label_places(shape: LesionShape, w: float, h: float, gap: float) -> list[tuple[float, float]]:
+    """Top-left corners to try for a w × h label, in order of preference."""
+    hx, hy = shape.half_extent()
+    left, right = shape.x - hx, shape.x + hx - w
+    above, below = shape.y - hy - gap - h, shape.y + hy + gap
+    places = [(left, above), (left, below), (right, above), (right, below),
+              (shape.x + hx + gap, shape.y - h / 2), (shape.x - hx - gap - w, shape.y - h / 2)]
+    for step in range(1, _LABEL_STACK + 1):
+        places += [(left, above - step * (h + gap)), (left, below + step * (h + gap))]
+    return places
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return width * height if width > 0 and height > 0 else 0.0
 
 
 def _draw_finding(panel: Panel, finding: Finding, spacing_mm: Spacing) -> None:
@@ -131,6 +167,10 @@ def _draw_orientation(panel: Panel, orientation: Orientation) -> None:
 def annotate(panel: Panel, findings: Sequence[Finding], spacing_mm: Spacing, orientation: Orientation) -> None:
     _draw_orientation(panel, orientation)
     _draw_scale_bar(panel, spacing_mm)
+    for finding in findings:
+        shape = lesion_shape(finding)
+        hx, hy = shape.half_extent()
+        panel.obstacles.append((shape.x - hx, shape.y - hy, shape.x + hx, shape.y + hy))
     for finding in findings:
         _draw_finding(panel, finding, spacing_mm)
 

@@ -117,6 +117,10 @@ class Panel:
         self.transform = to_figure + figure_px(figure)
         self.box = figure_box(figure, left, bottom, width, height)
         figure.add_artist(Pixels(rows_up, self.box, gid="image"))
+        #: Where labels already stand (x0, y0, x1, y1 in image coordinates), so that none hides another.
+        self.labels: list[tuple[float, float, float, float]] = []
+        #: What a label should rather not cover either (the findings' outlines), same coordinates.
+        self.obstacles: list[tuple[float, float, float, float]] = []
 
     def add(self, artist: Artist) -> Artist:
         artist.set_transform(self.transform)
@@ -130,7 +134,7 @@ class Panel:
 
 
 def show_image(figure: Figure, rect: tuple[float, float, float, float], image: np.ndarray,
-          bounds: tuple[int, int, int, int], nearest: bool = False) -> Panel:
+               bounds: tuple[int, int, int, int], nearest: bool = False) -> Panel:
     """A panel showing ``image[y0:y1, x0:x1]`` (x1, y1 exclusive) in ``rect`` (figure px)."""
     x0, y0, x1, y1 = bounds
     pixels = resized(image[y0:y1, x0:x1], round(rect[2]), round(rect[3]), nearest)
