@@ -57,6 +57,9 @@ def _check_output(ctx, out, *, frames=(0,)):
     if out.anomaly_found:
         assert out.summary.startswith(f"{sum(c >= ANOMALY_THRESHOLD for c in confidences)} possible anomal")
         assert out.findings[0].id in out.summary
+    elif out.outside_competence is not None:
+        assert out.summary.startswith("Outside what the offline detector judges") and out.outside_competence in out.summary
+        assert all(f.label == "region for review" and f.confidence < ANOMALY_THRESHOLD for f in out.findings)
     else:
         assert out.summary.startswith("No significant anomaly")
 
@@ -69,6 +72,15 @@ def test_ct_small(ctx):
     assert [f.id for f in sorted(out.findings, key=lambda f: int(f.id[1:]))] == [f"F{i}" for i in range(1, len(out.findings) + 1)]
     assert all(f.source == "classical" for f in out.findings)
     assert all(0 <= f.center_px[0] <= 127 and 0 <= f.center_px[1] <= 127 for f in out.findings)
+    assert out.outside_competence == "a CT without lung fields"  # a small abdominal slice
+
+
+def test_the_abdominal_mr_sample_gets_no_anomaly_and_is_told_why(ctx):
+    _load(ctx, pydicom_file("examples_overlay.dcm"))
+    out = run_tool(ctx, "detect_anomalies", {}).output
+    _check_output(ctx, out)
+    assert out.outside_competence == "an MR of the abdomen" and not out.anomaly_found
+    assert all("not for an MR of the abdomen" in f.verification.reasons[-1] for f in out.findings)
 
 
 def test_busi_benign_030(ctx, eval_dir):

@@ -192,3 +192,13 @@ def test_loupe_chat_runs_a_conversation(isolated_cli, capsys, monkeypatch, tmp_p
     saved = sorted(p.name for p in (tmp_path / "img").iterdir())
     assert any("annotated" in name for name in saved) and any("heatmap" in name for name in saved)
     assert "image: " in err
+
+
+def test_outside_its_competence_the_offline_answer_says_why():
+    """The default sample's abdominal MR: no anomaly, and a plain sentence on why."""
+    conversation = Conversation.start(offline_settings(), pydicom_file("examples_overlay.dcm"))
+    answer, events = turn(conversation, "Analyse this scan")
+    assert "not built for an MR of the abdomen" in answer
+    assert "brain MR" in answer and "anomaly" in answer
+    assert not any(f.confidence >= ANOMALY_THRESHOLD for f in conversation.ctx.findings.values())
+    assert all(f.label == "region for review" for f in conversation.ctx.findings.values())

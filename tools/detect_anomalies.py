@@ -27,6 +27,7 @@ from tools.detection.detector import (
     recentred,
 )
 from tools.detection.scoring import ANOMALY_THRESHOLD
+from tools.detection.working import COMPETENCE
 from tools.errors import ImageWithheldError, InvalidCoordinatesError, ModelUnavailableError
 from tools.findings import Finding, Verification
 from tools.render.model_image import model_image
@@ -55,6 +56,9 @@ class DetectAnomaliesOutput(BaseModel):
     threshold: float
     summary: str
     vision_model: str | None = Field(description="Name of the vision model consulted, if any.")
+    outside_competence: str | None = Field(
+        default=None, description="What the study is, when the offline detector is not built for it: its "
+                                  "findings are then regions for review, never anomalies.")
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,14 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
     study = view.study
     frame = study.check_frame(view.frame if args.frame is None else args.frame)
     notes: tuple[str, ...] = ()
+    analysis = frame_analysis(ctx, study, frame)
     if args.all_frames and study.frame_count > 1:
         detections = detect_volume(study, limit=args.max_findings)
         searched = list(range(study.frame_count))
     else:
-        analysis = frame_analysis(ctx, study, frame)
         detections, notes = _listed_detections(analysis, args.max_findings), analysis.work.notes
         searched = [frame]
+    outside = analysis.work.outside
     used: set[int] = set()
     drafts: list[_Draft] = []
     vision_name, vision_note = None, ""
@@ -181,12 +186,17 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         if len(draft.sample_centres) >= 2:
             ctx.finding_samples[finding.id] = draft.sample_centres
     anomaly = any(f.confidence >= ANOMALY_THRESHOLD for f in findings)
-    summary = (_describe(findings) if anomaly else
-               "No significant anomaly: no candidate reached the confidence threshold "
-               f"({ANOMALY_THRESHOLD:.2f}); the strongest candidates are listed for review.") + vision_note
+    if outside is not None and not anomaly:
+        summary = (f"Outside what the offline detector judges: it is built for {COMPETENCE}, and this is "
+                   f"{outside}. The strongest regions are listed for review, not as anomalies.")
+    elif anomaly:
+        summary = _describe(findings)
+    else:
+        summary = ("No significant anomaly: no candidate reached the confidence threshold "
+                   f"({ANOMALY_THRESHOLD:.2f}); the strongest candidates are listed for review.")
     output = DetectAnomaliesOutput(study_id=study.id, frames_searched=searched, findings=findings,
-                                   anomaly_found=anomaly, threshold=ANOMALY_THRESHOLD, summary=summary,
-                                   vision_model=vision_name)
+                                   anomaly_found=anomaly, threshold=ANOMALY_THRESHOLD, summary=summary + vision_note,
+                                   vision_model=vision_name, outside_competence=outside)
     return ToolResult(output=output)
 
 

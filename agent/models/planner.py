@@ -18,6 +18,7 @@ from agent.events import AssistantText, Event, ToolStarted
 from agent.tool_calls import ToolOutcome, execute
 from prompts import load_table
 from tools.detection.scoring import ANOMALY_THRESHOLD
+from tools.detection.working import COMPETENCE
 from tools.findings import Finding
 from tools.report.location import location_in_words
 
@@ -84,6 +85,8 @@ class _Plan:
         self.drew_annotated = False
         self.drew_figures = False
         self.calls = 0
+        #: What the study is when the offline detector is not built for it (from detect_anomalies).
+        self.outside: str | None = None
 
     def execute(self, intents: list[str]) -> Generator[Event, None, str]:
         t = _templates()
@@ -121,6 +124,7 @@ class _Plan:
         detected = yield from self._run("detect_anomalies", {"use_vision_model": False})
         if not detected.ok:
             return []
+        self.outside = detected.output.get("outside_competence")
         findings = self._reported(self.ctx.study_findings(view.study.id))
         if findings:
             yield from self._run("fit_gaussian", {"finding_ids": [f.id for f in findings]})
@@ -170,7 +174,10 @@ class _Plan:
         called = [f for f in reported if f.confidence >= ANOMALY_THRESHOLD]
         if not called:
             top = _describe_brief(reported[0]) if reported else "none"
-            self.lines.append(t["no_anomaly"].format(threshold=ANOMALY_THRESHOLD, top=top))
+            if self.outside:
+                self.lines.append(t["outside"].format(what=self.outside, competence=COMPETENCE, top=top))
+            else:
+                self.lines.append(t["no_anomaly"].format(threshold=ANOMALY_THRESHOLD, top=top))
         else:
             self.lines.append(t["anomalies"].format(count=len(called), threshold=ANOMALY_THRESHOLD))
             self.lines += [self._finding_line(f) for f in called]

@@ -48,6 +48,10 @@ LABELS = {
     "DX": "focal opacity",
 }
 LUNG_LABELS = {"CT": "focal nodular opacity in the lung field", "DX": "focal opacity in the lung field"}
+#: What a detection is called on a study the detector is not built for (``WorkingImage.outside``),
+#: and the confidence it is capped at: below the anomaly threshold, so it is never called one.
+REVIEW_LABEL = "region for review"
+REVIEW_CAP = 0.45
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,12 @@ def _disk_box(work: WorkingImage, x: float, y: float, radius: float) -> BoxPx:
 def _to_detection(candidate: Candidate, value: float, work: WorkingImage, frame: int) -> Detection:
     x, y = work.to_native(candidate.x, candidate.y)
     radius = candidate.radius / work.scale
+    if work.outside is not None:  # a generic search: regions for review, never called anomalies
+        calibrated, label = min(confidence(value, work.modality), REVIEW_CAP), REVIEW_LABEL
+    else:
+        calibrated, label = confidence(value, work.modality), label_for(work.modality, work.organ)
     return Detection(frame=frame, x=x, y=y, box=_disk_box(work, x, y, radius), radius_px=radius, score=value,
-                     confidence=confidence(value, work.modality), label=label_for(work.modality, work.organ))
+                     confidence=calibrated, label=label)
 
 
 def recentred(detection: Detection, work: WorkingImage) -> Detection:

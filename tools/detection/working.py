@@ -115,6 +115,9 @@ class WorkingImage:
     view: np.ndarray | None = None
     #: What the clinician should know about how this frame was searched (e.g. colour left out).
     notes: tuple[str, ...] = ()
+    #: What the study is, in words, when the detector is not built for it ("an MR of the
+    #: abdomen"); None for the studies it is built for (see ``outside_competence``).
+    outside: str | None = None
 
     @property
     def evidence_image(self) -> np.ndarray:
@@ -276,8 +279,56 @@ def prepare(values: np.ndarray, modality: str | None, body_part: str | None = No
     if search.sum() < 0.01 * search.size:  # the organ mask failed: fall back to the body
         search, organ = body, "body"
     view = lung_view(image, search) if modality == "CT" and organ == "lungs" else None
+    outside = outside_competence(modality, body_part, organ, body)
+    if outside is not None:
+        notes += (f"the offline detector is built for {COMPETENCE}, not for {outside}: "
+                  "a region for review, not an anomaly",)
     return WorkingImage(image=image, scale=scale, modality=modality, polarity=expected_polarity(modality),
-                        body=body, search=search, organ=organ, native_shape=(rows, cols), view=view, notes=notes)
+                        body=body, search=search, organ=organ, native_shape=(rows, cols), view=view, notes=notes,
+                        outside=outside)
+
+
+#: What the offline detector is built for, in words (``outside_competence``).
+COMPETENCE = "chest CT, chest radiographs, brain MR and breast ultrasound"
+#: A head is about as tall as wide, or taller (sagittal and coronal views): height over width of
+#: its outline (dev head MRs: 0.99-1.52); a body cross-section is wider than tall (abdomen: 0.64).
+_HEAD_ASPECT = (0.85, 1.7)
+_MODALITY_WORDS = {"CT": "a CT", "MR": "an MR", "US": "an ultrasound", "DX": "a radiograph"}
+
+
+def outside_competence(modality: str | None, body_part: str | None, organ: str, body: np.ndarray) -> str | None:
+    """What the study is, in words, when the detector is not built for it; None when it is.
+
+    It is built for chest CT (lung fields found), chest radiographs (coded as chest, or uncoded
+    with lung fields found), brain MR (coded as a head, or uncoded, and a head-shaped outline)
+    and breast ultrasound (coded as breast, or uncoded, and an imaged sector). Anything else
+    gets a generic search whose results are regions for review, not anomalies.
+    """
+    family = "DX" if modality in RADIOGRAPHY else modality
+    part = (body_part or "").strip().lower()
+    if family == "CT" and organ == "lungs":
+        return None
+    if family == "DX" and organ == "lungs":
+        return None
+    if family == "MR" and organ == "brain" and _head_shaped(body):
+        return None
+    if family == "US" and organ == "sector" and (not part or "breast" in part):
+        return None
+    what = _MODALITY_WORDS.get(family or "", "an image of unknown modality")
+    if part and family in _MODALITY_WORDS:
+        return f"{what} of the {part.replace('_', ' ')}"
+    missing = {"CT": "without lung fields", "DX": "without a chest's lung fields",
+               "MR": "whose outline is not a head's", "US": ""}.get(family or "", "")
+    return f"{what} {missing}".strip()
+
+
+def _head_shaped(body: np.ndarray) -> bool:
+    span = row_span(body)
+    columns = row_span(body.T)
+    if span is None or columns is None:
+        return False
+    aspect = (span[1] - span[0] + 1) / (columns[1] - columns[0] + 1)
+    return _HEAD_ASPECT[0] <= aspect <= _HEAD_ASPECT[1]
 
 
 def lung_view(image: np.ndarray, lungs: np.ndarray) -> np.ndarray:
