@@ -590,3 +590,17 @@ def test_detector_beats_centre_guess_on_eval_set(eval_dir):
     assert 0.1 <= baseline["hit_at_1"] <= 0.25
     per_group = {r["group"]: r for r in report.data["detector"]}
     assert per_group["busi"]["hit_at_1"] >= 0.5 and per_group["figshare_brain_mri"]["hit_at_1"] >= 0.55
+
+
+def test_monochrome1_radiographs_are_searched_as_shown():
+    """Computed radiography stores dense tissue as low values (MONOCHROME1): the detector must
+    see the film as the screen shows it (bright bone and opacities, dark lungs), not inverted."""
+    from scipy import ndimage as ndi
+
+    with open_study(pydicom_file("RG1_UNCI.dcm")) as study:
+        assert study.safe.photometric == "MONOCHROME1"
+        work = prepare_study_frame(study, 0)
+        shown = study.display(0).astype(np.float32)
+    shown = ndi.zoom(shown, (work.image.shape[0] / shown.shape[0], work.image.shape[1] / shown.shape[1]), order=1)
+    assert np.corrcoef(work.image.ravel(), shown.ravel())[0, 1] > 0.9
+    assert work.image[work.search].mean() < np.median(work.image[work.body])  # the lungs are the darker part

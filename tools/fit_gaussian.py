@@ -103,6 +103,8 @@ def fit_gaussian(ctx: ToolContext, args: FitGaussianInput, *,
         return ToolResult(output=FitGaussianOutput(study_id=study.id, results=[],
                                                    message=f"There is nothing to fit: {reason}."))
     polarity = expected_polarity(study.modality)
+    if study.safe.photometric == "MONOCHROME1":  # dense tissue is stored low: a bright lesion is low
+        polarity = "dark" if polarity == "bright" else "bright"
     samples = samples or ctx.finding_samples
     results = [_fit_finding(ctx, finding, study, polarity, samples.get(finding.id)) for finding in findings]
     return ToolResult(output=FitGaussianOutput(study_id=study.id, results=results, message=_summary(results)))

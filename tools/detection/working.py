@@ -348,6 +348,10 @@ def lung_view(image: np.ndarray, lungs: np.ndarray) -> np.ndarray:
 
 
 def prepare_study_frame(study: Study, frame: int) -> WorkingImage:
-    """The working image of one frame of an open study."""
-    return prepare(np.asarray(study.physical(frame), dtype=np.float32), study.modality, study.safe.body_part,
-                   study.coloured(frame))
+    """The working image of one frame of an open study. MONOCHROME1 frames (common for computed
+    radiography) store dense tissue as low values; they are negated, so that, as on the screen,
+    bone and opacities are bright and the lungs dark."""
+    values = np.asarray(study.physical(frame), dtype=np.float32)
+    if study.safe.photometric == "MONOCHROME1":
+        values = -values
+    return prepare(values, study.modality, study.safe.body_part, study.coloured(frame))
