@@ -43,6 +43,9 @@ class LoupeSettings(BaseSettings):
     max_total_pixels: int = Field(default=StudyLimits().max_total_pixels, gt=0)
     max_files: int = Field(default=StudyLimits().max_files, gt=0)
     max_archive_bytes: int = Field(default=StudyLimits().max_archive_bytes, gt=0)
+    detector_model: Path | None = Field(
+        default=None, description="An ONNX detector model (tools.detection.onnx_detector) that loupe eval scores "
+                                  "instead of the classical detector.")
 
     gemini_api_key: SecretStr | None = Field(
         default=None,

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.evaluation import benchmark
 from agent.evaluation.benchmark import run_eval
 from tests.conftest import pydicom_file, run_cli
-from tools.detection.detector import detect_on_work
+from tools.detection.detector import ClassicalDetector, detect_on_work
 from tools.detection.working import prepare
 from tools.study import StudyLimits, open_study
 from tools.study.colour import LUMA_WEIGHTS
@@ -130,7 +129,7 @@ def _manifest(path, rows):
             writer.writerow({name: row.get(name, "") for name in fields})
 
 
-def test_eval_goes_on_past_any_failing_image(doppler_png, eval_dir, tmp_path, monkeypatch):
+def test_eval_goes_on_past_any_failing_image(doppler_png, eval_dir, tmp_path):
     """A colour image is scored; an unreadable file and an image whose analysis raises an
     unexpected error are misses listed with a sentence; the run finishes."""
     (tmp_path / "truncated.png").write_bytes((eval_dir / BUSI_IMAGE).read_bytes()[:200])
@@ -140,16 +139,17 @@ def test_eval_goes_on_past_any_failing_image(doppler_png, eval_dir, tmp_path, mo
     rows = [dict(dataset="busi", image_path=name, modality="US", width=557, height=462, **lesion)
             for name in ("doppler.png", "truncated.png", "boom.png")]
     _manifest(tmp_path / "manifest.csv", rows)
-    real_detect, calls = benchmark.detect_frame, []
+    class Buggy(ClassicalDetector):
+        """The second image that opens (boom.png) meets a bug."""
 
-    def detect(study, frame):  # the second image that opens (boom.png) meets a bug
-        calls.append(study.id)
-        if len(calls) == 2:
-            raise RuntimeError("a bug in the detector")
-        return real_detect(study, frame)
+        def detect(self, study, frame, limit=10):
+            calls.append(study.id)
+            if len(calls) == 2:
+                raise RuntimeError("a bug in the detector")
+            return super().detect(study, frame, limit)
 
-    monkeypatch.setattr(benchmark, "detect_frame", detect)
-    report = run_eval(tmp_path / "manifest.csv", limits=StudyLimits())
+    calls: list[str] = []
+    report = run_eval(tmp_path / "manifest.csv", limits=StudyLimits(), detector=Buggy())
     problems = report.data["unreadable"]
     assert [p.split(":")[0] for p in problems] == ["truncated.png", "boom.png"]
     assert "internal error (RuntimeError: a bug in the detector)" in problems[1]

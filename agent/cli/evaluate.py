@@ -38,8 +38,15 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     if args.cv is not None and (args.cv < 2 or args.simulate_proposals is not None):
         fail("--cv takes at least 2 folds, and scores the detector (not simulated proposals)")
     seed = {} if args.seed is None else {"seed": args.seed}
+    detector = None
+    if settings.detector_model is not None:  # LOUPE_DETECTOR_MODEL: score a trained model instead
+        if args.cv is not None or args.simulate_proposals is not None:
+            fail("LOUPE_DETECTOR_MODEL is scored as it is: without --cv or --simulate-proposals")
+        from tools.detection.onnx_detector import OnnxDetector
+
+        detector = OnnxDetector(settings.detector_model)
     report = run_eval(args.manifest, limits=settings.study_limits(), simulate_sigma_pct=args.simulate_proposals,
-                      repeats=args.repeats, cv=args.cv, **seed)
+                      repeats=args.repeats, cv=args.cv, detector=detector, **seed)
     print(report.text)
     if args.json_out:
         args.json_out.write_text(json.dumps(report.data, indent=2))

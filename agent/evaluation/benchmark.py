@@ -16,7 +16,7 @@ from agent.evaluation.manifest import EvalImage, read_manifest
 from agent.evaluation.scoring import Prediction, centre_guess, format_scores, score
 from agent.evaluation.simulation import (SIMULATION_SEED, SimulatedProposal, format_simulation, score_simulation,
                                          simulate_proposals)
-from tools.detection.detector import analyse_frame, detect_frame
+from tools.detection.detector import ClassicalDetector, Detector, analyse_frame
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import LoupeError
 from tools.study import StudyLimits, open_study
@@ -39,12 +39,12 @@ def _failure(image: EvalImage, error: Exception) -> str:
     return f"{image.path.name}: internal error ({type(error).__name__}: {error})"
 
 
-def _detect(images, limits: StudyLimits) -> tuple[dict, list[str]]:
+def _detect(images, limits: StudyLimits, detector: Detector) -> tuple[dict, list[str]]:
     predictions, problems = {}, []
     for image in images:
         try:
             with open_study(image.path, limits=limits, modality=image.modality) as study:
-                detections = detect_frame(study, 0)
+                detections = detector.detect(study, 0)
             predictions[image.path] = [Prediction(d.x, d.y, d.confidence) for d in detections]
         # One image must never end the run, whatever went wrong: it scores as a miss, is
         # listed with its sentence, and an unexpected error is logged in full.
@@ -98,14 +98,15 @@ def _cross_validation(images, limits: StudyLimits, k: int) -> tuple[str, dict[st
 
 
 def run_eval(manifest: Path, *, limits: StudyLimits, simulate_sigma_pct: float | None = None,
-             seed: int = SIMULATION_SEED, repeats: int = 1, cv: int | None = None) -> EvalReport:
+             seed: int = SIMULATION_SEED, repeats: int = 1, cv: int | None = None,
+             detector: Detector | None = None) -> EvalReport:
     """Score the detector (or, with ``simulate_sigma_pct``, the verifier) on ``manifest``.
 
     The simulation draws ``repeats`` proposals per lesion image, from seeds ``seed``,
     ``seed + 1``, ...: on the 124 dev images one seed's median deviation after verification
     (4.9 % of the diagonal at σ = 8 %) was a percent below five seeds' (5.9 %). With ``cv``,
     the detector's tuned rules and calibration are also scored by ``cv``-fold cross-validation
-    (``agent.evaluation.crossval``).
+    (``agent.evaluation.crossval``). ``detector`` replaces the classical one (a trained model).
     """
     if not manifest.is_file():
         raise LoupeError(f"The manifest '{manifest}' does not exist.")
@@ -124,12 +125,14 @@ def run_eval(manifest: Path, *, limits: StudyLimits, simulate_sigma_pct: float |
     elif cv is not None:
         text, data, problems = _cross_validation(images, limits, cv)
     else:
-        predictions, problems = _detect(images, limits)
-        detector = score(images, predictions, ANOMALY_THRESHOLD)
+        detector = detector or ClassicalDetector()
+        predictions, problems = _detect(images, limits, detector)
+        scores = score(images, predictions, ANOMALY_THRESHOLD)
         baseline = score(images, {i.path: centre_guess(i) for i in images}, ANOMALY_THRESHOLD)
-        text = "\n\n".join([format_scores("Offline detector (top-ranked finding)", detector),
+        name = "Offline detector" if detector.name == "classical" else f"Detector {detector.name}"
+        text = "\n\n".join([format_scores(f"{name} (top-ranked finding)", scores),
                             format_scores("Centre-guess baseline (same run)", baseline)])
-        data = {"detector": [s.model_dump() for s in detector], "baseline": [s.model_dump() for s in baseline],
+        data = {"detector": [s.model_dump() for s in scores], "baseline": [s.model_dump() for s in baseline],
                 "anomaly_threshold": ANOMALY_THRESHOLD, "unreadable": problems}
     if problems:
         text += "\n\nImages that could not be analysed (scored as misses):\n" + "\n".join(f"- {p}" for p in problems)

@@ -125,6 +125,27 @@ def detect_frame(study: Study, frame: int, limit: int = 10, refine: int = REFINE
     return detect_on_work(prepare_study_frame(study, frame), frame, limit, refine=refine)
 
 
+class Detector(Protocol):
+    """Something that finds candidate lesions on a frame: the classical detector (the default), or a
+    trained model (``tools.detection.onnx_detector.OnnxDetector``)."""
+
+    name: str
+
+    def detect(self, study: Study, frame: int, limit: int = 10) -> list[Detection]:
+        """Ranked detections on ``frame``, most confident first, in native pixels."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClassicalDetector:
+    """The zero-shot classical detector of this package, as a ``Detector``."""
+
+    name: str = "classical"
+
+    def detect(self, study: Study, frame: int, limit: int = 10) -> list[Detection]:
+        return detect_frame(study, frame, limit)
+
+
 @dataclass(frozen=True)
 class FrameAnalysis:
     """A frame's working image, scale space and ranked candidates, computed once per frame."""
