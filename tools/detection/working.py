@@ -306,9 +306,7 @@ def outside_competence(modality: str | None, body_part: str | None, organ: str, 
     """
     family = "DX" if modality in RADIOGRAPHY else modality
     part = (body_part or "").strip().lower()
-    if family == "CT" and organ == "lungs":
-        return None
-    if family == "DX" and organ == "lungs":
+    if family in ("CT", "DX") and organ == "lungs":
         return None
     if family == "MR" and organ == "brain" and _head_shaped(body):
         return None

@@ -19,9 +19,9 @@ DICOM studies never need this: their header names the modality.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage as ndi
-
 
 #: The guess looks at the image with its long side at this many px.
 GUESS_SIDE = 256
@@ -41,6 +41,7 @@ RADIOGRAPH_BACKGROUND_MAX = 0.3
 BACKGROUND_MIN = 0.15
 #: Share of the top rows' width that tissue must cover for "tissue reaches the top edge".
 TOP_COVER_MIN = 0.75
+
 
 @dataclass(frozen=True)
 class ModalityGuess:
@@ -127,7 +128,8 @@ def _chest_radiograph(layout: _Layout) -> ModalityGuess | None:
     right = float(np.median(profile[int(0.65 * cols): int(0.8 * cols)]))
     if middle - max(left, right) < MEDIASTINUM_MARGIN:
         return None
-    return ModalityGuess("DX", "a chest radiograph's layout: two dark lung fields either side of a brighter mediastinum")
+    return ModalityGuess("DX", "a chest radiograph's layout: two dark lung fields either side of a brighter "
+                               "mediastinum")
 
 
 def _cross_section(layout: _Layout) -> ModalityGuess | None:
