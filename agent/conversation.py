@@ -25,6 +25,7 @@ from agent.settings import LoupeSettings
 from agent.store.database import Store
 from agent.store.sessions import SessionRecorder, repaired_history, restore_tool_state, tool_state
 from agent.tool_calls import ToolOutcome, execute
+from agent.toolbox import detector_for
 from tools.context import ToolContext
 from tools.errors import LoupeError
 
@@ -71,7 +72,7 @@ class Conversation:
     def _blank(cls, settings: LoupeSettings, vision=None) -> Conversation:
         boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex)
         ctx = ToolContext(limits=settings.study_limits(), vision=vision, image_policy=boundary,
-                          model_image_max_side=settings.model_image_max_side)
+                          model_image_max_side=settings.model_image_max_side, detector=detector_for(settings))
         return cls(settings=settings, ctx=ctx, boundary=boundary)
 
     @classmethod

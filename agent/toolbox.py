@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from agent.settings import LoupeSettings
 from agent.store.files import write_atomically
 from tools.context import ToolContext, ToolResult
+from tools.detection.detector import Detector
 from tools.errors import LoupeError
 from tools.registry import TOOLS
 
@@ -26,7 +27,16 @@ class ToolCallError(LoupeError):
 
 
 def new_context(settings: LoupeSettings) -> ToolContext:
-    return ToolContext(limits=settings.study_limits())
+    return ToolContext(limits=settings.study_limits(), detector=detector_for(settings))
+
+
+def detector_for(settings: LoupeSettings) -> Detector | None:
+    """The trained detector ``LOUPE_DETECTOR_MODEL`` names, if any (None: the classical one alone)."""
+    if settings.detector_model is None:
+        return None
+    from tools.detection.onnx_detector import OnnxDetector
+
+    return OnnxDetector(settings.detector_model)
 
 
 def run_tool(ctx: ToolContext, name: str, arguments: dict[str, Any]) -> ToolResult:

@@ -3,6 +3,8 @@ ONNX Runtime, with its loading, preprocessing (letterbox) and box decoding check
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -132,3 +134,30 @@ def test_loupe_eval_scores_a_configured_model(tmp_path, spot_png, capsys, isolat
     assert code == 0, err
     assert "Detector onnx (top-ranked finding)" in out
     assert "| spots | 1 | 1.00 | 1.00 |" in out
+
+
+def test_a_configured_model_proposes_findings_that_are_verified(tmp_path, spot_png, capsys, isolated_cli,
+                                                                 monkeypatch):
+    """Through the real pipeline (``loupe analyze``): the model's box becomes a finding whose
+    source is "model", checked against the pixels like any proposal."""
+    model = tmp_path / "model.onnx"
+    brightest_pixel_model(model)
+    monkeypatch.setenv("LOUPE_DETECTOR_MODEL", str(model))
+    code, out, err = run_cli(capsys, "analyze", spot_png, "--modality", "OT", "--out", tmp_path / "out", "--json")
+    assert code == 0, err
+    findings = json.loads(out)["findings"]
+    model_findings = [f for f in findings if f["source"] == "model"]
+    assert len(model_findings) == 1
+    [found] = model_findings
+    assert abs(found["center_px"][0] - 210) <= 3 and abs(found["center_px"][1] - 60) <= 3  # verified: re-centred
+    assert found["verification"]["status"] in ("confirmed", "adjusted")
+
+
+def test_an_unusable_model_leaves_the_classical_detector_answering(tmp_path, spot_png, capsys, isolated_cli,
+                                                                    monkeypatch):
+    monkeypatch.setenv("LOUPE_DETECTOR_MODEL", str(tmp_path / "absent.onnx"))
+    code, out, err = run_cli(capsys, "analyze", spot_png, "--modality", "OT", "--out", tmp_path / "out", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert "The detector model was not used" in result["summary"] and "does not exist" in result["summary"]
+    assert result["findings"] and all(f["source"] == "classical" for f in result["findings"])

@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.checklists.record import SecondReadState
+from tools.detection.detector import Detector
 from tools.errors import NoStudyOpenError, UnreadableStudyError
 from tools.findings import Finding
 from tools.render.model_image import ImagePolicy
@@ -103,6 +104,9 @@ class ToolContext:
     views: dict[str, StudyView] = field(default_factory=dict)
     current_study_id: str | None = None
     vision: VisionProposer | None = None
+    #: A trained detector (``LOUPE_DETECTOR_MODEL``) whose boxes are verified like any proposal;
+    #: None: the classical detector alone.
+    detector: Detector | None = None
     #: Applied to every image prepared for a vision model; None = no restriction (no model).
     image_policy: ImagePolicy | None = None
     report_writer: ReportWriter | None = None

@@ -10,7 +10,7 @@ same lesion are grouped; each group is verified once against the pixels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -113,6 +113,24 @@ class _Draft:
     sample_centres: tuple[tuple[float, float], ...] = ()
 
 
+def _model_drafts(ctx: ToolContext, study: Study, frame: int, limit: int, detections: Sequence[Detection],
+                  used: set[int]) -> list[_Draft]:
+    """The trained detector's boxes, verified against the pixels like any proposal; rejected ones
+    are dropped, and classical candidates inside a kept box are marked in ``used``."""
+    analysis = frame_analysis(ctx, study, frame)
+    drafts = []
+    for found in ctx.detector.detect(study, frame, limit):
+        result = verify_location(analysis.work, found.box, spacing_mm=study.pixel_spacing_mm(frame),
+                                 candidates=analysis.detections, space=analysis.space)
+        if result.verification.status == "rejected":
+            continue
+        used.update(i for i, d in enumerate(detections) if result.box.contains(d.x, d.y) and d.frame == frame)
+        anchor = replace(found, x=result.center[0], y=result.center[1], box=result.box,
+                         radius_px=max(result.box.width, result.box.height) / 2)
+        drafts.append(_Draft(anchor, "model", result.verification))
+    return drafts
+
+
 def _vision_drafts(ctx: ToolContext, study: Study, frame: int, window, samples: int,
                    detections: Sequence[Detection], used: set[int]) -> list[_Draft]:
     """The vision model's proposals, verified against the pixels; rejected ones are dropped.
@@ -176,6 +194,11 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         except (ModelUnavailableError, ImageWithheldError) as error:
             # The classical detector still answers; say plainly that the model did not help.
             vision_note = f" The vision model was not consulted: {error}"
+    if ctx.detector is not None and searched == [frame]:
+        try:
+            drafts += _model_drafts(ctx, study, frame, max(args.max_findings, 10), detections, used)
+        except ModelUnavailableError as error:  # the classical detector still answers
+            vision_note += f" The detector model was not used: {error}"
     drafts += [_Draft(d, "classical", _classical_verification(d, notes))
                for i, d in enumerate(detections) if i not in used]
     drafts.sort(key=lambda draft: -draft.detection.confidence)

@@ -1,7 +1,7 @@
 """Findings: what Loupe believes it sees, where, how sure, and how it was checked.
 
 A finding has a stable id within a session (F1, F2, ...), a source (the vision model, the
-classical detector, or the clinician), a confidence in [0, 1], its verification result, its
+classical detector, a trained detector model, or the clinician), a confidence in [0, 1], its verification result, its
 Gaussian fit and its measurements. Coordinates follow ``tools.coordinates`` (native pixels,
 pixel-centre origin, inclusive boxes).
 """
@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tools.coordinates import BoxPx
 
-FindingSource = Literal["vlm", "classical", "clinician"]
+FindingSource = Literal["vlm", "classical", "model", "clinician"]
 VerificationStatus = Literal["confirmed", "adjusted", "rejected", "unverified"]
 
 _FINDING_ID = re.compile(r"^F[1-9][0-9]*$")

@@ -42,9 +42,9 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     if settings.detector_model is not None:  # LOUPE_DETECTOR_MODEL: score a trained model instead
         if args.cv is not None or args.simulate_proposals is not None:
             fail("LOUPE_DETECTOR_MODEL is scored as it is: without --cv or --simulate-proposals")
-        from tools.detection.onnx_detector import OnnxDetector
+        from agent.toolbox import detector_for
 
-        detector = OnnxDetector(settings.detector_model)
+        detector = detector_for(settings)
     report = run_eval(args.manifest, limits=settings.study_limits(), simulate_sigma_pct=args.simulate_proposals,
                       repeats=args.repeats, cv=args.cv, detector=detector, **seed)
     print(report.text)

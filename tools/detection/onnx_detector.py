@@ -3,7 +3,9 @@
 The classical, zero-shot detector does not generalise on chest radiographs (see the closing
 notes of issue 15); a model trained on many more images than Loupe's development set may. Loupe
 ships no weights (none can be downloaded here, and a hospital chooses its own): this module is
-the tested seam a model file plugs into (``LOUPE_DETECTOR_MODEL``).
+the tested seam a model file plugs into (``LOUPE_DETECTOR_MODEL``): ``detect_anomalies`` verifies
+its boxes against the pixels like any proposal (findings with source "model"), and ``loupe eval``
+scores it.
 
 Model contract
 --------------
