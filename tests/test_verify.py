@@ -29,7 +29,7 @@ from tests.test_detection import (
 )
 from tools import verify_coordinates
 from tools.coordinates import BoxPx
-from tools.detection.detector import detect_on_work
+from tools.detection.detector import analyse_frame, detect_on_work
 from tools.detection.evidence import ScaleSpace
 from tools.detection.working import prepare, prepare_study_frame
 from tools.errors import FrameOutOfRangeError, InvalidCoordinatesError, NoStudyOpenError
@@ -436,3 +436,16 @@ def test_verification_rarely_makes_good_proposals_worse(eval_dir, sigma_pct, min
     assert overall.hit_after >= overall.hit_before + min_gain, overall
     assert overall.median_dev_after_pct <= overall.median_dev_before_pct + 0.5, overall
     assert overall.good_rejected <= 0.10, overall
+
+
+def test_outside_its_competence_the_verifier_keeps_a_proposal_where_it_was_put(eval_dir):
+    """The abdominal MR's dark liver mass: on a study the detector is not built for, its idea of a
+    more lesion-like blob (a kidney, here) is no ground for moving the proposal."""
+    with open_study(eval_dir / "pydicom_overlay" / "examples_overlay.dcm", limits=StudyLimits()) as study:
+        analysis = analyse_frame(study, 0)
+        mass = BoxPx(x0=110, y0=105, x1=169, y1=164)
+        result = verify_location(analysis.work, mass, spacing_mm=study.pixel_spacing_mm(0),
+                                 candidates=analysis.detections, space=analysis.space)
+    assert analysis.work.outside == "an MR of the abdomen"
+    assert result.verification.status == "confirmed" and result.verification.shift_px == 0
+    assert any("not for an MR of the abdomen" in reason for reason in result.verification.reasons)

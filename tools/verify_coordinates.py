@@ -221,7 +221,8 @@ def verify_location(work: WorkingImage, box: BoxPx, *, spacing_mm: tuple[float, 
 
     The centre moves only to a blob that the calibrated model judges a plausible lesion and
     whose weight (confidence × size fit × distance prior) beats the evidence at the proposed
-    centre; otherwise the proposal stands, and it is rejected only when the pixels contradict it.
+    centre, and never on a study the detector is not built for; otherwise the proposal stands,
+    and it is rejected only when the pixels contradict it.
     """
     rows, cols = work.native_shape
     reasons: list[str] = []
@@ -239,7 +240,9 @@ def verify_location(work: WorkingImage, box: BoxPx, *, spacing_mm: tuple[float, 
     blobs = [_Blob(d.x, d.y, d.radius_px, d.confidence) for d in candidates]
     blobs += _window_blobs(space, levels, cx, cy, radius * work.scale)
     best = _best_blob(blobs, box, sigma_px, radius)
-    moved = (best is not None and best.weight >= max(here_confidence, STAY_FLOOR)
+    # Outside what the detector is built for, its idea of "more lesion-like" is no ground for
+    # moving anyone's proposal (on an abdominal MR it would trade a dark liver mass for a kidney).
+    moved = (work.outside is None and best is not None and best.weight >= max(here_confidence, STAY_FLOOR)
              and best.distance > MIN_MOVE_FRACTION * max(box.width, box.height))
     nx, ny = (best.blob.x, best.blob.y) if moved else box.center
     shift_px = math.hypot(nx - box.center[0], ny - box.center[1])
@@ -253,7 +256,7 @@ def verify_location(work: WorkingImage, box: BoxPx, *, spacing_mm: tuple[float, 
         contradiction = _contradiction(space, box, here, levels)
         status = "rejected" if contradiction else "confirmed"
         final_confidence = here_confidence
-        reasons.insert(0, contradiction or _kept_reason(here, here_confidence))
+        reasons.insert(0, contradiction or _kept_reason(here, here_confidence, work.outside is not None))
         if not contradiction and _beyond_blob_scales(space, box):
             reasons.append("the box is larger than any lesion size the detector measures, so only the "
                            "evidence at its centre was weighed")
@@ -278,9 +281,12 @@ def _moved_reason(shift_px: float, shift_mm: float | None, blob_confidence: floa
             f"(confidence {blob_confidence:.2f} vs {here_confidence:.2f} at the proposed centre)")
 
 
-def _kept_reason(here: Evidence, here_confidence: float) -> str:
+def _kept_reason(here: Evidence, here_confidence: float, outside: bool = False) -> str:
     if here_confidence >= MOVE_MIN_CONFIDENCE or here.cnr >= 1.0:
         return f"lesion-like contrast at the proposed location (confidence {here_confidence:.2f})"
+    if outside:
+        return (f"kept as proposed: the image evidence here is weak (confidence {here_confidence:.2f}), nothing in "
+                "the pixels contradicts a lesion, and on this study the detector does not move proposals")
     # Subtle lesions (ground glass, faint nodules, loose boxes) look like this too: say so, keep it.
     return (f"kept as proposed: the image evidence here is weak (confidence {here_confidence:.2f}), "
             "but nothing in the pixels contradicts a lesion and no clearer blob is nearby")
