@@ -82,13 +82,39 @@ def wait_idle(page, timeout_ms: int = 90_000) -> None:
     page.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=timeout_ms)
 
 
+def _attach(page, chat, files: list[Path]) -> None:
+    """Attach ``files`` to the chat input and wait until the input shows each of them: sent
+    earlier, the message would go without them (and be answered about the study already open).
+    Files set while the app reruns (it does once after loading) can be dropped: set them again."""
+    for _ in range(3):
+        chat.locator("input[type=file]").set_input_files([str(f) for f in files])
+        try:
+            for file in files:
+                chat.get_by_text(file.name).first.wait_for(timeout=10_000)
+        except Exception:  # Playwright's TimeoutError: not attached (yet)
+            wait_idle(page)
+            continue
+        page.wait_for_load_state("networkidle")
+        return
+    raise AssertionError(f"the chat input did not take {[f.name for f in files]}")
+
+
 def send_message(page, text: str, files: list[Path] | None = None) -> None:
     chat = page.locator("[data-testid=stChatInput]")
     if files:
-        chat.locator("input[type=file]").set_input_files([str(f) for f in files])
-        page.wait_for_load_state("networkidle")  # the files upload over HTTP before the message is sent
-    chat.locator("textarea").fill(text)
-    chat.locator("textarea").press("Enter")
+        _attach(page, chat, files)
+    box = chat.locator("textarea")
+    box.fill(text)
+    box.press("Enter")
+    # An Enter pressed while the upload is still being registered is ignored (the text and the
+    # files stay in the input): press it again until the input empties, i.e. the message went.
+    for _ in range(10):
+        try:
+            page.wait_for_function("el => el.value === ''", arg=box.element_handle(), timeout=2_000)
+            return
+        except Exception:  # Playwright's TimeoutError: not sent yet
+            box.press("Enter")
+    raise AssertionError(f"the chat input did not send {text!r}")
 
 
 def screenshot(page, name: str) -> Path:

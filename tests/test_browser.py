@@ -121,8 +121,10 @@ def test_a_png_gets_a_modality_the_clinician_can_change(browser_available, eval_
         page.goto(url)
         wait_idle(page)
         send_message(page, "Analyse this scan", files=[screenshot_png])
-        page.get_by_text("hypoechoic mass").first.wait_for(timeout=90_000)
+        page.get_by_text("offline classical detector").first.wait_for(timeout=90_000)
         wait_idle(page)
+        # Searched as an ultrasound: its candidates are hypoechoic masses.
+        expect(page.locator("[data-testid=stChatMessage]").last).to_contain_text("hypoechoic mass", timeout=30_000)
         sidebar = page.locator("[data-testid=stSidebar]")
         expect(sidebar).to_contain_text("What does this image show?", timeout=30_000)
         expect(sidebar).to_contain_text("Loupe's guess from the picture")
