@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import pydicom_file, run_cli
-from tools.detection.onnx_detector import Letterbox, OnnxDetector, decode, frame_as_shown, letterboxed
+from tools.detection.onnx_detector import Letterbox, OnnxDetector, decode, letterboxed
+from tools.detection.working import frame_as_shown
 from tools.errors import ModelUnavailableError
 from tools.study import open_study
 

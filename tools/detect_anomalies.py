@@ -32,7 +32,7 @@ from tools.errors import ImageWithheldError, InvalidCoordinatesError, ModelUnava
 from tools.findings import Finding, Verification
 from tools.render.model_image import model_image
 from tools.study import Study
-from tools.verify_coordinates import verify_location
+from tools.verify_coordinates import VerifiedLocation, verify_location
 
 
 class DetectAnomaliesInput(BaseModel):
@@ -113,6 +113,20 @@ class _Draft:
     sample_centres: tuple[tuple[float, float], ...] = ()
 
 
+def _verified_proposal(analysis: FrameAnalysis, study: Study, frame: int, box: BoxPx,
+                       detections: Sequence[Detection], used: set[int],
+                       sample_centres: Sequence[tuple[float, float]] = ()) -> tuple[VerifiedLocation, list[int]] | None:
+    """A proposed box verified against the pixels, with the detector candidates inside it (also
+    marked in ``used``, so that the same lesion is not listed twice); None when rejected."""
+    result = verify_location(analysis.work, box, spacing_mm=study.pixel_spacing_mm(frame),
+                             candidates=analysis.detections, sample_centres=sample_centres, space=analysis.space)
+    if result.verification.status == "rejected":
+        return None
+    agreeing = [i for i, d in enumerate(detections) if result.box.contains(d.x, d.y) and d.frame == frame]
+    used.update(agreeing)
+    return result, agreeing
+
+
 def _model_drafts(ctx: ToolContext, study: Study, frame: int, limit: int, detections: Sequence[Detection],
                   used: set[int]) -> list[_Draft]:
     """The trained detector's boxes, verified against the pixels like any proposal; rejected ones
@@ -120,11 +134,10 @@ def _model_drafts(ctx: ToolContext, study: Study, frame: int, limit: int, detect
     analysis = frame_analysis(ctx, study, frame)
     drafts = []
     for found in ctx.detector.detect(study, frame, limit):
-        result = verify_location(analysis.work, found.box, spacing_mm=study.pixel_spacing_mm(frame),
-                                 candidates=analysis.detections, space=analysis.space)
-        if result.verification.status == "rejected":
+        verified = _verified_proposal(analysis, study, frame, found.box, detections, used)
+        if verified is None:
             continue
-        used.update(i for i, d in enumerate(detections) if result.box.contains(d.x, d.y) and d.frame == frame)
+        result, _ = verified
         anchor = replace(found, x=result.center[0], y=result.center[1], box=result.box,
                          radius_px=max(result.box.width, result.box.height) / 2)
         drafts.append(_Draft(anchor, "model", result.verification))
@@ -141,13 +154,10 @@ def _vision_drafts(ctx: ToolContext, study: Study, frame: int, window, samples: 
     analysis = frame_analysis(ctx, study, frame)
     drafts = []
     for proposal in _vision_proposals(ctx, study, frame, window, samples):
-        result = verify_location(analysis.work, proposal.box, spacing_mm=study.pixel_spacing_mm(frame),
-                                 candidates=analysis.detections, sample_centres=proposal.centres,
-                                 space=analysis.space)
-        if result.verification.status == "rejected":
+        verified = _verified_proposal(analysis, study, frame, proposal.box, detections, used, proposal.centres)
+        if verified is None:
             continue
-        agreeing = [i for i, d in enumerate(detections) if result.box.contains(d.x, d.y) and d.frame == frame]
-        used.update(agreeing)
+        result, agreeing = verified
         agreement = max((detections[i].confidence for i in agreeing), default=0.0)
         # A proposal the pixels support is at least as likely as the evidence and the detector say.
         confidence = max(result.verification.evidence or 0.0, agreement, 0.5 if agreeing else 0.35)

@@ -3,7 +3,6 @@ proposals) over a manifest and tabulate the scores beside the centre-guess basel
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -12,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.evaluation.crossval import analyse, cross_validate
-from agent.evaluation.manifest import EvalImage, read_manifest
-from agent.evaluation.scoring import Prediction, centre_guess, format_scores, score
+from agent.evaluation.manifest import read_manifest
+from agent.evaluation.scoring import Prediction, centre_guess, failure_line, format_scores, score
 from agent.evaluation.simulation import (SIMULATION_SEED, SimulatedProposal, format_simulation, score_simulation,
                                          simulate_proposals)
 from tools.detection.detector import ClassicalDetector, Detector, analyse_frame
@@ -22,21 +21,11 @@ from tools.errors import LoupeError
 from tools.study import StudyLimits, open_study
 from tools.verify_coordinates import verify_location
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class EvalReport:
     text: str
     data: dict[str, Any]
-
-
-def _failure(image: EvalImage, error: Exception) -> str:
-    """One line naming an image that could not be analysed, and why."""
-    if isinstance(error, LoupeError):
-        return f"{image.path.name}: {error.message}"
-    log.error("evaluation of %s failed", image.path, exc_info=error)
-    return f"{image.path.name}: internal error ({type(error).__name__}: {error})"
 
 
 def _detect(images, limits: StudyLimits, detector: Detector) -> tuple[dict, list[str]]:
@@ -50,7 +39,7 @@ def _detect(images, limits: StudyLimits, detector: Detector) -> tuple[dict, list
         # listed with its sentence, and an unexpected error is logged in full.
         except Exception as error:
             predictions[image.path] = []
-            problems.append(_failure(image, error))
+            problems.append(failure_line(image, error))
     return predictions, problems
 
 
@@ -74,7 +63,7 @@ def _simulate(images, sigma_pct: float, limits: StudyLimits, seeds: Sequence[int
         except Exception as error:  # as in _detect: one image never ends the run
             done = {id(item[0]) for item in results}
             results += [(p, p.box.center, True) for p in proposals if id(p) not in done]
-            problems.append(_failure(image, error))
+            problems.append(failure_line(image, error))
     return results, problems
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from agent.evaluation.calibration import TOP_CANDIDATES, calibrated, fit_calibration
 from agent.evaluation.manifest import EvalImage
-from agent.evaluation.scoring import GroupScore, Prediction, hits, score
+from agent.evaluation.scoring import GroupScore, Prediction, failure_line, hits, score
 from tools.detection.detector import Detection, detect_on_work
 from tools.detection.evidence import ScaleSpace
 from tools.detection.scoring import ANOMALY_THRESHOLD, CALIBRATION, RULES, Rules, modality_family
@@ -86,7 +86,7 @@ def analyse(images: Sequence[EvalImage], limits: StudyLimits) -> tuple[list[Imag
             space = ScaleSpace(work)
             by_rules = {rules: detect_on_work(work, 0, KEPT, space, rules=rules) for rules in rule_sets(family)}
         except Exception as error:  # as in benchmark: one image never ends the run
-            problems.append(f"{image.path.name}: {error}")
+            problems.append(failure_line(image, error))
             by_rules = {rules: [] for rules in rule_sets(family)}
         runs.append(ImageRuns(image, family, by_rules))
     return runs, problems

@@ -7,6 +7,7 @@ threshold, and always the centre-guess baseline in the same run.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections import defaultdict
@@ -17,6 +18,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from agent.evaluation.manifest import EvalImage, Lesion
+from tools.errors import LoupeError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,15 @@ class Prediction:
 
 
 Predictor = Callable[[EvalImage], Sequence[Prediction]]
+
+
+def failure_line(image: EvalImage, error: Exception) -> str:
+    """One line naming an image that could not be analysed (it scores as a miss), and why; an
+    unexpected error is logged in full."""
+    if isinstance(error, LoupeError):
+        return f"{image.path.name}: {error.message}"
+    log.error("evaluation of %s failed", image.path, exc_info=error)
+    return f"{image.path.name}: internal error ({type(error).__name__}: {error})"
 
 
 def centre_guess(image: EvalImage) -> list[Prediction]:

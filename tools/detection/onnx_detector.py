@@ -34,6 +34,7 @@ from PIL import Image
 
 from tools.coordinates import BoxPx
 from tools.detection.detector import Detection, label_for
+from tools.detection.working import frame_as_shown
 from tools.errors import ModelUnavailableError
 from tools.study import Study
 
@@ -55,12 +56,6 @@ class Letterbox:
         """A box in input-tensor pixel edges -> an inclusive native pixel box, clipped."""
         box = BoxPx(x0=x0 / self.scale, y0=y0 / self.scale, x1=x1 / self.scale - 1.0, y1=y1 / self.scale - 1.0)
         return box.clipped(self.native_columns, self.native_rows)
-
-
-def frame_as_shown(study: Study, frame: int) -> np.ndarray:
-    """The frame's values as the screen orders them (dense tissue high), float32."""
-    values = np.asarray(study.physical(frame), dtype=np.float32)
-    return -values if study.safe.photometric == "MONOCHROME1" else values
 
 
 def letterboxed(values: np.ndarray, height: int, width: int) -> tuple[np.ndarray, Letterbox]:

@@ -345,11 +345,14 @@ def lung_view(image: np.ndarray, lungs: np.ndarray) -> np.ndarray:
     return view
 
 
-def prepare_study_frame(study: Study, frame: int) -> WorkingImage:
-    """The working image of one frame of an open study. MONOCHROME1 frames (common for computed
-    radiography) store dense tissue as low values; they are negated, so that, as on the screen,
-    bone and opacities are bright and the lungs dark."""
+def frame_as_shown(study: Study, frame: int) -> np.ndarray:
+    """A frame's values ordered as the screen shows them (float32). MONOCHROME1 frames (common
+    for computed radiography) store dense tissue as low values; they are negated, so that, as on
+    the screen, bone and opacities are high and the lungs low."""
     values = np.asarray(study.physical(frame), dtype=np.float32)
-    if study.safe.photometric == "MONOCHROME1":
-        values = -values
-    return prepare(values, study.modality, study.safe.body_part, study.coloured(frame))
+    return -values if study.safe.photometric == "MONOCHROME1" else values
+
+
+def prepare_study_frame(study: Study, frame: int) -> WorkingImage:
+    """The working image of one frame of an open study, as shown on screen."""
+    return prepare(frame_as_shown(study, frame), study.modality, study.safe.body_part, study.coloured(frame))
