@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import TypeAdapter
 
@@ -23,6 +23,9 @@ from tools.revise_report import RevisionEdit, history_of, revise
 
 ExportFormat = Literal["md", "pdf", "sr", "json"]
 _EDITS = TypeAdapter(list[RevisionEdit])
+
+if TYPE_CHECKING:
+    from agent.pacs.send import StoredInstance
 
 
 @dataclass(frozen=True)
@@ -162,3 +165,65 @@ def _dicom_bytes(dataset) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# -- the PACS --------------------------------------------------------------------------------------
+
+#: What of an export goes to the PACS: the DICOM SRs, and the PDF as an Encapsulated PDF instance.
+PACS_FORMATS: list[ExportFormat] = ["sr", "pdf"]
+
+
+def pacs_documents(conversation: Conversation, files: list[ExportFile], *, version: int | None = None,
+                   study_id: str | None = None) -> list[tuple[ExportFile, Any]]:
+    """The exported ``files`` that go to the PACS, each with its DICOM data set: the SRs as
+    exported (same instance UIDs as the local files), the PDF encapsulated into the source study."""
+    from pydicom import dcmread
+
+    from tools.report.encapsulated_pdf import encapsulated_pdf
+
+    report_history = history(conversation, study_id)
+    report = report_history.current if version is None else report_history.version(version)
+    documents = []
+    for file in files:
+        if file.name.endswith("-sr.dcm"):
+            documents.append((file, dcmread(io.BytesIO(file.data))))
+        elif file.mime_type == "application/pdf":
+            study = conversation.ctx.view(report.study_id).study
+            dataset = encapsulated_pdf(file.data, report, study, conversation.ctx.findings)
+            documents.append((ExportFile(file.name.removesuffix(".pdf") + "-pdf.dcm", "application/dicom",
+                                         _dicom_bytes(dataset)), dataset))
+    if not documents:
+        raise ReportError("Nothing to send to the PACS: it takes the DICOM SR and the PDF of a report.")
+    return documents
+
+
+def send_to_pacs(conversation: Conversation, documents: list[tuple[ExportFile, Any]], *, allow_draft: bool,
+                 version: int | None = None, study_id: str | None = None) -> list[StoredInstance]:
+    """Store ``documents`` (from ``pacs_documents``) in their source study on the configured PACS
+    and confirm by QIDO that they arrived. A draft goes only when ``allow_draft`` (it says it is
+    a draft in the SR's flags and the PDF's title and pages). The study must be on that PACS."""
+    from agent.pacs.client import PacsConnection, PacsError, PacsNotFoundError
+    from agent.pacs.search import study as pacs_study
+    from agent.pacs.send import store_in_study
+
+    report_history = history(conversation, study_id)
+    report = report_history.current if version is None else report_history.version(version)
+    if report.status != "signed" and not allow_draft:
+        raise ReportError(f"Version {report.version} is a draft: sign it before sending it to the PACS, or send "
+                          "it as a draft on purpose.")
+    study_uid = str(documents[0][1].StudyInstanceUID)
+    connection = PacsConnection(conversation.settings)
+    try:
+        pacs_study(connection, study_uid)
+    except PacsNotFoundError as error:
+        raise PacsError("The source study is not on the PACS, so the report was not sent there (open the study "
+                        "from the PACS, or store its images there first).") from error
+    labels = {"measurements": "measurement SR", "narrative": "narrative SR", "pdf": "PDF"}
+    stored = store_in_study(connection, study_uid, [
+        (next((label for key, label in labels.items() if f"-{key}" in file.name), file.name), dataset)
+        for file, dataset in documents])
+    if conversation.recorder is not None:
+        conversation.recorder.audit("report_sent_to_pacs", {
+            "version": report.version, "status": report.status,
+            "instances": [{"sop_instance_uid": s.sop_instance_uid, "what": s.description} for s in stored]})
+    return stored

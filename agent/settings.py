@@ -47,6 +47,19 @@ class LoupeSettings(BaseSettings):
         default=None, description="An ONNX detector model (tools.detection.onnx_detector) that loupe eval scores "
                                   "instead of the classical detector.")
 
+    dicomweb_url: str | None = Field(
+        default=None, description="DICOMweb service root of the PACS (QIDO-RS, WADO-RS, STOW-RS), e.g. "
+                                  "https://pacs.example.org/dicom-web; without it the PACS features are hidden.")
+    dicomweb_user: str | None = Field(default=None, description="PACS user for HTTP basic authentication.")
+    dicomweb_password: SecretStr | None = Field(default=None, description="PACS password (never logged or stored).")
+    dicomweb_token: SecretStr | None = Field(
+        default=None, description="PACS bearer token, instead of user and password (never logged or stored).")
+    dicomweb_connect_timeout_s: float = Field(default=5.0, gt=0, description="Time to reach the PACS.")
+    dicomweb_read_timeout_s: float = Field(default=60.0, gt=0, description="Time for one PACS answer.")
+    dicomweb_retry_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries per PACS request on 5xx answers and connection errors (never 4xx).")
+    dicomweb_retry_initial_s: float = Field(default=0.5, ge=0, description="First PACS backoff delay; doubles.")
+
     gemini_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("LOUPE_GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY"),
@@ -102,3 +115,7 @@ class LoupeSettings(BaseSettings):
         if self.backend == "auto":
             return "gemini" if self.gemini_configured else "offline"
         return self.backend
+
+    @property
+    def pacs_configured(self) -> bool:
+        return bool(self.dicomweb_url)

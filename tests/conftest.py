@@ -57,7 +57,8 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 
 _MODEL_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "LOUPE_GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL",
-              "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "LOUPE_BACKEND")
+              "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "LOUPE_BACKEND",
+              "LOUPE_DICOMWEB_URL", "LOUPE_DICOMWEB_USER", "LOUPE_DICOMWEB_PASSWORD", "LOUPE_DICOMWEB_TOKEN")
 
 
 def _loopback_only(address: object) -> None:
@@ -103,3 +104,27 @@ def fake(monkeypatch):
     with FakeGemini() as server:
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
         yield server
+
+
+@pytest.fixture(scope="session")
+def orthanc():
+    """A real Orthanc with its DICOMweb plugin (installed by .ci/run), seeded over STOW-RS with
+    LIDC-IDRI-0002's CT slices, pydicom's CT_small and MR_small, and a study holding only an SR."""
+    from tests.orthanc import OrthancServer, orthanc_installed
+
+    if not orthanc_installed():
+        if os.environ.get("CI"):
+            pytest.fail("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+    with OrthancServer() as server:
+        server.seed(sorted((EVAL_DIR / "lidc_ct" / "LIDC-IDRI-0002").glob("*.dcm"))
+                    + [pydicom_file("CT_small.dcm"), pydicom_file("MR_small.dcm"), pydicom_file("test-SR.dcm")])
+        yield server
+
+
+@pytest.fixture
+def pacs_env(orthanc, monkeypatch):
+    """Loupe's settings pointed at the test Orthanc."""
+    for name, value in orthanc.env().items():
+        monkeypatch.setenv(name, value)
+    return orthanc

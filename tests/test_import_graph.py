@@ -20,10 +20,10 @@ PACKAGES = ("ui", "agent", "tools", "prompts")
 LAYERS = (
     ("ui", ("ui",)),
     ("commands", ("agent.cli",)),
-    ("services", ("agent.workspace", "agent.analysis", "agent.reports", "agent.samples")),
+    ("services", ("agent.workspace", "agent.analysis", "agent.reports", "agent.samples", "agent.pacs_studies")),
     ("model backends", ("agent.models",)),
     ("conversation", ("agent.conversation", "agent.tool_calls", "agent.toolbox")),
-    ("storage, privacy, evaluation", ("agent.store", "agent.privacy", "agent.evaluation")),
+    ("storage, privacy, evaluation, PACS", ("agent.store", "agent.privacy", "agent.evaluation", "agent.pacs")),
     ("agent vocabulary", ("agent.events", "agent.settings")),
     ("tool registry", ("tools.registry",)),
     ("tools", ("tools.load_study", "tools.detect_anomalies", "tools.verify_coordinates", "tools.fit_gaussian",

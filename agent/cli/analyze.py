@@ -27,7 +27,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.analysis import analyze
 
-    result = analyze(source_of(args.paths), args.out, settings=settings, backend=args.backend, modality=args.modality,
+    result = analyze(source_of(args.paths, settings), args.out, settings=settings, backend=args.backend, modality=args.modality,
                      confirm_images=args.confirm_images)
     if args.json:  # modality_assumed says it there
         print(json.dumps(result.model_dump(), indent=2))

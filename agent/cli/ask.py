@@ -30,7 +30,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.cli.terminal import ask
 
-    code = ask(settings, study_path(args.paths), args.question, backend_name=backend_choice(args.backend),
+    code = ask(settings, study_path(args.paths, settings), args.question, backend_name=backend_choice(args.backend),
                as_json=args.json, modality=args.modality, image_dir=args.images,
                offline_fallback=args.offline_fallback, confirm_images=args.confirm_images,
                session_id=args.session)

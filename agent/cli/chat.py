@@ -23,5 +23,5 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.cli.terminal import chat
 
-    raise SystemExit(chat(settings, study_path(args.paths), backend_name=backend_choice(args.backend),
+    raise SystemExit(chat(settings, study_path(args.paths, settings), backend_name=backend_choice(args.backend),
                           modality=args.modality, image_dir=args.images, session_id=args.session))

@@ -23,7 +23,7 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    with open_study(source_of(args.paths), limits=settings.study_limits(), modality=args.modality) as study:
+    with open_study(source_of(args.paths, settings), limits=settings.study_limits(), modality=args.modality) as study:
         summary = study_summary(study)
     if args.json:
         print(json.dumps(summary, indent=2))  # modality_assumed says it there

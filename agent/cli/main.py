@@ -15,9 +15,13 @@ Commands (a contract other issues and checks rely on):
   "duration_ms"}], "findings", "usage", ...}``.
 - ``loupe chat STUDY [--backend ...] [--images DIR]`` — an interactive conversation.
 - ``loupe sessions list [--json] | rename ID TITLE | delete ID`` — stored sessions.
-- ``loupe report STUDY --out DIR [--format md,pdf,sr,json]`` or ``loupe report --session ID --out DIR
+- ``loupe report STUDY --out DIR [--format md,pdf,sr,json] [--send]`` or ``loupe report --session ID --out DIR
   [--version N] [--sign NAME]`` — draft, sign and export reports.
 - ``loupe second-read STUDY [--responses FILE.json] [--json]`` — a guided second read.
+- ``loupe pacs search [--patient-id ID] [--patient-name NAME] [--accession A] [--modality M]
+  [--date YYYYMMDD[-YYYYMMDD]] [--json]`` — studies on the PACS (``LOUPE_DICOMWEB_URL``); JSON
+  objects with at least ``study_uid, study_date, modalities, description, series, instances``.
+  Every command taking a study also takes ``pacs:STUDY_UID`` or ``pacs:STUDY_UID/SERIES_UID``.
 - ``loupe deid IN OUT [--map FILE] [--json]`` — a PS3.15 basic-profile de-identified copy.
 - ``loupe audit OUT.jsonl [--session ID]`` — the audit trail as JSON lines.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
@@ -34,14 +38,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from agent.cli import (analyze, ask, audit, chat, deid, evaluate, info, report, second_read, serve, sessions, verify,
-                       view)
+from agent.cli import (analyze, ask, audit, chat, deid, evaluate, info, pacs, report, second_read, serve, sessions,
+                       verify, view)
 from agent.cli.parsing import Parser, fail
 from agent.settings import LoupeSettings
 from tools.errors import LoupeError
 
 #: In the order ``loupe --help`` lists them.
-COMMANDS = (info, view, analyze, verify, evaluate, ask, chat, sessions, report, second_read, deid, audit, serve)
+COMMANDS = (info, view, analyze, verify, evaluate, ask, chat, sessions, report, second_read, pacs, deid, audit, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

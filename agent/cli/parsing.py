@@ -7,7 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from agent.settings import LoupeSettings
 
 EXIT_ERROR = 2
 #: ``--backend`` choices of the conversation commands (``auto``: Gemini when configured).
@@ -26,15 +29,36 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_ERROR)
 
 
-def source_of(paths: Sequence[str]) -> str | list[str]:
-    """One path as it is, several as a list (the files of one series)."""
+def source_of(paths: Sequence[str], settings: LoupeSettings) -> str | list[str]:
+    """One path as it is, several as a list (the files of one series); a ``pacs:`` reference
+    retrieved first, as the folder it was retrieved into."""
+    if any(path.startswith("pacs:") for path in paths):
+        return str(study_path(paths, settings))
     return paths[0] if len(paths) == 1 else list(paths)
 
 
-def study_path(paths: Sequence[str]) -> Path:
+def study_path(paths: Sequence[str], settings: LoupeSettings) -> Path:
+    """The one study a command works on: a file, folder, .zip, or ``pacs:STUDY[/SERIES]``."""
     if len(paths) != 1:
-        fail("give one study: a file, a folder or a .zip")
-    return Path(paths[0])
+        fail("give one study: a file, a folder, a .zip or pacs:STUDY_UID[/SERIES_UID]")
+    from agent.pacs.reference import PacsReference  # only when asked: the PACS client is not light
+
+    reference = PacsReference.parse(paths[0])
+    if reference is None:
+        return Path(paths[0])
+    retrieved = reference.retrieve(settings, progress=_print_progress)
+    if retrieved.fetched:
+        print(file=sys.stderr)  # end the progress line
+    origin = "stored copy" if not retrieved.fetched else f"{retrieved.fetched} image(s) retrieved"
+    print(f"pacs: series {retrieved.description} ({origin})", file=sys.stderr)
+    if reference.series_uid is None and retrieved.other_image_series:
+        print(f"pacs: the study has {retrieved.other_image_series} other image series; open one with "
+              "pacs:STUDY_UID/SERIES_UID (see loupe pacs series STUDY_UID)", file=sys.stderr)
+    return retrieved.folder
+
+
+def _print_progress(done: int, total: int) -> None:
+    print(f"\rpacs: retrieving {done}/{total}", end="", file=sys.stderr, flush=True)
 
 
 def note_assumed_modality(assumed: dict[str, str | None]) -> None:

@@ -3,7 +3,9 @@
 - ``loupe report STUDY --out DIR`` — new session: analyse (detect, verify, fit), draft, export.
 - ``loupe report --session ID --out DIR [--version N] [--sign NAME]`` — from a stored session.
 
-``--format`` takes ``md,pdf,sr,json`` (default all). PNG/JPEG studies have no source DICOM to
+``--format`` takes ``md,pdf,sr,json`` (default all). ``--send`` also stores the SR(s) and the PDF (as
+an Encapsulated PDF instance, also written to DIR) in the source study on the PACS and prints
+their SOP instance UIDs; a failed store exits 2 with one sentence and keeps the local files. PNG/JPEG studies have no source DICOM to
 reference, so their SR is skipped with a note; the other formats are still written.
 """
 
@@ -33,6 +35,8 @@ def add_parser(commands) -> None:
     report.add_argument("--format", default="md,pdf,sr,json", help="Comma-separated: md, pdf, sr, json (default all).")
     report.add_argument("--version", type=int, help="Report version to export (default the current one).")
     report.add_argument("--sign", metavar="NAME", help="Sign the current version as this physician, then export it.")
+    report.add_argument("--send", action="store_true",
+                        help="Also store the SR(s) and PDF in the study on the PACS (LOUPE_DICOMWEB_URL), draft or signed.")
     report.add_argument("--backend", choices=BACKENDS, default=None)
     report.add_argument("--modality", help="Modality of a PNG/JPEG image.")
     report.add_argument("--confirm-no-burned-in-text", action="store_true", dest="confirm_images",
@@ -41,11 +45,11 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
-    study = study_path(args.paths) if args.paths else None
+    study = study_path(args.paths, settings) if args.paths else None
     raise SystemExit(run_report(settings, study=study, session_id=args.session, out_dir=args.out,
                                 formats=parse_formats(args.format), version=args.version, signer=args.sign,
                                 backend_name=backend_choice(args.backend), modality=args.modality,
-                                confirm_images=args.confirm_images))
+                                confirm_images=args.confirm_images, send=args.send))
 
 
 def parse_formats(text: str) -> list[str]:
@@ -58,7 +62,7 @@ def parse_formats(text: str) -> list[str]:
 
 def run_report(settings: LoupeSettings, *, study: Path | None, session_id: str | None, out_dir: Path, formats: list[str],
                version: int | None, signer: str | None, backend_name: str | None, modality: str | None,
-               confirm_images: bool) -> int:
+               confirm_images: bool, send: bool = False) -> int:
     # Imported here: analysis, backends and exporters load the imaging stack, which the
     # parser of every other command should not wait for.
     from agent.conversation import Conversation
@@ -67,6 +71,8 @@ def run_report(settings: LoupeSettings, *, study: Path | None, session_id: str |
 
     if study is None and session_id is None:
         raise LoupeError("Give a study to report on, or --session ID of a stored session.")
+    if send and not {"sr", "pdf"} & set(formats):
+        raise LoupeError("--send stores the DICOM SR and the PDF: include sr or pdf in --format.")
     if study is None:
         store = Store.for_data_dir(settings.data_dir, settings.db_url)
         conversation = Conversation.resume(settings, store, session_id, settings.user)
@@ -85,7 +91,22 @@ def run_report(settings: LoupeSettings, *, study: Path | None, session_id: str |
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"session: {conversation.session_id}", file=sys.stderr)
+    if send and files:
+        _send(conversation, files, version, out_dir)
     return 0 if files else 2
+
+
+def _send(conversation: Conversation, files: list, version: int | None, out_dir: Path) -> None:
+    """Store the exported SR(s) and the PDF on the PACS; the request itself allows a draft."""
+    from agent.reports import pacs_documents, send_to_pacs
+
+    documents = pacs_documents(conversation, files, version=version)
+    for file, _ in documents:
+        if not (out_dir / file.name).exists():  # the Encapsulated PDF: kept beside what was sent
+            write_atomically(out_dir / file.name, file.data)
+            print(out_dir / file.name)
+    for stored in send_to_pacs(conversation, documents, allow_draft=True, version=version):
+        print(f"stored {stored.sop_instance_uid} {stored.description}")
 
 
 def _drafted(settings: LoupeSettings, study: Path, session_id: str | None, backend_name: str | None,

@@ -27,5 +27,5 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from agent.cli.guided_read import load_responses, run_second_read
 
     responses = None if args.responses is None else load_responses(args.responses)
-    raise SystemExit(run_second_read(settings, study_path(args.paths), responses, args.json, args.modality,
+    raise SystemExit(run_second_read(settings, study_path(args.paths, settings), responses, args.json, args.modality,
                                      image_dir=args.images))

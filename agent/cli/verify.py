@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     box_2d = _parse_box_2d(args.box_2d)
     ctx = new_context(settings)
     try:
-        loaded = run_tool(ctx, "load_study", {"path": source_of(args.paths), "modality": args.modality}).output
+        loaded = run_tool(ctx, "load_study", {"path": source_of(args.paths, settings), "modality": args.modality}).output
         note_assumed_modality(loaded.summary.modality_assumed())
         output = run_tool(ctx, "verify_coordinates", {"box_2d": box_2d, "frame": args.frame}).output
     finally:

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
         fail(f"the output file must end in .png (got '{args.out.name}')")
     from tools.render.png import encode_png
 
-    with open_study(source_of(args.paths), limits=settings.study_limits(), modality=args.modality) as study:
+    with open_study(source_of(args.paths, settings), limits=settings.study_limits(), modality=args.modality) as study:
         data = encode_png(study.display(study.check_frame(args.frame), args.window))
     try:
         write_atomically(args.out, data)  # never leave a half-written PNG behind
