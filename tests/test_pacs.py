@@ -65,6 +65,19 @@ def test_search_by_each_key(pacs_env, tmp_path):
     assert uids(patient_id="NOBODY") == set()
 
 
+def test_searches_log_neither_patient_identity_nor_secrets(pacs_env, caplog, monkeypatch):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    search_studies(PacsConnection(LoupeSettings()), StudyQuery(patient_name="CompressedSamples*", patient_id="4MR1"))
+    monkeypatch.setenv("LOUPE_DICOMWEB_TOKEN", "token-secret")
+    with pytest.raises(PacsError):
+        search_studies(PacsConnection(LoupeSettings()), StudyQuery(patient_id="4MR1"))
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    for secret in ("CompressedSamples", "4MR1", PASSWORD, "token-secret"):
+        assert secret not in logged
+
+
 def test_search_results_list_what_the_clinician_needs(pacs_env):
     [match] = search_studies(PacsConnection(LoupeSettings()), StudyQuery(patient_id="LIDC-IDRI-0002"))
     assert (match.study_date, match.modalities[0], match.instances >= 8, match.series >= 1) == ("20000101", "CT", True, True)

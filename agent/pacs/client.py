@@ -22,6 +22,12 @@ from tools.errors import LoupeError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# dicomweb-client logs each request's URL and headers at DEBUG, and urllib3 each URL: QIDO query
+# strings carry patient names and ids, headers the bearer token. Neither may reach a log file,
+# whatever level the application logs at.
+for _chatty in ("dicomweb_client", "urllib3.connectionpool"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
+
 
 class PacsError(LoupeError):
     """The PACS could not do what was asked (unreachable, refused, missing, too slow)."""
