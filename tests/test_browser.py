@@ -6,6 +6,7 @@ Screenshots of the main states go to test-artifacts/ for a human to look at.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -141,3 +142,32 @@ def test_a_png_gets_a_modality_the_clinician_can_change(browser_available, eval_
         choice = page.locator("[data-testid=stSidebar]").get_by_role("combobox", name="What does this image show?")
         expect(choice).to_have_value("radiograph (DX)", timeout=30_000)  # remembered by the session
         screenshot(page, "06-png-modality-set")
+
+
+def test_a_study_opened_from_the_pacs(browser_available, orthanc, tmp_path):
+    from playwright.sync_api import expect
+
+    with served_app(tmp_path / "data", extra_env=orthanc.env()) as url, chromium_page() as page:
+        page.goto(url)
+        wait_idle(page)
+        sidebar = page.locator("[data-testid=stSidebar]")
+        sidebar.get_by_text("Open from PACS").click()
+        wait_idle(page)
+        patient_id = sidebar.get_by_role("textbox", name="Patient id")
+        patient_id.fill("LIDC-IDRI-0002")
+        patient_id.press("Tab")
+        wait_idle(page)
+        sidebar.get_by_role("button", name="Search PACS").click()
+        sidebar.get_by_role("button", name="Open study").wait_for(timeout=60_000)
+        wait_idle(page)
+        # The table draws once its own code has loaded: its cells, not only its frame, in the picture.
+        expect(sidebar.locator("[data-testid=stDataFrame] td[role=gridcell]").first).to_be_attached(timeout=30_000)
+        expect(sidebar.get_by_role("combobox", name="Study")).to_have_value(re.compile("CT"))
+        screenshot(page, "07-pacs-search")
+        sidebar.get_by_role("button", name="Open study").click()
+        expect(sidebar).to_contain_text("8 image(s) retrieved", timeout=90_000)
+        wait_idle(page)
+        expect(sidebar).to_contain_text("Modality CT", timeout=30_000)
+        expect(sidebar).to_contain_text("Frame 1 of 8")
+        assert not page.locator("[data-testid=stAlertContentError]").count()
+        screenshot(page, "08-pacs-study-open")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from agent import reports
+from agent import pacs_studies, reports
 from agent.conversation import Conversation
 from agent.workspace import findings_table
 from tools.errors import LoupeError
@@ -45,6 +45,7 @@ def report_panel(conversation: Conversation) -> None:
         _edit(conversation, report)
         _sign(conversation, report)
     _downloads(conversation, report.version)
+    _send_to_pacs(conversation, report)
 
 
 def _smaller_headings(markdown: str) -> str:
@@ -115,6 +116,33 @@ def _downloads(conversation: Conversation, version: int) -> None:
             key=f"download-{option.kind}-{version}", width="stretch")
     for note in notes:
         st.caption(note)
+
+
+def _send_to_pacs(conversation: Conversation, report) -> None:
+    """Store the SR(s) and the PDF in the source study on the PACS. A draft goes only when the
+    clinician ticks that it may; a failure is one sentence and leaves everything local as it was."""
+    if not conversation.settings.pacs_configured:
+        return
+    options, _ = reports.export_options(conversation, report.version)
+    if not any(option.kind.startswith("sr") for option in options):
+        return  # no source DICOM (a PNG/JPEG): the export notes already say there is no SR
+    draft = report.status != "signed"
+    allowed = not draft or st.checkbox("Send as draft (marked DRAFT in the SR and PDF)",
+                                       key=f"pacs_send_draft-{report.version}")
+    sent_key = f"pacs_sent-{conversation.session_id}-{report.study_id}-{report.version}"
+    if st.button("Send to PACS", key=f"pacs_send-{report.version}", disabled=not allowed):
+        st.session_state.pop(sent_key, None)
+        try:
+            with st.spinner(f"Sending version {report.version} to the PACS…"):
+                stored = pacs_studies.send_report(conversation, report.version, allow_draft=draft)
+        except LoupeError as error:
+            st.error(error.message)
+            return
+        st.session_state[sent_key] = [(s.description, s.sop_instance_uid) for s in stored]
+    sent = st.session_state.get(sent_key)  # kept so the confirmation outlives the next rerun
+    if sent:
+        st.success("Stored on the PACS, in the source study:  \n"
+                   + "  \n".join(f"{what}: `{uid}`" for what, uid in sent))
 
 
 def _clinician_name() -> str:

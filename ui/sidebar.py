@@ -11,6 +11,7 @@ from agent.store.database import Store
 from agent.workspace import (MODALITY_CHOICES, display_png, modality_choice, name_modality, open_sample, open_uploads,
                              owned_sessions, privacy_status, set_view, study_facts, window_presets)
 from tools.errors import LoupeError
+from ui.pacs_panel import pacs_panel
 from ui.sections import drawn_when_open
 
 
@@ -19,6 +20,7 @@ def sidebar(conversation: Conversation, store: Store, owner: str) -> None:
         st.title("Loupe")
         _backend()
         _open_study(conversation)
+        pacs_panel(conversation)
         _study(conversation)
         _privacy(conversation)
         _sessions(conversation, store, owner)
