@@ -93,15 +93,16 @@ def analyse_current(ctx: ToolContext) -> tuple[DetectAnomaliesOutput, list[Artif
 
 
 def _context(settings: LoupeSettings, backend: str) -> ToolContext:
-    """A tool context; with the Gemini backend, Gemini proposes locations too, behind the privacy
-    boundary (images at risk of burned-in text are not sent; the classical detector still runs)."""
+    """A tool context; with a model backend (Gemini, or an OpenAI-compatible server), the model
+    proposes locations too, behind the privacy boundary (images at risk of burned-in text are
+    not sent unless the model is on the premises; the classical detector still runs)."""
     ctx = new_context(settings)
-    if backend == "gemini":
+    if backend in ("gemini", "openai"):
         from agent.models.factory import make_vision_proposer
         from agent.privacy.boundary import PrivacyBoundary
 
         boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex)
-        ctx.vision = make_vision_proposer(settings, boundary)
+        ctx.vision = make_vision_proposer(settings, boundary, backend)
         ctx.image_policy = boundary
         ctx.model_image_max_side = settings.model_image_max_side
     return ctx
@@ -118,7 +119,7 @@ def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, 
     """Run the whole pipeline on a study and write overlay.png, the other layers and findings.json.
 
     ``confirm_images``: the clinician checked that the image shows no identifying text, so the
-    vision model (backend gemini) may see pixels the privacy boundary would otherwise hold.
+    vision model (backend gemini or openai) may see pixels the privacy boundary would otherwise hold.
     """
     ctx = _context(settings, backend)
     try:

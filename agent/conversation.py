@@ -70,7 +70,8 @@ class Conversation:
 
     @classmethod
     def _blank(cls, settings: LoupeSettings, vision=None) -> Conversation:
-        boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex)
+        # Until a backend attaches (each sets it for its own requests), the configured one decides.
+        boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex, on_premises=settings.on_premises_model)
         ctx = ToolContext(limits=settings.study_limits(), vision=vision, image_policy=boundary,
                           model_image_max_side=settings.model_image_max_side, detector=detector_for(settings))
         return cls(settings=settings, ctx=ctx, boundary=boundary)

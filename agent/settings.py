@@ -74,8 +74,25 @@ class LoupeSettings(BaseSettings):
     google_cloud_location: str | None = Field(
         default=None, validation_alias=AliasChoices("LOUPE_GOOGLE_CLOUD_LOCATION", "GOOGLE_CLOUD_LOCATION"))
 
-    backend: Literal["auto", "gemini", "offline"] = Field(
-        default="auto", description="auto = Gemini when a key (or Vertex AI) is configured, else offline.")
+    backend: Literal["auto", "gemini", "openai", "offline"] = Field(
+        default="auto", description="auto = Gemini when a key (or Vertex AI) is configured, else an OpenAI-compatible "
+                                    "server when LOUPE_OPENAI_BASE_URL is set, else offline.")
+    openai_base_url: str | None = Field(
+        default=None, description="An OpenAI-compatible server (vLLM, Ollama, LM Studio, TGI), e.g. "
+                                  "http://gpu-host:8000/v1.")
+    openai_api_key: SecretStr | None = Field(default=None, description="Its API key; local servers often need none.")
+    openai_model: str | None = Field(default=None, description="The served model's name, e.g. google/medgemma-4b-it.")
+    openai_tools: bool = Field(
+        default=True, description="The server does function calling; false (or a 400 naming tools) makes Loupe's "
+                                  "planner choose the tools and the model write only the answer.")
+    openai_box_format: Literal["yxyx-1000", "xyxy-1", "xyxy-px"] = Field(
+        default="yxyx-1000", description="How the model writes boxes (tools.coordinates.BOX_FORMATS).")
+    openai_structured_output: bool = Field(
+        default=True, description="Ask for JSON-schema output (response_format); a server that refuses it gets "
+                                  "plain requests and tolerant parsing.")
+    model_site: Literal["cloud", "on-premises"] = Field(
+        default="cloud", description="on-premises (only for the openai backend): pixels do not leave the site, so "
+                                     "images are not held or blanked for possible burned-in text.")
     model: str = Field(default="gemini-2.5-flash", description="Gemini model id.")
     gemini_base_url: str | None = Field(
         default=None, description="Override the API endpoint (the SDK's GOOGLE_GEMINI_BASE_URL also works).")
@@ -111,10 +128,15 @@ class LoupeSettings(BaseSettings):
 
     @property
     def backend_name(self) -> str:
-        """The backend a new conversation uses: ``gemini`` or ``offline``."""
+        """The backend a new conversation uses: ``gemini``, ``openai`` or ``offline``."""
         if self.backend == "auto":
-            return "gemini" if self.gemini_configured else "offline"
+            return "gemini" if self.gemini_configured else "openai" if self.openai_base_url else "offline"
         return self.backend
+
+    @property
+    def on_premises_model(self) -> bool:
+        """The configured model runs on the site's own servers (only the openai backend can)."""
+        return self.model_site == "on-premises" and self.backend_name == "openai"
 
     @property
     def pacs_configured(self) -> bool:

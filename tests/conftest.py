@@ -58,7 +58,9 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 _MODEL_ENV = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "LOUPE_GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL",
               "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION", "LOUPE_BACKEND",
-              "LOUPE_DICOMWEB_URL", "LOUPE_DICOMWEB_USER", "LOUPE_DICOMWEB_PASSWORD", "LOUPE_DICOMWEB_TOKEN")
+              "LOUPE_DICOMWEB_URL", "LOUPE_DICOMWEB_USER", "LOUPE_DICOMWEB_PASSWORD", "LOUPE_DICOMWEB_TOKEN",
+              "OPENAI_API_KEY", "OPENAI_BASE_URL", "LOUPE_OPENAI_BASE_URL", "LOUPE_OPENAI_API_KEY", "LOUPE_OPENAI_MODEL",
+              "LOUPE_OPENAI_TOOLS", "LOUPE_OPENAI_BOX_FORMAT", "LOUPE_MODEL_SITE")
 
 
 def _loopback_only(address: object) -> None:
@@ -103,6 +105,16 @@ def fake(monkeypatch):
 
     with FakeGemini() as server:
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.url)
+        yield server
+
+
+@pytest.fixture
+def openai_fake():
+    """A fake OpenAI-compatible server (vLLM, Ollama, ...) on 127.0.0.1 that the real ``openai``
+    SDK reaches through LOUPE_OPENAI_BASE_URL, as it would reach a hospital's own server."""
+    from tests.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as server:
         yield server
 
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tools.coordinates import BoxPx, SentImage, box_2d_to_px, point_to_px, px_to_box_2d, px_to_point
+from tools.coordinates import (BOX_FORMATS, BoxPx, SentImage, box_2d_to_box, box_2d_to_px, box_to_box_2d, point_to_px,
+                               px_to_box_2d, px_to_point)
 from tools.errors import InvalidCoordinatesError
 
 TOL = 1e-6
@@ -258,3 +259,26 @@ def test_property_native_points_stay_in_range(sent, data):
     box = BoxPx.around(x, y, 1, 1)
     ymin, xmin, ymax, xmax = px_to_box_2d(box, sent)
     assert (ymin + ymax) / 2 == pytest.approx(py, abs=TOL) and (xmin + xmax) / 2 == pytest.approx(px, abs=TOL)
+
+
+# -- box formats of other vision models (LOUPE_OPENAI_BOX_FORMAT) ---------------------------------
+
+
+@pytest.mark.parametrize("box_format", sorted(BOX_FORMATS))
+@given(ymin=st.floats(0, 499), xmin=st.floats(0, 499), height=st.floats(1, 500), width=st.floats(1, 500),
+       sent_width=st.integers(16, 2048), sent_height=st.integers(16, 2048))
+@settings(max_examples=200, deadline=None)
+def test_each_box_format_round_trips(box_format, ymin, xmin, height, width, sent_width, sent_height):
+    box_2d = [ymin, xmin, ymin + height, xmin + width]
+    written = box_2d_to_box(box_2d, box_format, sent_width, sent_height)
+    back = box_to_box_2d(written, box_format, sent_width, sent_height)
+    assert back == pytest.approx(box_2d, abs=1e-9)
+
+
+def test_the_formats_mean_what_their_names_say():
+    # A box over the right half (x 50–100 %) and the top quarter (y 0–25 %) of a 400 × 200 image.
+    assert box_to_box_2d([0, 500, 250, 1000], "yxyx-1000", 400, 200) == [0, 500, 250, 1000]
+    assert box_to_box_2d([0.5, 0.0, 1.0, 0.25], "xyxy-1", 400, 200) == [0, 500, 250, 1000]
+    assert box_to_box_2d([200, 0, 400, 50], "xyxy-px", 400, 200) == [0, 500, 250, 1000]
+    with pytest.raises(InvalidCoordinatesError, match="Unknown box format"):
+        box_to_box_2d([0, 0, 1, 1], "xywh", 10, 10)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ def _top(module: str) -> str:
 
 
 @pytest.mark.parametrize(("package", "forbidden"), [
-    ("tools", {"google", "streamlit", "agent", "ui"}),
+    ("tools", {"google", "openai", "streamlit", "agent", "ui"}),
     ("agent", {"streamlit", "ui"}),
     ("prompts", {"google", "streamlit", "agent", "ui", "tools"}),
 ])
@@ -41,6 +41,11 @@ def test_layer_does_not_import(package, forbidden):
 def test_google_genai_in_at_most_one_agent_module():
     users = [path for path, modules in _imports("agent").items() if any(m.startswith("google") for m in modules)]
     assert len(users) <= 1, users
+
+
+def test_openai_sdk_in_exactly_one_agent_module():
+    users = [path for path, modules in _imports("agent").items() if any(_top(m) == "openai" for m in modules)]
+    assert users == ["agent/models/openai_compatible.py"]
 
 
 def test_ui_holds_no_imaging_logic():

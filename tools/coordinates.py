@@ -14,14 +14,25 @@ resize and padding. ``SentImage`` records that resize/padding; every conversion 
 
 from __future__ import annotations
 
-from numbers import Real
 from collections.abc import Sequence
+from numbers import Real
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tools.errors import InvalidCoordinatesError
 
 NORMALISED = 1000.0
+
+#: How a vision model writes a box, all along the edges of the image it was sent:
+#: ``yxyx-1000`` Gemini's and MedGemma's ``[ymin, xmin, ymax, xmax]`` in 0–1000; ``xyxy-1``
+#: ``[xmin, ymin, xmax, ymax]`` normalised to 0–1; ``xyxy-px`` the same in the sent image's pixels.
+BoxFormat = Literal["yxyx-1000", "xyxy-1", "xyxy-px"]
+BOX_FORMATS: dict[str, str] = {
+    "yxyx-1000": "[ymin, xmin, ymax, xmax] as numbers from 0 to 1000 of the image height and width",
+    "xyxy-1": "[xmin, ymin, xmax, ymax] as fractions from 0 to 1 of the image width and height",
+    "xyxy-px": "[xmin, ymin, xmax, ymax] in pixels of the image you were sent",
+}
 
 
 class SentImage(BaseModel):
@@ -174,3 +185,31 @@ def px_to_point(x: float, y: float, sent: SentImage) -> list[float]:
     """Native (x, y) -> Gemini ``[y, x]`` (inverse of point_to_px)."""
     return [to_sent_edge(y, sent.y_scale, sent.pad_top, sent.sent_height),
             to_sent_edge(x, sent.scale, sent.pad_left, sent.sent_width)]
+
+
+def box_to_box_2d(box: Sequence[float], box_format: BoxFormat, sent_width: int, sent_height: int) -> list[float]:
+    """A model's box written in ``box_format`` -> ``box_2d`` ``[ymin, xmin, ymax, xmax]`` (0–1000
+    of the sent image), for the same validation and conversion as every proposal. Only the
+    arithmetic: range and order are checked on the result, where the sentences are."""
+    a, b, c, d = (float(v) for v in box)
+    if box_format == "yxyx-1000":
+        return [a, b, c, d]
+    if box_format == "xyxy-1":
+        return [b * NORMALISED, a * NORMALISED, d * NORMALISED, c * NORMALISED]
+    if box_format == "xyxy-px":
+        return [b / sent_height * NORMALISED, a / sent_width * NORMALISED,
+                d / sent_height * NORMALISED, c / sent_width * NORMALISED]
+    raise InvalidCoordinatesError(f"Unknown box format '{box_format}' (expected one of {', '.join(BOX_FORMATS)}).")
+
+
+def box_2d_to_box(box_2d: Sequence[float], box_format: BoxFormat, sent_width: int, sent_height: int) -> list[float]:
+    """``box_2d`` -> the same box written in ``box_format`` (inverse of ``box_to_box_2d``)."""
+    ymin, xmin, ymax, xmax = (float(v) for v in box_2d)
+    if box_format == "yxyx-1000":
+        return [ymin, xmin, ymax, xmax]
+    if box_format == "xyxy-1":
+        return [xmin / NORMALISED, ymin / NORMALISED, xmax / NORMALISED, ymax / NORMALISED]
+    if box_format == "xyxy-px":
+        return [xmin / NORMALISED * sent_width, ymin / NORMALISED * sent_height,
+                xmax / NORMALISED * sent_width, ymax / NORMALISED * sent_height]
+    raise InvalidCoordinatesError(f"Unknown box format '{box_format}' (expected one of {', '.join(BOX_FORMATS)}).")

@@ -81,3 +81,21 @@ TOOLS: dict[str, Tool] = {
              second_read.second_read_summary),
     )
 }
+
+
+def model_declarations() -> list[dict[str, Any]]:
+    """Every tool's declaration with a plain JSON Schema, the form model APIs take (Gemini's and
+    the OpenAI-compatible servers' alike)."""
+    return [{**declaration, "parameters": plain_json_schema(declaration["parameters"])}
+            for declaration in (tool.declaration() for tool in TOOLS.values())]
+
+
+def plain_json_schema(schema: Any) -> Any:
+    """The JSON Schema without OpenAPI's ``discriminator`` (not JSON Schema; an API's subset may
+    refuse it): a tagged union becomes ``anyOf``, each branch still fixing its ``op``."""
+    if isinstance(schema, dict):
+        return {("anyOf" if key == "oneOf" else key): plain_json_schema(value)
+                for key, value in schema.items() if key != "discriminator"}
+    if isinstance(schema, list):
+        return [plain_json_schema(item) for item in schema]
+    return schema

@@ -28,8 +28,11 @@ def sidebar(conversation: Conversation, store: Store, owner: str) -> None:
 
 def _backend() -> None:
     backend = st.session_state.backend
-    label = f"Gemini ({backend.model})" if backend.name == "gemini" else "offline planner (no model)"
-    st.caption(f"Backend: {label}")
+    labels = {"gemini": f"Gemini ({getattr(backend, 'model', '')})",
+              "openai": f"{getattr(backend, 'model', '')} on an OpenAI-compatible server"}
+    st.caption(f"Backend: {labels.get(backend.name, 'offline planner (no model)')}")
+    if getattr(backend, "mode", None):  # a server without tool calling: say who chooses the tools
+        st.caption(f"Mode: {backend.mode}")
     if st.session_state.get("backend_note"):
         st.caption(st.session_state.backend_note)
 
@@ -104,7 +107,7 @@ def _modality(conversation: Conversation) -> None:
 
 def _privacy(conversation: Conversation) -> None:
     status, reason = privacy_status(conversation)
-    if st.session_state.backend.name != "gemini":
+    if st.session_state.backend.name == "offline":
         st.caption("Privacy: offline — nothing leaves this machine.")
         return
     if status == "released":

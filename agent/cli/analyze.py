@@ -15,10 +15,10 @@ def add_parser(commands) -> None:
     analyze = commands.add_parser("analyze", help="Detect, verify, measure and draw the findings of a study.")
     analyze.add_argument("paths", nargs="+", metavar="STUDY")
     analyze.add_argument("--out", required=True, type=Path, help="Folder for overlay.png and findings.json.")
-    analyze.add_argument("--backend", choices=["offline", "gemini"], default="offline",
-                         help="gemini: the vision model proposes locations too (verified against the pixels).")
+    analyze.add_argument("--backend", choices=["offline", "gemini", "openai"], default="offline",
+                         help="gemini / openai: the vision model proposes locations too (verified against the pixels).")
     analyze.add_argument("--confirm-no-burned-in-text", action="store_true", dest="confirm_images",
-                         help="You checked the image: no identifying text on it, so Gemini may see its pixels.")
+                         help="You checked the image: no identifying text on it, so the model may see its pixels.")
     analyze.add_argument("--json", action="store_true", help="Print the findings as JSON.")
     analyze.add_argument("--modality", help="Modality of a PNG/JPEG image.")
     analyze.set_defaults(run=run)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 EXIT_ERROR = 2
 #: ``--backend`` choices of the conversation commands (``auto``: Gemini when configured).
-BACKENDS = ["auto", "gemini", "offline"]
+BACKENDS = ["auto", "gemini", "openai", "offline"]
 
 
 class Parser(argparse.ArgumentParser):

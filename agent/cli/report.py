@@ -121,7 +121,7 @@ def _drafted(settings: LoupeSettings, study: Path, session_id: str | None, backe
     if confirm_images:
         conversation.confirm_no_burned_in_text()
     backend = make_backend(settings, backend_name)
-    if backend.name == "gemini":  # Gemini proposes locations and words the report
+    if backend.name in ("gemini", "openai"):  # the model proposes locations and words the report
         backend.attach(conversation, conversation.usage)
     analyse_current(conversation.ctx)
     run_tool(conversation.ctx, "draft_report", {})

@@ -1,6 +1,7 @@
-"""Choosing the conversation backend: Gemini when configured (or asked for), else offline.
+"""Choosing the conversation backend: Gemini or an OpenAI-compatible server when configured (or
+asked for), else offline.
 
-The Gemini module is imported only when it is used, so offline use never loads the SDK.
+Each model module is imported only when it is used, so offline use never loads an SDK.
 """
 
 from __future__ import annotations
@@ -13,21 +14,35 @@ from tools.context import VisionProposer
 
 
 def make_backend(settings: LoupeSettings, name: str | None = None) -> Backend:
-    """The backend ``name`` (``gemini`` / ``offline``), or the settings' choice when omitted.
+    """The backend ``name`` (``gemini`` / ``openai`` / ``offline``), or the settings' choice when
+    omitted.
 
-    Raises ModelUnavailableError when Gemini is asked for but not configured.
+    Raises ModelUnavailableError when a model backend is asked for but not configured.
     """
-    if (name or settings.backend_name) == "gemini":
+    chosen = name or settings.backend_name
+    if chosen == "gemini":
         from agent.models.gemini import GeminiBackend
 
         return GeminiBackend(settings)
+    if chosen == "openai":
+        from agent.models.openai_compatible import OpenAIBackend
+
+        return OpenAIBackend(settings)
     return OfflinePlanner()
 
 
-def make_vision_proposer(settings: LoupeSettings, boundary: PrivacyBoundary) -> VisionProposer:
-    """Gemini as a source of detection proposals (ModelUnavailableError when not configured)."""
-    from agent.models.gemini import GeminiCaller, GeminiVisionProposer
+def make_vision_proposer(settings: LoupeSettings, boundary: PrivacyBoundary, name: str = "gemini") -> VisionProposer:
+    """A model as a source of detection proposals: Gemini, or (``name="openai"``) the
+    OpenAI-compatible server (ModelUnavailableError when not configured)."""
+    if name == "openai":
+        from agent.models.openai_compatible import OpenAICaller, OpenAIVisionProposer
 
-    proposer = GeminiVisionProposer(GeminiCaller(settings))
+        boundary.on_premises = settings.model_site == "on-premises"
+        proposer = OpenAIVisionProposer(OpenAICaller(settings))
+    else:
+        from agent.models.gemini import GeminiCaller, GeminiVisionProposer
+
+        boundary.on_premises = False
+        proposer = GeminiVisionProposer(GeminiCaller(settings))
     proposer.boundary = boundary
     return proposer

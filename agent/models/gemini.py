@@ -33,7 +33,7 @@ from agent.tool_calls import execute
 from prompts import Prompt, load_prompt, load_table
 from tools.context import VisionProposal
 from tools.errors import ImageWithheldError, ModelUnavailableError, PrivacyError
-from tools.registry import TOOLS
+from tools.registry import model_declarations
 from tools.report.document import ClinicalReport, ReportNarrative
 
 log = logging.getLogger(__name__)
@@ -219,20 +219,8 @@ def usage_of(response: types.GenerateContentResponse) -> Usage:
 def tool_declarations() -> list[types.Tool]:
     """The registry's tools as the model sees them (schemas from the pydantic input models)."""
     declarations = [types.FunctionDeclaration(name=d["name"], description=d["description"],
-                                              parameters_json_schema=_plain_schema(d["parameters"]))
-                    for d in (tool.declaration() for tool in TOOLS.values())]
+                                              parameters_json_schema=d["parameters"]) for d in model_declarations()]
     return [types.Tool(function_declarations=declarations)]
-
-
-def _plain_schema(schema: Any) -> Any:
-    """The JSON Schema without OpenAPI's ``discriminator`` (not JSON Schema; the API's subset may
-    refuse it): a tagged union becomes ``anyOf``, each branch still fixing its ``op``."""
-    if isinstance(schema, dict):
-        return {("anyOf" if key == "oneOf" else key): _plain_schema(value)
-                for key, value in schema.items() if key != "discriminator"}
-    if isinstance(schema, list):
-        return [_plain_schema(item) for item in schema]
-    return schema
 
 
 class GeminiBackend:
@@ -260,7 +248,9 @@ class GeminiBackend:
 
     def attach(self, conversation: Conversation, usage: Usage) -> None:
         """Let the conversation's tools use Gemini for proposals and report wording, behind its
-        privacy boundary, counting their calls in ``usage``."""
+        privacy boundary, counting their calls in ``usage``. Pixels go to the cloud: the hold for
+        possible burned-in text applies (an on-premises backend may have lifted it for its turns)."""
+        conversation.boundary.on_premises = False
         for helper in (self.proposer, self.writer):
             helper.usage, helper.boundary = usage, conversation.boundary
         conversation.ctx.vision = self.proposer

@@ -68,10 +68,15 @@ class OfflinePlanner:
     name = "offline"
 
     def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
-        plan = _Plan(conversation, turn)
-        answer = yield from plan.execute(classify(turn.message))
+        answer = yield from planned_answer(conversation, turn)
         conversation.note_exchange(turn.message, answer)
         yield AssistantText(text=answer)
+
+
+def planned_answer(conversation: Conversation, turn: Turn) -> Generator[Event, None, str]:
+    """Run the tools the message asks for (yielding their events) and return the templated
+    answer; also what a model without tool calling words its answer from."""
+    return (yield from _Plan(conversation, turn).execute(classify(turn.message)))
 
 
 class _Plan:

@@ -54,6 +54,10 @@ class ImageRelease:
 class PrivacyBoundary:
     share_age_sex: bool = False
     confirmed: set[str] = field(default_factory=set)
+    #: The model runs on the site's own servers (LOUPE_MODEL_SITE=on-premises, set by the backend
+    #: that serves such a model for its requests): pixels do not leave the site, so the hold for
+    #: possible burned-in text does not apply. Text is redacted and audited all the same.
+    on_premises: bool = False
     #: Receives one audit entry per model request (sizes and hashes, never content).
     on_request: Callable[[dict[str, Any]], None] | None = None
     _approved_images: set[str] = field(default_factory=set, repr=False)
@@ -72,6 +76,9 @@ class PrivacyBoundary:
             return ImageRelease("released", "the file states it has no burned-in annotation")
         if study.id in self.confirmed:
             return ImageRelease("released", "the clinician confirmed there is no identifying text on the image")
+        if self.on_premises:
+            return ImageRelease("released", "the model runs on this site's own servers, so the image does not "
+                                            "leave the site")
         risk = (f"{modality} images often carry burned-in patient details" if modality in BURNED_IN_RISK_MODALITIES
                 else "the file does not state that the image is free of burned-in text")
         if safe.ultrasound_regions:
