@@ -8,7 +8,10 @@ documented rule (an image ≤ 384 px on both sides costs 258 tokens; larger ones
 768 × 768, 258 tokens per tile) from the images actually sent, since the fake cannot count them.
 
 Rows: the image downscaled to Loupe's default long side (1024 px) vs sent at full resolution
-(the baseline, same process). Medians over ``--runs`` turns after one warm-up.
+(the baseline, same process). A second table runs the same turn at 1024 px through the
+OpenAI-compatible backend against its fake (tests/fake_openai.py, the real ``openai`` SDK),
+beside Gemini's: the loop's overhead of each backend and the ratio to Gemini's.
+Medians over ``--runs`` turns after one warm-up.
 
 Run: ``.venv/bin/python bench/bench_agent.py [--runs N]``.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import statistics
@@ -33,7 +37,9 @@ sys.path.insert(0, str(ROOT))
 from agent.conversation import Conversation  # noqa: E402
 from agent.events import ToolFinished, TurnFinished  # noqa: E402
 from agent.models.gemini import GeminiBackend  # noqa: E402
+from agent.models.openai_compatible import OpenAIBackend  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
+from tests import fake_openai  # noqa: E402
 from tests.fake_gemini import FakeGemini, call_reply, image_bytes, text_reply  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "data" / "eval"
@@ -82,6 +88,25 @@ def one_turn(fake: FakeGemini, study: Path, max_side: int) -> dict[str, float]:
             "request_kb": request_bytes / 1024}
 
 
+def openai_turn(fake: fake_openai.FakeOpenAI, study: Path) -> dict[str, float]:
+    """The same turn through the OpenAI-compatible backend, at the default 1024 px."""
+    settings = LoupeSettings(_env_file=None, backend="openai", openai_base_url=fake.url, openai_model="bench",
+                             retry_initial_s=0.01)
+    conversation = Conversation.start(settings, study, modality="DX")
+    conversation.confirm_no_burned_in_text()
+    fake.requests.clear()
+    fake.script(fake_openai.call_reply(("detect_anomalies", {"use_vision_model": False})),
+                fake_openai.call_reply(("render_overlay", {"layers": ["annotated"]})),
+                fake_openai.text_reply("F1 is the strongest candidate."))
+    started = time.perf_counter()
+    events = list(conversation.ask("Analyse this scan", OpenAIBackend(settings)))
+    wall_ms = (time.perf_counter() - started) * 1000
+    tools_ms = sum(e.duration_ms for e in events if isinstance(e, ToolFinished))
+    request_bytes = sum(len(json.dumps(request.body)) for request in fake.calls())
+    return {"wall_ms": wall_ms, "tools_ms": tools_ms, "overhead_ms": wall_ms - tools_ms,
+            "request_kb": request_bytes / 1024}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -95,6 +120,10 @@ def main() -> None:
             one_turn(fake, study, max_side)  # warm-up
             runs = [one_turn(fake, study, max_side) for _ in range(args.runs)]
             rows[label] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        with fake_openai.FakeOpenAI() as openai_fake:
+            openai_turn(openai_fake, study)  # warm-up
+            runs = [openai_turn(openai_fake, study) for _ in range(args.runs)]
+            openai_row = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     baseline = rows["full resolution 2048 px (baseline)"]
     print(f"Typical 'Analyse this scan' turn on a 2048² radiograph, fake Gemini on loopback; median of {args.runs}.\n")
     print("| image sent | turn ms | tools ms | loop overhead ms | overhead vs baseline | model calls | image tokens (documented rule) | tokens vs baseline | request KB |")
@@ -103,6 +132,13 @@ def main() -> None:
         print(f"| {label} | {row['wall_ms']:.0f} | {row['tools_ms']:.0f} | {row['overhead_ms']:.0f} | "
               f"{row['overhead_ms'] / baseline['overhead_ms']:.2f} | {row['model_calls']:.0f} | {row['image_tokens']:.0f} | "
               f"{row['image_tokens'] / baseline['image_tokens']:.2f} | {row['request_kb']:.0f} |")
+    gemini = rows["downscaled to 1024 px (default)"]
+    print("\nThe same turn at 1024 px by backend, each against its loopback fake through its real SDK.\n")
+    print("| backend | turn ms | tools ms | loop overhead ms | overhead vs Gemini | request KB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, row in (("Gemini (google-genai)", gemini), ("OpenAI-compatible (openai)", openai_row)):
+        print(f"| {label} | {row['wall_ms']:.0f} | {row['tools_ms']:.0f} | {row['overhead_ms']:.0f} | "
+              f"{row['overhead_ms'] / gemini['overhead_ms']:.2f} | {row['request_kb']:.0f} |")
 
 
 if __name__ == "__main__":

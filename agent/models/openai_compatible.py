@@ -350,6 +350,7 @@ class OpenAIBackend:
         self.settings = settings
         self.caller = OpenAICaller(settings, client)
         self.system = load_prompt("system.md")
+        self.tools = tool_declarations()  # built once: the schemas take milliseconds per step otherwise
         #: False once the server refused function calling (or the settings say it cannot).
         self.tools_supported = settings.openai_tools
         self.proposer = OpenAIVisionProposer(self.caller)
@@ -426,7 +427,7 @@ class _TurnLoop:
     def _call_model(self) -> Generator[Event, None, Reply]:
         return (yield from _previewed(self.backend.caller.call(
             self.conversation.history, self.turn.usage, self.conversation.boundary, system=self.backend.system.text,
-            purpose="conversation", prompt=self.backend.system, tools=tool_declarations(),
+            purpose="conversation", prompt=self.backend.system, tools=self.backend.tools,
             stream=self.settings.stream)))
 
     def _answer_calls(self, calls: list[tuple[str, str, str]]) -> Generator[Event, None, dict[str, Any]]:
