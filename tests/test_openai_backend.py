@@ -380,3 +380,24 @@ def test_the_app_answers_through_the_server_and_says_which_mode(openai_env, tmp_
     at.chat_input[0].set_value("What is this?").run()
     assert not at.exception
     assert any("Worded by the served model." in m.markdown[0].value for m in at.chat_message if m.markdown)
+
+
+def test_loupe_analyze_uses_the_servers_proposals(openai_env, capsys, eval_dir, tmp_path, monkeypatch):
+    """An ultrasound is held in the cloud until the clinician confirms it; on the premises it is not."""
+    monkeypatch.setenv("LOUPE_OPENAI_BOX_FORMAT", "xyxy-1")
+    box = _lesion_in("xyxy-1", *BUSI_SIZE)
+    image = eval_dir / "busi" / "benign_030.png"
+    for run, (options, site) in enumerate(((["--confirm-no-burned-in-text"], "cloud"), ([], "on-premises"))):
+        monkeypatch.setenv("LOUPE_MODEL_SITE", site)
+        openai_env.script(*[text_reply(json.dumps({"findings": [{"box_2d": box, "label": "hypoechoic lesion"}]}))] * 3)
+        code, out, err = run_cli(capsys, "analyze", image, "--modality", "US", "--out", tmp_path / f"out{run}",
+                                 "--json", "--backend", "openai", *options)
+        assert code == 0, err
+        [vlm] = [f for f in json.loads(out)["findings"] if f["source"] == "vlm"]
+        x, y = vlm["center_px"]
+        assert LESION_PX[0] - 20 <= x <= LESION_PX[2] + 20 and LESION_PX[1] - 20 <= y <= LESION_PX[3] + 20
+    monkeypatch.setenv("LOUPE_MODEL_SITE", "cloud")
+    code, out, err = run_cli(capsys, "analyze", image, "--modality", "US", "--out", tmp_path / "held", "--json",
+                             "--backend", "openai")
+    assert code == 0 and len(openai_env.calls()) == 6  # held: no request
+    assert all(f["source"] == "classical" for f in json.loads(out)["findings"])
