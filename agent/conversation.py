@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from agent.events import Event, TurnError, TurnFinished, TurnStarted, Usage
 from agent.privacy.boundary import PrivacyBoundary
 from agent.settings import LoupeSettings
-from agent.store.database import Store
+from agent.store.database import SessionBusyError, SessionConflictError, Store
 from agent.store.sessions import SessionRecorder, repaired_history, restore_tool_state, tool_state
 from agent.tool_calls import ToolOutcome, execute
 from agent.toolbox import detector_for
@@ -98,8 +98,11 @@ class Conversation:
         row = store.session_row(session_id, owner)
         conversation = cls._blank(settings, vision)
         conversation._restore(store, session_id, row.state)
-        conversation._attach(SessionRecorder(store, session_id, owner))
-        conversation.history, added = repaired_history(store.history(session_id))
+        conversation._attach(SessionRecorder(store, session_id, owner, version=row.version))
+        history = store.history(session_id)
+        # A history ending with the clinician's message was cut by a crash — unless a turn is
+        # running right now in another tab or server; then it is simply not finished yet.
+        conversation.history, added = (history, []) if store.turn_running(session_id) else repaired_history(history)
         conversation.boundary.approve_sent(conversation.history)
         if added:
             conversation._commit(added)
@@ -190,8 +193,40 @@ class Conversation:
             self.recorder.audit("image_release_confirmed", {"study_id": study.id})
             self._commit()
 
+    def refresh_if_stale(self) -> bool:
+        """Reload the session from the store when another tab or server changed it since this
+        copy read it (the next turn must build on the whole history); True when it did."""
+        if self.recorder is None or not self.recorder.stale():
+            return False
+        self._reload()
+        return True
+
+    def _reload(self) -> None:
+        """This copy replaced by the stored session (its own unsaved changes dropped)."""
+        recorder = self.recorder
+        fresh = Conversation.resume(self.settings, recorder.store, recorder.session_id, recorder.owner,
+                                    vision=self.ctx.vision)
+        self.ctx.close()
+        self.ctx, self.boundary, self.history = fresh.ctx, fresh.boundary, fresh.history
+        self.usage, self.turns, self.sent_view = fresh.usage, fresh.turns, fresh.sent_view
+        recorder.version = fresh.recorder.version
+        self._attach(recorder)  # this copy keeps its own lock token
+
     def ask(self, message: str, backend: Backend) -> Iterator[Event]:
-        """Run one turn; always ends with ``TurnFinished``, whatever happens inside."""
+        """Run one turn; always ends with ``TurnFinished``, whatever happens inside. With a
+        store, the turn holds the session (``SessionBusyError`` before anything is recorded
+        when another tab or server's turn holds it) and starts from the stored session."""
+        if self.recorder is None:
+            yield from self._turn(message, backend)
+            return
+        self.recorder.acquire()
+        try:
+            self.refresh_if_stale()
+            yield from self._turn(message, backend)
+        finally:
+            self.recorder.release()
+
+    def _turn(self, message: str, backend: Backend) -> Iterator[Event]:
         self.turns += 1
         turn = Turn(id=self.turns, message=message)
         started = time.perf_counter()
@@ -231,9 +266,16 @@ class Conversation:
         self._commit()
 
     def _commit(self, contents: list[dict[str, Any]] | None = None) -> None:
-        """One transaction: ``contents`` added to the history, and findings, reports and state."""
-        if self.recorder is not None:
+        """One transaction: ``contents`` added to the history, and findings, reports and state.
+        Refused while another copy's turn holds the session or after another copy changed it:
+        this copy then reloads what is stored (its refused change is not kept) and says why."""
+        if self.recorder is None:
+            return
+        try:
             self.recorder.commit(contents or [], self.ctx, self.state())
+        except (SessionBusyError, SessionConflictError):
+            self._reload()
+            raise
 
     def close_unanswered(self, note: str) -> None:
         """If the history ends with a user turn, add the model's ``note`` so turns alternate."""

@@ -140,3 +140,25 @@ def pacs_env(orthanc, monkeypatch):
     for name, value in orthanc.env().items():
         monkeypatch.setenv(name, value)
     return orthanc
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL (installed by .ci/run), one throwaway cluster for the test run."""
+    from tests.postgres import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request) -> str | None:
+    """The session database of a store test: the default SQLite file (None), or a new empty
+    database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").new_database()

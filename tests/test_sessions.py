@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from agent.conversation import Conversation
 from agent.models.gemini import GeminiBackend
@@ -29,8 +30,9 @@ CT = "CT_small.dcm"
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    opened = Store.for_data_dir(tmp_path / "data")
+def store(tmp_path, db_url) -> Store:
+    """A store on SQLite and, again, on PostgreSQL (every test using it runs on both)."""
+    opened = Store.for_data_dir(tmp_path / "data", db_url)
     yield opened
     opened.close()
 
@@ -110,18 +112,19 @@ def test_delete_removes_everything_but_the_audit(store):
     store.delete(session_id, "dr-a")
     assert not folder.exists()
     assert store.history(session_id) == [] and store.events(session_id) == [] and store.findings(session_id) == []
-    with sqlite3.connect(store.data_dir / "loupe.db") as db:
-        for table in ("images", "tool_calls", "studies", "sessions"):
-            assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0, table
+    with store.engine.connect() as db:  # straight SQL, past the store's own methods
+        for table in ("images", "tool_calls", "studies", "sessions", "session_locks"):
+            assert db.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar() == 0, table
     assert store.audit_rows(session_id)  # the trail outlives the session
 
 
 def test_audit_is_append_only(store):
+    """Even straight SQL, past the store, cannot change or remove the trail (SQLite and PostgreSQL triggers)."""
     store.audit("dr-a", "note", {"x": 1})
-    with sqlite3.connect(store.data_dir / "loupe.db") as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        db.execute("UPDATE audit SET actor = 'someone else'")
-    with sqlite3.connect(store.data_dir / "loupe.db") as db, pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        db.execute("DELETE FROM audit")
+    for statement in ("UPDATE audit SET actor = 'someone else'", "DELETE FROM audit"):
+        with store.engine.begin() as db, pytest.raises(DBAPIError, match="append-only"):
+            db.execute(text(statement))
+    assert [row.actor for row in store.audit_rows()] == ["dr-a"]
 
 
 def gemini_settings() -> LoupeSettings:
@@ -158,8 +161,18 @@ def test_gemini_session_resumes_with_signatures_and_audit(fake, store, tmp_path)
     assert "secret-key" not in trail
     for value in phi_values():
         assert value.lower() not in trail.lower()
-    database = (store.data_dir / "loupe.db").read_bytes()
-    assert b"secret-key" not in database
+    assert "secret-key" not in everything_stored(store)
+    if store.engine.dialect.name == "sqlite":  # free pages too
+        assert b"secret-key" not in (store.data_dir / "loupe.db").read_bytes()
+
+
+def everything_stored(store: Store) -> str:
+    """Every row of every table, as text."""
+    from sqlalchemy import inspect
+
+    with store.engine.connect() as db:
+        return "\n".join(str(row) for table in inspect(db).get_table_names()
+                         for row in db.execute(text(f"SELECT * FROM {table}")))
 
 
 def test_two_sessions_in_parallel_threads_share_one_file(store):
@@ -224,12 +237,13 @@ KILL_SCRIPT[0]["candidates"][0]["content"]["parts"][1]["functionCall"]["args"] =
 
 
 @pytest.mark.parametrize(("kill_at", "steps_kept"), [(1, 0), (2, 0), (3, 1), (4, 2)])
-def test_sigkill_at_each_step_loses_at_most_that_step(fake, tmp_path, kill_at, steps_kept):
+def test_sigkill_at_each_step_loses_at_most_that_step(fake, tmp_path, db_url, kill_at, steps_kept):
     """Kill ``loupe ask`` while it waits for request ``kill_at``; reopen; the completed steps
-    are there, the history is consistent, and the conversation can go on."""
+    are there, the history is consistent, and the conversation can go on (SQLite and PostgreSQL)."""
     fake.script(*KILL_SCRIPT[: kill_at - 1], _hang)
     env = {**os.environ, "GEMINI_API_KEY": "k", "GOOGLE_GEMINI_BASE_URL": fake.url, "LOUPE_DATA_DIR": str(tmp_path),
-           "LOUPE_RETRY_ATTEMPTS": "1", "LOUPE_REQUEST_TIMEOUT_S": "300", "PYTHONPATH": str(REPO)}
+           "LOUPE_RETRY_ATTEMPTS": "1", "LOUPE_REQUEST_TIMEOUT_S": "300", "PYTHONPATH": str(REPO),
+           **({"LOUPE_DB_URL": db_url} if db_url else {})}
     process = subprocess.Popen([sys.executable, "-m", "agent.cli", "ask", str(pydicom_file(CT)), "Analyse this scan",
                                 "--session", "killed", "--confirm-no-burned-in-text"],
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -240,8 +254,9 @@ def test_sigkill_at_each_step_loses_at_most_that_step(fake, tmp_path, kill_at, s
     process.send_signal(signal.SIGKILL)
     process.wait()
 
-    store = Store.for_data_dir(tmp_path)
-    settings = LoupeSettings(_env_file=None, gemini_api_key="k", retry_initial_s=0.01, data_dir=tmp_path)
+    store = Store.for_data_dir(tmp_path, db_url)
+    settings = LoupeSettings(_env_file=None, gemini_api_key="k", retry_initial_s=0.01, data_dir=tmp_path,
+                             db_url=db_url)
     owner = settings.user
     stored = store.history("killed")
     model_steps = [c for c in stored if c["role"] == "model"]

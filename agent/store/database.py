@@ -11,28 +11,44 @@ append-only audit trail.
 Each write is one transaction. The conversation commits a model step (the model's function
 calls together with their responses) in one go, so a process killed mid-turn leaves at most
 that step unrecorded, never a call without its response.
+
+Several app servers may share one database (PostgreSQL) and one data folder. A session then has
+a *version*, raised by every write of its state: a write that does not build on the version it
+read is refused (``SessionConflictError``) rather than overwriting another server's. While a
+turn runs, its conversation holds the session's *lock* (a row with a lease, renewed as the turn
+goes on): another tab, on this server or another, cannot start a turn or change the session
+until it is released (``SessionBusyError``, one sentence). A lock left by a killed process is
+taken over at once on the same host (its process is gone), elsewhere when its lease expires.
+
+The schema is migrated by Alembic (``agent/store/migrations``) when the store opens.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine,
-                        delete, event, func, select, update)
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError, OperationalError
+                        delete, event, func, inspect, select, text, update)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tools.errors import LoupeError
 
-SCHEMA_VERSION = 1
+#: Kept beside Alembic's revision so that a Loupe from before Alembic (which reads only this)
+#: refuses a database written by a newer one instead of misreading it.
+SCHEMA_VERSION = 2
+#: How long a turn's lock lasts without renewal (a turn renews it with each event it records).
+LOCK_LEASE = timedelta(seconds=60)
 
 
 class StoreError(LoupeError):
@@ -41,6 +57,18 @@ class StoreError(LoupeError):
 
 class SessionNotFoundError(StoreError):
     """No session with that id belongs to this user."""
+
+
+class SessionBusyError(StoreError):
+    """Another tab or server is running a turn of this session."""
+
+
+class SessionConflictError(StoreError):
+    """The session changed elsewhere since this copy of it was read."""
+
+
+BUSY_MESSAGE = ("This session is busy answering in another tab or window; wait for that answer to finish, "
+                "then try again (nothing was changed).")
 
 
 def _now() -> datetime:
@@ -65,6 +93,18 @@ class SessionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class SessionLockRow(Base):
+    """Held while a turn of the session runs; ``expires_at`` is pushed on as the turn records events."""
+
+    __tablename__ = "session_locks"
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class StudyRow(Base):
@@ -154,12 +194,22 @@ class AuditRow(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
-_AUDIT_TRIGGERS = (
-    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
-    "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
-)
+_AUDIT_TRIGGERS = {
+    "sqlite": (
+        "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+        "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END",
+    ),
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION loupe_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$",
+        "CREATE OR REPLACE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+        "FOR EACH ROW EXECUTE FUNCTION loupe_audit_append_only()",
+    ),
+}
+#: Serialises two servers migrating one PostgreSQL database at the same moment.
+_MIGRATION_LOCK_KEY = 0x4C4F555045  # "LOUPE"
 
 
 @dataclass(frozen=True)
@@ -199,24 +249,81 @@ class Store:
         self.engine.dispose()
 
     def _migrate(self) -> None:
-        Base.metadata.create_all(self.engine)
-        with self.transaction() as db:
-            if self.engine.dialect.name == "sqlite":
-                for statement in _AUDIT_TRIGGERS:
-                    db.connection().exec_driver_sql(statement)
-            current = db.scalar(select(func.max(SchemaRow.version)))
-            if current is None or current < SCHEMA_VERSION:
-                # Future versions add their ALTERs here, in order, before recording the version.
-                db.add(SchemaRow(version=SCHEMA_VERSION))
-            elif current > SCHEMA_VERSION:
-                raise StoreError("The session database was written by a newer Loupe; upgrade Loupe to open it.")
+        """Create or upgrade the schema (Alembic), then the audit trail's append-only triggers."""
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            tables = set(inspect(connection).get_table_names())
+            if "schema_version" in tables:
+                current = connection.scalar(select(func.max(SchemaRow.version)))
+                if current is not None and current > SCHEMA_VERSION:
+                    raise StoreError("The session database was written by a newer Loupe; upgrade Loupe to open it.")
+            _alembic_upgrade(connection, tables)
+            for statement in _AUDIT_TRIGGERS.get(connection.dialect.name, ()):
+                connection.exec_driver_sql(statement)
+            if connection.scalar(select(func.max(SchemaRow.version))) == SCHEMA_VERSION:
+                connection.execute(update(SchemaRow).values(migrated_at=_now()))  # proves it is writable now
             else:
-                db.execute(update(SchemaRow).values(migrated_at=_now()))  # proves the file is writable now
+                connection.execute(SchemaRow.__table__.insert().values(version=SCHEMA_VERSION, migrated_at=_now()))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         with Session(self.engine) as db, db.begin():
             yield db
+
+    # -- several servers: versions and locks ------------------------------------------------------
+
+    def version(self, session_id: str) -> int:
+        with Session(self.engine) as db:
+            return int(db.scalar(select(SessionRow.version).where(SessionRow.id == session_id)) or 0)
+
+    def acquire(self, session_id: str, holder: str) -> None:
+        """Take the session's lock for ``holder``, or raise ``SessionBusyError``."""
+        for _ in range(2):
+            try:
+                with self.transaction() as db:
+                    db.add(SessionLockRow(session_id=session_id, holder=holder, host=_HOST, pid=os.getpid(),
+                                          expires_at=_now() + LOCK_LEASE))
+                return
+            except IntegrityError:
+                if not self._clear_dead_lock(session_id, holder):
+                    raise SessionBusyError(BUSY_MESSAGE) from None
+        raise SessionBusyError(BUSY_MESSAGE)
+
+    def _clear_dead_lock(self, session_id: str, holder: str) -> bool:
+        """Remove a lock whose holder is this one, whose lease ran out, or whose process on this
+        host is gone (killed mid-turn); True when there is no other live holder."""
+        with self.transaction() as db:
+            lock = db.get(SessionLockRow, session_id)
+            if lock is None:
+                return True
+            dead = lock.holder == holder or not _live(lock)
+            if dead:
+                db.delete(lock)
+            return dead
+
+    def renew(self, session_id: str, holder: str) -> None:
+        with self.transaction() as db:
+            db.execute(update(SessionLockRow).where(SessionLockRow.session_id == session_id,
+                                                    SessionLockRow.holder == holder)
+                       .values(expires_at=_now() + LOCK_LEASE))
+
+    def release(self, session_id: str, holder: str) -> None:
+        with self.transaction() as db:
+            db.execute(delete(SessionLockRow).where(SessionLockRow.session_id == session_id,
+                                                    SessionLockRow.holder == holder))
+
+    def check_not_locked(self, db: Session, session_id: str, holder: str) -> None:
+        """Inside a write: refuse it while another holder's live turn has the session."""
+        lock = db.get(SessionLockRow, session_id)
+        if lock is not None and lock.holder != holder and _live(lock):
+            raise SessionBusyError(BUSY_MESSAGE)
+
+    def turn_running(self, session_id: str) -> bool:
+        """A live turn (in any tab, on any server) holds the session now."""
+        with Session(self.engine) as db:
+            lock = db.get(SessionLockRow, session_id)
+            return lock is not None and _live(lock)
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -255,7 +362,7 @@ class Store:
         self.session_row(session_id, owner)
         with self.transaction() as db:
             for table in (HistoryRow, EventRow, ImageRow, ToolCallRow, FindingRow, ReportVersionRow, SecondReadRow,
-                          StudyRow):
+                          StudyRow, SessionLockRow):
                 db.execute(delete(table).where(table.session_id == session_id))
             db.execute(delete(SessionRow).where(SessionRow.id == session_id))
         shutil.rmtree(self.session_folder(session_id), ignore_errors=True)
@@ -323,6 +430,43 @@ class Store:
             if session_id is not None:
                 query = query.where(AuditRow.session_id == session_id)
             return list(db.scalars(query))
+
+
+_HOST = socket.gethostname()
+
+
+def _live(lock: SessionLockRow) -> bool:
+    """The lock's lease runs and, when its process is on this host, that process exists."""
+    expires = lock.expires_at if lock.expires_at.tzinfo else lock.expires_at.replace(tzinfo=UTC)  # SQLite: naive
+    return expires > _now() and not (lock.host == _HOST and not _alive(lock.pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _alembic_upgrade(connection: Connection, tables: set[str]) -> None:
+    """A new database: the current models, stamped at the newest revision. One Loupe made
+    before Alembic: stamped at the baseline, then upgraded like any other."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    config.attributes["connection"] = connection
+    if "sessions" not in tables:
+        Base.metadata.create_all(connection)
+        command.stamp(config, "head")
+        return
+    if "alembic_version" not in tables:
+        command.stamp(config, "0001")
+    command.upgrade(config, "head")
 
 
 def _engine(url: str) -> Engine:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from sqlalchemy import delete, func, select, update
 
 from agent.events import Event, ToolFailed, ToolFinished, ToolStarted
 from agent.store.database import (AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, ReportVersionRow,
-                                  SecondReadRow, SessionRow, Store, StudyRow, ToolCallRow, _now)
+                                  SecondReadRow, SessionConflictError, SessionRow, Store, StudyRow, ToolCallRow, _now)
 from tools.checklists.record import restore_second_reads, second_reads_json
 from tools.context import ToolContext
 from tools.findings import Finding
@@ -30,21 +32,50 @@ from tools.study import Study, Window
 log = logging.getLogger(__name__)
 
 INTERRUPTED_NOTE = "(The previous turn was interrupted before an answer; ask again if needed.)"
+CONFLICT_MESSAGE = ("This session was changed in another tab or window since this one last read it; it has been "
+                    "reloaded, so repeat your last action if it is still needed.")
+#: A running turn pushes its lock's lease on at most this often (each renewal is a write).
+_RENEW_EVERY_S = 10.0
 
 
 class SessionRecorder:
     """Writes one session's events, steps, studies and audit entries to the store."""
 
-    def __init__(self, store: Store, session_id: str, owner: str):
+    def __init__(self, store: Store, session_id: str, owner: str, version: int = 0):
         self.store = store
         self.session_id = session_id
         self.owner = owner
+        #: The session's version this copy builds on; every commit must find it unchanged.
+        self.version = version
+        #: This copy of the session (one tab, one server) when it holds the session's lock.
+        self.holder = f"{owner[:80]}:{uuid.uuid4().hex}"
+        self.holding = False
+        self._renewed = 0.0
         self._started_args: dict[str, dict[str, Any]] = {}
+
+    # -- the lock of a turn ---------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Hold the session for a turn (``SessionBusyError`` when another copy holds it)."""
+        self.store.acquire(self.session_id, self.holder)
+        self.holding, self._renewed = True, time.monotonic()
+
+    def release(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.store.release(self.session_id, self.holder)
+
+    def stale(self) -> bool:
+        """Another copy wrote the session since this one read or wrote it."""
+        return self.store.version(self.session_id) != self.version
 
     # -- events and tool calls ------------------------------------------------------------------
 
     def event(self, event: Event, turn_id: int) -> None:
         payload = event.model_dump(mode="json", exclude={"artifacts"})
+        if self.holding and time.monotonic() - self._renewed > _RENEW_EVERY_S:
+            self.store.renew(self.session_id, self.holder)  # the turn is alive: keep its lease
+            self._renewed = time.monotonic()
         with self.store.transaction() as db:
             if isinstance(event, ToolFinished):
                 payload["artifacts"] = [self._image_row(db, a) for a in event.artifacts]
@@ -81,8 +112,16 @@ class SessionRecorder:
 
     def commit(self, contents: list[dict[str, Any]], ctx: ToolContext, state: dict[str, Any]) -> None:
         """One transaction: new history contents, the findings, reports and second reads as they
-        are in ``ctx``, and the conversation's ``state``."""
+        are in ``ctx``, and the conversation's ``state`` — refused (``SessionBusyError``) while
+        another copy's turn holds the session, and (``SessionConflictError``) when the session
+        changed since this copy read it: nothing of another server's is overwritten."""
         with self.store.transaction() as db:
+            self.store.check_not_locked(db, self.session_id, self.holder)
+            bumped = db.execute(update(SessionRow).where(SessionRow.id == self.session_id,
+                                                         SessionRow.version == self.version)
+                                .values(version=self.version + 1))
+            if bumped.rowcount != 1:
+                raise SessionConflictError(CONFLICT_MESSAGE)
             for content in contents:
                 db.add(HistoryRow(session_id=self.session_id, content=content))
             self._write_findings(db, ctx)
@@ -90,6 +129,7 @@ class SessionRecorder:
             self._write_second_reads(db, ctx)
             db.execute(update(SessionRow).where(SessionRow.id == self.session_id)
                        .values(state=state, updated_at=_now()))
+        self.version += 1
 
     def _write_findings(self, db, ctx: ToolContext) -> None:
         db.execute(delete(FindingRow).where(FindingRow.session_id == self.session_id))
