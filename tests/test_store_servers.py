@@ -22,6 +22,7 @@ from agent.models.planner import OfflinePlanner
 from agent.settings import LoupeSettings
 from agent.store.database import SCHEMA_VERSION, SessionBusyError, SessionConflictError, Store, StoreError
 from tests.conftest import REPO, pydicom_file
+from tests.test_app import data_dir, media  # noqa: F401  (fixtures)
 from tests.test_sessions import assert_consistent
 
 V1_DATABASE = REPO / "tests" / "fixtures" / "store-v1"
@@ -189,4 +190,31 @@ def test_two_app_processes_on_one_session_lose_nothing_and_never_interleave(tmp_
     asked = [c["parts"][0]["text"] for c in history if c["role"] == "user"]
     assert sorted(asked) == sorted(f"{m} ({name} {i})" for name in "AB" for i, m in enumerate(
         ["Analyse this scan", "How big is F1?", "Show the heatmap", "Where is F1?"] * 2) if i < turns)
+    store.close()
+
+
+# -- what the app shows ----------------------------------------------------------------------------
+
+
+def test_the_app_says_when_another_tab_holds_the_session_and_catches_up_after(data_dir, media):
+    """A turn running on another server holds the session: the app says so in one sentence and
+    records nothing; once that turn is done, the app shows it without a reload of the page."""
+    from tests.test_app import new_app
+
+    at = new_app()
+    session_id = at.query_params["chat"][0] if isinstance(at.query_params["chat"], list) else at.query_params["chat"]
+    store = Store.for_data_dir(data_dir)
+    other = Conversation.resume(LoupeSettings(_env_file=None, data_dir=data_dir), store, session_id, "dr-test")
+    running = other.ask("Analyse this scan", OfflinePlanner())
+    next(running)  # the other server's turn has started and holds the session
+    at.chat_input[0].set_value("Where is F1?").run()
+    assert any("busy answering in another tab" in e.value and "Where is F1?" in e.value for e in at.error)
+    list(running)  # the other turn ends
+    at.run()
+    assert not at.error
+    assert any("Analyse this scan" in m.markdown[0].value for m in at.chat_message if m.markdown)
+    kinds = [e["kind"] for e in store.events(session_id)]
+    assert kinds.count("turn_started") == 1  # the refused message left nothing behind
+    at.chat_input[0].set_value("Where is F1?").run()
+    assert [e["kind"] for e in store.events(session_id)].count("turn_started") == 2
     store.close()

@@ -70,6 +70,8 @@ def _session(settings: LoupeSettings, store: Store, owner: str):
         state.pop("backend", None)
     if st.query_params.get("chat") != conversation.session_id:
         st.query_params["chat"] = conversation.session_id
+    # Another tab or server may have answered or signed since: show (and build on) what is stored.
+    conversation.refresh_if_stale()
     if "backend" not in state:
         try:
             state.backend = backend_for(settings)

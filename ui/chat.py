@@ -81,8 +81,12 @@ def _run_turn(conversation: Conversation, message: str, backend_name: str | None
         st.markdown(message)
     with st.chat_message("assistant"):
         boxes: dict[str, object] = {}
-        for event in conversation.ask(message, backend):
-            _draw_event(event, boxes, message)
+        try:
+            for event in conversation.ask(message, backend):
+                _draw_event(event, boxes, message)
+        except LoupeError as error:  # another tab's turn holds the session: nothing was recorded
+            st.error(f"{error.message} Your message was: “{message}”")
+            return
     st.rerun()  # redraw everything (sidebar, report) from the stored session
 
 

@@ -115,7 +115,11 @@ def _privacy(conversation: Conversation) -> None:
         return
     st.warning(f"The image is {status} for the model: {reason}.")
     if st.button("I checked: no identifying text on the image", key="confirm_release"):
-        conversation.confirm_no_burned_in_text()
+        try:
+            conversation.confirm_no_burned_in_text()
+        except LoupeError as error:  # the session is busy or changed in another tab
+            st.error(error.message)
+            return
         st.rerun()
 
 
