@@ -32,6 +32,22 @@ from tools.errors import LoupeError
 log = logging.getLogger(__name__)
 
 
+def model_unavailable(error: Exception) -> TurnError:
+    """A model backend could not answer: say why, and that the offline planner can."""
+    return TurnError(message=f"{error} The offline planner can answer this turn instead.", reason="model_unavailable",
+                     offline_available=True)
+
+
+def truncated() -> TurnError:
+    return TurnError(message="The answer was cut short by the length limit; ask for the rest or a shorter answer.",
+                     reason="truncated")
+
+
+def step_limit(max_steps: int) -> TurnError:
+    return TurnError(message=f"Stopped after {max_steps} model steps without a final answer; the tool results so "
+                             "far are kept — ask again or narrow the question.", reason="step_limit")
+
+
 @dataclass
 class Turn:
     """One turn in flight: its number, the clinician's message and the usage it accrues."""
@@ -276,6 +292,11 @@ class Conversation:
         except (SessionBusyError, SessionConflictError):
             self._reload()
             raise
+
+    def end_turn(self, error: TurnError) -> TurnError:
+        """Close a turn that failed so the history still alternates user/model; the error to yield."""
+        self.close_unanswered(f"(No answer: {error.message})")
+        return error
 
     def close_unanswered(self, note: str) -> None:
         """If the history ends with a user turn, add the model's ``note`` so turns alternate."""

@@ -162,3 +162,13 @@ def db_url(request) -> str | None:
     if request.param == "sqlite":
         return None
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def store(tmp_path, db_url):
+    """A store on SQLite and, again, on PostgreSQL (every test using it runs on both)."""
+    from agent.store.database import Store
+
+    opened = Store.for_data_dir(tmp_path / "data", db_url)
+    yield opened
+    opened.close()

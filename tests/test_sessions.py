@@ -29,14 +29,6 @@ from tests.fake_gemini import call_reply, fixture, text_reply
 CT = "CT_small.dcm"
 
 
-@pytest.fixture
-def store(tmp_path, db_url) -> Store:
-    """A store on SQLite and, again, on PostgreSQL (every test using it runs on both)."""
-    opened = Store.for_data_dir(tmp_path / "data", db_url)
-    yield opened
-    opened.close()
-
-
 def offline(conversation: Conversation, message: str) -> list:
     return list(conversation.ask(message, OfflinePlanner()))
 

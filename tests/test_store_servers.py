@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -27,13 +26,6 @@ from tests.test_sessions import assert_consistent
 
 V1_DATABASE = REPO / "tests" / "fixtures" / "store-v1"
 V1_SESSION = "0123456789abcdef0123456789abcdef"
-
-
-@pytest.fixture
-def store(tmp_path, db_url) -> Store:
-    opened = Store.for_data_dir(tmp_path / "data", db_url)
-    yield opened
-    opened.close()
 
 
 def two_copies(store: Store, settings: LoupeSettings) -> tuple[Conversation, Conversation]:

@@ -23,7 +23,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from agent.conversation import Conversation, Turn
+from agent.conversation import Conversation, Turn, model_unavailable, step_limit, truncated
 from agent.events import AssistantText, AssistantTextDelta, Event, ToolStarted, TurnError, Usage
 from agent.models.inputs import ImageForModel, artifact_image, view_image
 from agent.models.proposals import parse_proposals
@@ -277,11 +277,10 @@ class _TurnLoop:
             try:
                 response = yield from self._call_model()
             except ModelUnavailableError as error:
-                yield self._end(TurnError(message=f"{error} The offline planner can answer this turn instead.",
-                                          reason="model_unavailable", offline_available=True))
+                yield self.conversation.end_turn(model_unavailable(error))
                 return
             except PrivacyError as error:
-                yield self._end(TurnError(message=str(error), reason="other", offline_available=True))
+                yield self.conversation.end_turn(TurnError(message=str(error), reason="other", offline_available=True))
                 return
             candidate = response.candidates[0] if response.candidates else None
             finish = _finish_reason(candidate)
@@ -290,7 +289,7 @@ class _TurnLoop:
                 continue
             problem = _problem(response, candidate, finish)
             if problem is not None:
-                yield self._end(problem)
+                yield self.conversation.end_turn(problem)
                 return
             content = candidate.content
             text = "".join(p.text for p in content.parts if p.text and not p.thought)
@@ -304,13 +303,9 @@ class _TurnLoop:
                 continue
             self._commit(content)
             if finish == "MAX_TOKENS":
-                yield self._end(TurnError(message="The answer was cut short by the length limit; ask for the rest or a shorter answer.",
-                                          reason="truncated"))
+                yield self.conversation.end_turn(truncated())
             return
-        yield self._end(TurnError(
-            message=f"Stopped after {self.settings.max_steps} model steps without a final answer; "
-                    "the tool results so far are kept — ask again or narrow the question.",
-            reason="step_limit"))
+        yield self.conversation.end_turn(step_limit(self.settings.max_steps))
 
     def _call_model(self) -> Generator[Event, None, types.GenerateContentResponse]:
         caller, arguments = self.backend.caller, (self.conversation.history, self.backend.config, self.turn.usage,
@@ -360,10 +355,6 @@ class _TurnLoop:
     def _commit(self, *contents: types.Content) -> None:
         self.conversation.extend_history([c.model_dump(mode="json", exclude_none=True) for c in contents])
 
-    def _end(self, error: TurnError) -> TurnError:
-        """Close the turn after a failure so the history still alternates user/model."""
-        self.conversation.close_unanswered(f"(No answer: {error.message})")
-        return error
 
 
 def _image_parts(image: ImageForModel) -> list[types.Part]:

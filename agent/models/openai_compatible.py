@@ -34,7 +34,7 @@ import openai
 from PIL import Image
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from agent.conversation import Conversation, Turn
+from agent.conversation import Conversation, Turn, model_unavailable, step_limit, truncated
 from agent.events import AssistantText, AssistantTextDelta, Event, ToolStarted, TurnError, Usage
 from agent.models.inputs import ImageForModel, artifact_image, view_image
 from agent.models.planner import planned_answer
@@ -398,11 +398,10 @@ class _TurnLoop:
                 yield from self._planned(asked=True)
                 return
             except ModelUnavailableError as error:
-                yield self._end(TurnError(message=f"{error} The offline planner can answer this turn instead.",
-                                          reason="model_unavailable", offline_available=True))
+                yield self.conversation.end_turn(model_unavailable(error))
                 return
             except PrivacyError as error:
-                yield self._end(TurnError(message=str(error), reason="other", offline_available=True))
+                yield self.conversation.end_turn(TurnError(message=str(error), reason="other", offline_available=True))
                 return
             if reply.text:
                 yield AssistantText(text=reply.text)
@@ -411,18 +410,14 @@ class _TurnLoop:
                 self._commit(_model_content(reply), responses)
                 continue
             if not reply.text:
-                yield self._end(TurnError(message="The model returned an empty answer; ask again.", reason="other",
-                                          offline_available=True))
+                yield self.conversation.end_turn(TurnError(
+                    message="The model returned an empty answer; ask again.", reason="other", offline_available=True))
                 return
             self._commit(_model_content(reply))
             if reply.finish == "length":
-                yield self._end(TurnError(message="The answer was cut short by the length limit; ask for the rest "
-                                                  "or a shorter answer.", reason="truncated"))
+                yield self.conversation.end_turn(truncated())
             return
-        yield self._end(TurnError(
-            message=f"Stopped after {self.settings.max_steps} model steps without a final answer; "
-                    "the tool results so far are kept — ask again or narrow the question.",
-            reason="step_limit"))
+        yield self.conversation.end_turn(step_limit(self.settings.max_steps))
 
     def _call_model(self) -> Generator[Event, None, Reply]:
         return (yield from _previewed(self.backend.caller.call(
@@ -486,9 +481,6 @@ class _TurnLoop:
     def _commit(self, *contents: dict[str, Any]) -> None:
         self.conversation.extend_history(list(contents))
 
-    def _end(self, error: TurnError) -> TurnError:
-        self.conversation.close_unanswered(f"(No answer: {error.message})")
-        return error
 
 
 def _model_content(reply: Reply) -> dict[str, Any]:
@@ -515,9 +507,9 @@ def _arguments(text: str) -> tuple[dict[str, Any], str | None]:
 # -- proposals and report wording ---------------------------------------------------------------------
 
 
-class OpenAIVisionProposer:
-    """Detection proposals from the served model, in ``LOUPE_OPENAI_BOX_FORMAT``, converted to
-    box_2d and validated like Gemini's."""
+class _JsonAsker:
+    """A separate call for JSON (proposals, report wording): a JSON schema where the server
+    takes ``response_format``, plain text and tolerant parsing once it has refused one."""
 
     def __init__(self, caller: OpenAICaller):
         self.caller = caller
@@ -525,6 +517,24 @@ class OpenAIVisionProposer:
         self.usage = Usage()
         self.boundary = PrivacyBoundary()
         self.structured = caller.settings.openai_structured_output
+
+    def _ask(self, contents: list[dict[str, Any]], schema_name: str, schema: dict[str, Any],
+             **options: Any) -> Reply:
+        if self.structured:
+            try:
+                return _drained(self.caller.call(contents, self.usage, self.boundary, **options,
+                                                 response_format=_schema_format(schema_name, schema)))
+            except _FormatUnsupported:
+                self.structured = False  # this server decodes freely; the parsing is tolerant
+        return _drained(self.caller.call(contents, self.usage, self.boundary, **options))
+
+
+class OpenAIVisionProposer(_JsonAsker):
+    """Detection proposals from the served model, in ``LOUPE_OPENAI_BOX_FORMAT``, converted to
+    box_2d and validated like Gemini's."""
+
+    def __init__(self, caller: OpenAICaller):
+        super().__init__(caller)
         #: Why items of the last answers were rejected (for logs, tests and the clinician).
         self.rejected: list[str] = []
 
@@ -535,52 +545,27 @@ class OpenAIVisionProposer:
         box_format = self.caller.settings.openai_box_format
         contents = [{"role": "user", "parts": [png_part(image_png),
                                                {"text": "Localise the abnormalities in this image."}]}]
-        prompt = load_prompt("detection_boxes.md")
+        options = {"system": detection_system(modality, box_format), "purpose": "detection",
+                   "prompt": load_prompt("detection_boxes.md"), "temperature": self.caller.settings.detection_temperature}
         proposals: list[VisionProposal] = []
         self.rejected = []
         for sample in range(samples):
-            reply = self._ask(contents, prompt, detection_system(modality, box_format))
+            reply = self._ask(contents, "proposals", PROPOSALS_SCHEMA, **options)
             parsed = parse_proposals(reply.text, sample=sample, box_format=box_format, sent_size=sent_size)
             proposals += parsed.proposals
             self.rejected += parsed.rejected
         return proposals
 
-    def _ask(self, contents: list[dict[str, Any]], prompt: Prompt, system: str) -> Reply:
-        options = {"system": system, "purpose": "detection", "prompt": prompt,
-                   "temperature": self.caller.settings.detection_temperature}
-        if self.structured:
-            try:
-                return _drained(self.caller.call(contents, self.usage, self.boundary, **options,
-                                                 response_format=_schema_format("proposals", PROPOSALS_SCHEMA)))
-            except _FormatUnsupported:
-                self.structured = False  # this server decodes freely; the parser is tolerant
-        return _drained(self.caller.call(contents, self.usage, self.boundary, **options))
 
-
-class OpenAIReportWriter:
-    """The report's narrative worded by the served model (structured output where supported)."""
-
-    def __init__(self, caller: OpenAICaller):
-        self.caller = caller
-        self.name = caller.settings.openai_model or "openai"
-        self.usage = Usage()
-        self.boundary = PrivacyBoundary()
-        self.structured = caller.settings.openai_structured_output
+class OpenAIReportWriter(_JsonAsker):
+    """The report's narrative worded by the served model."""
 
     def write(self, report: ClinicalReport, instruction: str) -> ReportNarrative:
         prompt = load_prompt("report.md")
         facts = report.model_dump_json(include={"study", "findings", "impression", "recommendations"})
         contents = [{"role": "user", "parts": [{"text": f"Instruction: {instruction}\n\nReport: {facts}"}]}]
-        options = {"system": prompt.text, "purpose": "report", "prompt": prompt, "temperature": 0.3}
-        reply = None
-        if self.structured:
-            try:
-                reply = _drained(self.caller.call(contents, self.usage, self.boundary, **options, response_format=
-                                                  _schema_format("report", ReportNarrative.model_json_schema())))
-            except _FormatUnsupported:
-                self.structured = False
-        if reply is None:
-            reply = _drained(self.caller.call(contents, self.usage, self.boundary, **options))
+        reply = self._ask(contents, "report", ReportNarrative.model_json_schema(), system=prompt.text,
+                          purpose="report", prompt=prompt, temperature=0.3)
         try:
             return ReportNarrative.model_validate_json(_json_object(reply.text))
         except ValueError as error:
