@@ -30,7 +30,7 @@ from agent.events import (
 )
 from agent.models.factory import make_backend
 from agent.settings import LoupeSettings
-from agent.store.database import Store
+from agent.store.database import SessionNotFoundError, Store
 from agent.store.files import write_atomically
 
 
@@ -137,6 +137,9 @@ def open_conversation(settings: LoupeSettings, study: Path, *, modality: str | N
     if session_id is not None and store.exists(session_id, settings.user):
         conversation = Conversation.resume(settings, store, session_id, settings.user)
         conversation.open_study(study, modality=modality)
+    elif session_id is not None and store.taken(session_id):
+        raise SessionNotFoundError(f"There is no session '{session_id}' for you; give another id, or none for a "
+                                   "new session.")
     else:
         conversation = Conversation.start(settings, study, modality=modality, store=store, owner=settings.user,
                                           session_id=session_id, title=f"{modality or 'imaging'} session")

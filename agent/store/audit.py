@@ -13,9 +13,10 @@ import json
 from agent.store.database import Store
 
 
-def export_jsonl(store: Store, session_id: str | None = None) -> str:
+def export_jsonl(store: Store, session_id: str | None = None, actor: str | None = None) -> str:
+    """The trail as JSON lines; only ``actor``'s own entries when given (what a user may read)."""
     lines = []
-    for row in store.audit_rows(session_id):
+    for row in store.audit_rows(session_id, actor):
         lines.append(json.dumps({"id": row.id, "at": row.at.isoformat(), "actor": row.actor,
                                  "session_id": row.session_id, "action": row.action, "detail": row.detail},
                                 sort_keys=True, ensure_ascii=False))

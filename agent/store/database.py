@@ -345,6 +345,11 @@ class Store:
             row = db.get(SessionRow, session_id)
             return row is not None and row.owner == owner
 
+    def taken(self, session_id: str) -> bool:
+        """Some user's session has this id (a new one cannot take it)."""
+        with Session(self.engine) as db:
+            return db.get(SessionRow, session_id) is not None
+
     def list_sessions(self, owner: str) -> list[SessionSummary]:
         with Session(self.engine) as db:
             rows = db.scalars(select(SessionRow).where(SessionRow.owner == owner)
@@ -424,11 +429,14 @@ class Store:
         with self.transaction() as db:
             db.add(AuditRow(actor=actor, action=action, detail=detail, session_id=session_id))
 
-    def audit_rows(self, session_id: str | None = None) -> list[AuditRow]:
+    def audit_rows(self, session_id: str | None = None, actor: str | None = None) -> list[AuditRow]:
+        """The trail, or a session's part of it; only ``actor``'s entries when given."""
         with Session(self.engine, expire_on_commit=False) as db:
             query = select(AuditRow).order_by(AuditRow.id)
             if session_id is not None:
                 query = query.where(AuditRow.session_id == session_id)
+            if actor is not None:
+                query = query.where(AuditRow.actor == actor)
             return list(db.scalars(query))
 
 
