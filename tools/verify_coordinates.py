@@ -41,7 +41,7 @@ from tools.detection.evidence import SQRT2, Evidence, ScaleSpace, measure
 from tools.detection.scoring import confidence, score
 from tools.detection.working import WorkingImage
 from tools.errors import InvalidCoordinatesError
-from tools.findings import Verification
+from tools.findings import Finding, Verification
 
 #: Evidence (LoG response in noise units) below which nothing lesion-like is there.
 MIN_RESPONSE = 2.0
@@ -425,3 +425,20 @@ def verify_coordinates(ctx: ToolContext, args: VerifyCoordinatesInput) -> ToolRe
         shift_mm=result.verification.shift_mm, contrast_to_noise=result.verification.contrast_to_noise,
     )
     return ToolResult(output=output)
+
+
+def clinician_finding(ctx: ToolContext, box: BoxPx, *, frame: int, label: str, study_id: str | None = None) -> Finding:
+    """The clinician's mark (a native box; a point is a small box around it) as a finding with
+    source ``clinician``: verified with the same evidence as any proposal (the box refined), and
+    added to the session's findings. Its size is measured afterwards by the caller (fit_gaussian)."""
+    study = ctx.view(study_id).study
+    frame = study.check_frame(frame)
+    box = _clip_to_image(box, study.safe.columns, study.safe.rows, [])
+    analysis = frame_analysis(ctx, study, frame)
+    result = verify_location(analysis.work, box, spacing_mm=study.pixel_spacing_mm(frame),
+                             candidates=analysis.detections, space=analysis.space)
+    finding = Finding(id=ctx.next_finding_id(), study_id=study.id, label=label.strip() or "clinician-marked finding",
+                      frame=frame, center_px=(round(result.center[0], 2), round(result.center[1], 2)),
+                      bbox_px=result.box, confidence=1.0, source="clinician", verification=result.verification)
+    ctx.findings[finding.id] = finding
+    return finding

@@ -28,7 +28,6 @@ from tools.checklists.record import Assessment, ClinicianMarkRecord, SecondReadS
 from tools.context import Artifact, ToolContext, ToolResult
 from tools.coordinates import SentImage
 from tools.detect_anomalies import DetectAnomaliesInput, detect_anomalies
-from tools.detection.detector import frame_analysis
 from tools.errors import InvalidCoordinatesError, LoupeError
 from tools.findings import Finding
 from tools.fit_gaussian import FitGaussianInput, fit_gaussian
@@ -37,7 +36,7 @@ from tools.report.location import location_in_words
 from tools.second_read.concordance import Concordance, append_to_report, concordance, summary_text
 from tools.second_read.steps import StepOutput, ai_findings, is_called, step_view, verification_words
 from tools.study import Study
-from tools.verify_coordinates import VerifyCoordinatesInput, proposal_box, verify_location
+from tools.verify_coordinates import VerifyCoordinatesInput, clinician_finding, proposal_box
 
 #: Time on a step counts at most this long per visit: a step left open over lunch (or a paused
 #: read resumed the next day) is not 3 hours of reading.
@@ -310,13 +309,7 @@ def _add_clinician_finding(ctx: ToolContext, study: Study, state: SecondReadStat
     sent = SentImage.identity(study.safe.columns, study.safe.rows)
     box = proposal_box(VerifyCoordinatesInput(box_2d=mark.box_2d, point=mark.point, box_px=mark.box_px,
                                               size_px=mark.size_px), sent)
-    analysis = frame_analysis(ctx, study, state.frame)
-    result = verify_location(analysis.work, box, spacing_mm=study.pixel_spacing_mm(state.frame),
-                             candidates=analysis.detections, space=analysis.space)
-    finding = Finding(id=ctx.next_finding_id(), study_id=study.id, label=mark.label.strip(), frame=state.frame,
-                      center_px=(round(result.center[0], 2), round(result.center[1], 2)), bbox_px=result.box,
-                      confidence=1.0, source="clinician", verification=result.verification)
-    ctx.findings[finding.id] = finding
+    finding = clinician_finding(ctx, box, frame=state.frame, label=mark.label, study_id=study.id)
     state.marks.append(ClinicianMarkRecord(finding_id=finding.id, marked_box_px=[round(v, 2) for v in box.as_list()],
                                            step_id=step_id))
     try:

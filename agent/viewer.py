@@ -1,0 +1,213 @@
+"""The reading room's viewer, in plain data: the current view of the study as the tools and the
+model see it (``StudyView``: frame and window), with the findings' outlines, zoomed to a finding
+on request; window/level and slice changes; and the clinician's own marks, which become verified
+findings with source ``clinician``.
+
+Drawn with Pillow (no figure machinery): a slice change must reach the screen in well under
+300 ms on a 512² CT series.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont
+
+from agent.conversation import Conversation
+from agent.workspace import set_view
+from tools.coordinates import BoxPx
+from tools.errors import InvalidCoordinatesError, LoupeError
+from tools.findings import Finding
+from tools.fit_gaussian import FitGaussianInput, fit_gaussian
+from tools.study.geometry import slice_location
+from tools.verify_coordinates import clinician_finding
+
+#: The image sent to the browser: at most this many pixels on its long side.
+MAX_SIDE = 1024
+#: A zoomed finding is shown at least this large, and with this much context around it.
+ZOOM_MIN_SIDE = 512
+ZOOM_CONTEXT = 3.0
+#: A click (not a drag) marks a box of this many native pixels around the point (at least).
+POINT_BOX_PX = 24
+#: Outline colours by source: the detector, a vision model, a trained model, the clinician.
+SOURCE_COLOURS = {"classical": (255, 200, 0), "vlm": (0, 229, 255), "model": (0, 229, 255),
+                  "clinician": (255, 64, 255)}
+
+
+@dataclass(frozen=True)
+class ViewerImage:
+    """One rendered view: the PNG and how its pixels map to the native frame."""
+
+    png: bytes
+    width: int
+    height: int
+    #: Native pixel-edge coordinates (x, y) of the PNG's top-left corner, and PNG px per native px.
+    origin: tuple[float, float]
+    scale: float
+    frame: int
+    frames: int
+    caption: str
+    #: The findings drawn (id, label), for zoom buttons and the legend.
+    findings: tuple[tuple[str, str], ...] = ()
+
+    def to_native(self, x: float, y: float) -> tuple[float, float]:
+        """PNG pixel-edge coordinates (a click) -> native pixel-centre coordinates."""
+        return self.origin[0] + x / self.scale - 0.5, self.origin[1] + y / self.scale - 0.5
+
+
+def viewer_image(conversation: Conversation, *, outlines: bool = True, zoom: str | None = None) -> ViewerImage | None:
+    """The current view (None without a study), findings outlined, zoomed to ``zoom`` (a finding id)."""
+    ctx = conversation.ctx
+    if ctx.current_study_id is None:
+        return None
+    view = ctx.view()
+    study = view.study
+    rendered = study.render(view.frame, view.window)
+    image = Image.fromarray(rendered.pixels).convert("RGB")
+    shown = [f for f in ctx.study_findings(study.id) if f.frame == view.frame]
+    left, top, right, bottom = _region(image.size, ctx.findings.get(zoom) if zoom else None)
+    image = image.crop((left, top, right, bottom))
+    long_side = max(image.size)
+    target = ZOOM_MIN_SIDE if zoom and long_side < ZOOM_MIN_SIDE else min(long_side, MAX_SIDE)
+    scale = target / long_side
+    if scale != 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR)
+    if outlines:
+        _draw_outlines(image, shown, (left, top), scale)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)  # speed over size: this is redrawn per slice
+    window = rendered.window
+    parts = [f"frame {view.frame + 1} of {study.frame_count}"]
+    position = slice_position_mm(conversation)
+    if position is not None:
+        parts.append(f"slice position {position:.1f} mm")
+    if window is not None:
+        parts.append(f"window {window.center:g}/{window.width:g}")
+    if zoom:
+        parts.append(f"zoomed to {zoom}")
+    return ViewerImage(png=buffer.getvalue(), width=image.width, height=image.height, origin=(left, top), scale=scale,
+                       frame=view.frame, frames=study.frame_count, caption=" · ".join(parts),
+                       findings=tuple((f.id, f.label) for f in shown))
+
+
+def _region(size: tuple[int, int], finding: Finding | None) -> tuple[int, int, int, int]:
+    """The native crop shown: the whole frame, or a square around ``finding`` with context."""
+    width, height = size
+    if finding is None:
+        return 0, 0, width, height
+    box = finding.bbox_px
+    side = min(max(width, height), max(64, round(ZOOM_CONTEXT * max(box.width, box.height))))
+    cx, cy = finding.center_px
+    left = int(min(max(0, round(cx - side / 2)), max(0, width - side)))
+    top = int(min(max(0, round(cy - side / 2)), max(0, height - side)))
+    return left, top, min(width, left + side), min(height, top + side)
+
+
+def _draw_outlines(image: Image.Image, findings: list[Finding], origin: tuple[int, int], scale: float) -> None:
+    draw = ImageDraw.Draw(image)
+    line = max(1, round(max(image.size) / 340))
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 36)))
+
+    def to_png(x: float, y: float) -> tuple[float, float]:
+        return (x + 0.5 - origin[0]) * scale, (y + 0.5 - origin[1]) * scale
+
+    for finding in findings:
+        colour = SOURCE_COLOURS.get(finding.source, (255, 255, 255))
+        if finding.verification is not None and finding.verification.status == "rejected":
+            colour = (255, 48, 48)
+        if finding.gaussian is not None and finding.gaussian.converged:
+            points = [to_png(*p) for p in _ellipse(finding)]
+            draw.line([*points, points[0]], fill=colour, width=line)
+        else:
+            box = finding.bbox_px
+            points = [to_png(box.x0 - 0.5, box.y0 - 0.5), to_png(box.x1 + 0.5, box.y1 + 0.5)]
+            draw.rectangle(points, outline=colour, width=line)
+        left, top = min(p[0] for p in points), min(p[1] for p in points)
+        draw.text((left, max(0, top - line - 2)), finding.id, fill=colour, font=font, anchor="lb",
+                  stroke_width=2, stroke_fill=(0, 0, 0))  # a dark rim: legible on bright bone too
+
+
+def _ellipse(finding: Finding, points: int = 48) -> list[tuple[float, float]]:
+    """The FWHM contour of the finding's Gaussian fit, in native pixels."""
+    fit = finding.gaussian
+    half = math.sqrt(2 * math.log(2))  # σ -> half width at half maximum
+    a, b = fit.sigma_major_px * half, fit.sigma_minor_px * half
+    angle = math.radians(fit.angle_deg)
+    cx, cy = fit.center_px
+    return [(cx + a * math.cos(t) * math.cos(angle) - b * math.sin(t) * math.sin(angle),
+             cy + a * math.cos(t) * math.sin(angle) + b * math.sin(t) * math.cos(angle))
+            for t in (2 * math.pi * i / points for i in range(points))]
+
+
+def slice_position_mm(conversation: Conversation) -> float | None:
+    """Where the shown slice lies along the series' normal, in mm (None when the header does not say)."""
+    view = conversation.ctx.view()
+    try:
+        return slice_location(view.study.geometry(view.frame))
+    except (AttributeError, ValueError, TypeError):
+        return None
+
+
+def window_level(conversation: Conversation) -> tuple[float, float] | None:
+    """The shown window's centre and width (None for colour images)."""
+    view = conversation.ctx.view()
+    window = view.study.render(view.frame, view.window).window
+    return None if window is None else (window.center, window.width)
+
+
+def set_window_level(conversation: Conversation, center: float, width: float) -> str | None:
+    """A free window (centre, width in the study's units); an error sentence, or None."""
+    if width <= 0:
+        return "The window width must be more than zero."
+    return set_view(conversation, window=f"{center:g},{width:g}")
+
+
+def mark(conversation: Conversation, image: ViewerImage, *, point: tuple[float, float] | None = None,
+         box: tuple[float, float, float, float] | None = None, label: str = "clinician-marked finding"
+         ) -> tuple[str | None, str]:
+    """The clinician's click (``point``) or drag (``box``), in ``image``'s PNG pixels, as a
+    verified finding with source ``clinician``: (finding id or None, a sentence saying what
+    became of it). The model is told in the history, so "what is F6?" works in the chat."""
+    try:
+        native = _native_box(image, point, box)
+        finding = clinician_finding(conversation.ctx, native, frame=image.frame, label=label)
+    except LoupeError as error:
+        return None, error.message
+    try:
+        fit_gaussian(conversation.ctx, FitGaussianInput(finding_ids=[finding.id], study_id=finding.study_id))
+    except InvalidCoordinatesError:
+        pass  # a mark at the image edge may not fit; the finding stands without a size
+    finding = conversation.ctx.findings[finding.id]
+    sentence = _marked_sentence(conversation, finding)
+    conversation.note_exchange(f"(I marked {finding.id} on the image: {finding.label}.)", sentence)
+    if conversation.recorder is not None:
+        conversation.recorder.audit("clinician_mark", {"finding_id": finding.id, "frame": finding.frame,
+                                                       "status": finding.verification.status})
+    return finding.id, sentence
+
+
+def _native_box(image: ViewerImage, point: tuple[float, float] | None,
+                box: tuple[float, float, float, float] | None) -> BoxPx:
+    if box is not None:
+        x0, y0 = image.to_native(min(box[0], box[2]), min(box[1], box[3]))
+        x1, y1 = image.to_native(max(box[0], box[2]), max(box[1], box[3]))
+        if x1 - x0 >= 3 and y1 - y0 >= 3:  # a real drag; a tiny one is a click
+            return BoxPx(x0=x0, y0=y0, x1=x1, y1=y1)
+        point = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    if point is None:
+        raise InvalidCoordinatesError("Click a point or drag a box on the image to mark it.")
+    x, y = image.to_native(*point)
+    return BoxPx.around(x, y, POINT_BOX_PX, POINT_BOX_PX)
+
+
+def _marked_sentence(conversation: Conversation, finding: Finding) -> str:
+    status = finding.verification.status if finding.verification else "unverified"
+    reason = finding.verification.reasons[0] if finding.verification and finding.verification.reasons else ""
+    size = (f", {finding.size_mm[0]:.1f} × {finding.size_mm[1]:.1f} mm" if finding.size_mm
+            else f", {finding.size_px[0]:.0f} × {finding.size_px[1]:.0f} px" if finding.size_px else "")
+    x, y = finding.center_px
+    where = f"at ({x:.0f}, {y:.0f}) px on frame {finding.frame + 1}"
+    return f"{finding.id} ({finding.label}) {where}{size}: {status}" + (f" — {reason}." if reason else ".")
