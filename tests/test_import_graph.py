@@ -20,7 +20,8 @@ PACKAGES = ("ui", "agent", "tools", "prompts")
 LAYERS = (
     ("ui", ("ui",)),
     ("commands", ("agent.cli",)),
-    ("services", ("agent.workspace", "agent.analysis", "agent.reports", "agent.samples", "agent.pacs_studies")),
+    ("services", ("agent.workspace", "agent.analysis", "agent.reports", "agent.samples", "agent.pacs_studies",
+                  "agent.viewer")),
     ("model backends", ("agent.models",)),
     ("conversation", ("agent.conversation", "agent.tool_calls", "agent.toolbox")),
     ("storage, privacy, evaluation, PACS", ("agent.store", "agent.privacy", "agent.evaluation", "agent.pacs")),
