@@ -83,6 +83,8 @@ def summarise(name: str, output: dict[str, Any]) -> str:
         return "; ".join(_fit_line(fit) for fit in output.get("results", [])) or str(output.get("message", ""))
     if name == "render_overlay":
         return f"{len(output.get('artifacts', []))} image(s): {', '.join(output.get('layers', []))}"
+    if name in ("draft_report", "revise_report"):  # the report panel shows the document itself
+        return f"report version {output.get('version')} ({output.get('status')})"
     return ", ".join(f"{key}={value}" for key, value in list(output.items())[:3])
 
 

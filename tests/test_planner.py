@@ -71,19 +71,27 @@ def test_sizes_are_in_mm_when_the_study_has_spacing(eval_dir):
     assert re.search(r"F1: \d+\.\d × \d+\.\d mm", answer)
 
 
-def test_report_request_gives_a_readable_draft(ultrasound):
+def test_report_request_gives_a_readable_draft_and_a_short_answer(ultrasound):
+    """The report panel is the one full copy: the chat says which version it is, what it lists
+    and its impression, not the whole document again."""
+    from agent.reports import markdown
+
     answer, events = turn(ultrasound, "Draft a report")
     assert "draft_report" in tools_run(events)
-    assert answer.startswith("# US report — DRAFT — not signed")
+    report = ultrasound.ctx.reports[ultrasound.ctx.current_study_id].current
+    assert report.version == 1
+    assert answer.startswith("Drafted report version 1 (draft)") and "report panel" in answer
+    assert "## Technique" not in answer and len(answer) < 600
+    document = markdown(report)
+    assert document.startswith("# US report — DRAFT — not signed")
     for section in ("## Technique", "## Findings", "## Impression", "## Recommendations", "## Limitations"):
-        assert section in answer
-    assert "requires review and sign-off by the reading physician" in answer
+        assert section in document
+    assert "requires review and sign-off by the reading physician" in document
     called = [f for f in ultrasound.ctx.findings.values() if f.confidence >= ANOMALY_THRESHOLD]
     for finding in called:
-        assert f"| {finding.id} |" in answer
+        assert f"| {finding.id} |" in document and finding.id in answer
     if not called:
-        assert "No focal abnormality" in answer
-    assert ultrasound.ctx.reports[ultrasound.ctx.current_study_id].current.version == 1
+        assert "No focal abnormality" in document
 
 
 def test_offline_report_revision_removes_findings_and_says_what_needs_a_model(ultrasound):
@@ -92,8 +100,11 @@ def test_offline_report_revision_removes_findings_and_says_what_needs_a_model(ul
     listed = [f.finding_id for f in report.current.findings]
     answer, _ = turn(ultrasound, f"Remove {listed[0]} from the report" if listed else "Remove F1 from the report")
     if listed:
-        assert f"Report version 2: removed {listed[0]}" in answer
+        assert f"Report version 2 (draft): removed {listed[0]}" in answer
         assert listed[0] not in [f.finding_id for f in report.current.findings]
+        answer, _ = turn(ultrasound, f"Add {listed[0]} to the report")  # and back, as a clinician's mark would be
+        assert f"Report version 3 (draft): added {listed[0]}" in answer
+        assert listed[0] in [f.finding_id for f in report.current.findings]
     answer, events = turn(ultrasound, "Make the impression more concise")
     assert "needs the Gemini backend" in answer and tools_run(events) == []
 

@@ -227,22 +227,30 @@ class _Plan:
     _statistics = partialmethod(_figure, "statistics")
 
     def _report(self) -> Generator[Event, None, None]:
+        """Draft, then say so in a few lines: the report panel is the one full copy."""
         yield from self._findings()
         outcome = yield from self._run("draft_report", {"use_model_wording": False})
         if outcome.ok:
-            self.lines.append(outcome.output["markdown"])
+            report = self.ctx.reports[self.ctx.current_study_id].current
+            listed = ", ".join(f.finding_id for f in report.findings) or "no findings"
+            self.lines.append(_templates()["report_drafted"].format(
+                version=report.version, status=report.status, listed=listed, impression=report.impression))
 
     def _revise(self) -> Generator[Event, None, None]:
-        """Explicit edits the planner can read from a message: removing findings by id."""
+        """Explicit edits the planner can read from a message: removing or adding findings by id."""
         text = self.turn.message
-        removed = re.findall(r"\b(F[1-9]\d*)\b", text) if re.search(r"\b(drop|remove|delete)\b", text, re.I) else []
-        if not removed:
+        ids = list(dict.fromkeys(re.findall(r"\b(F[1-9]\d*)\b", text)))
+        if ids and re.search(r"\b(drop|remove|delete)\b", text, re.I):
+            edits, change = [{"op": "remove_finding", "finding_id": i} for i in ids], f"removed {', '.join(ids)}"
+        elif ids and re.search(r"\b(add|include|put)\b", text, re.I):
+            edits, change = [{"op": "add_finding", "finding_id": i} for i in ids], f"added {', '.join(ids)}"
+        else:
             self.lines.append(_templates()["revise_needs_model"])
             return
-        edits = [{"op": "remove_finding", "finding_id": finding_id} for finding_id in dict.fromkeys(removed)]
         outcome = yield from self._run("revise_report", {"edits": edits, "reason": text.strip()[:200]})
         if outcome.ok:
-            self.lines.append(f"Report version {outcome.output['version']}: removed {', '.join(dict.fromkeys(removed))}.")
+            self.lines.append(_templates()["report_revised"].format(
+                version=outcome.output["version"], status=outcome.output["status"], change=change))
 
     def _second_read(self) -> Generator[Event, None, None]:
         """Start (or resume) a guided second read and show its current step."""
