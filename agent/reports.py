@@ -149,14 +149,19 @@ def _exported(conversation: Conversation, report: ClinicalReport, fmt: ExportFor
 
 
 def _key_image(conversation: Conversation, report: ClinicalReport) -> tuple[bytes | None, str]:
-    """The annotated overlay of the report's findings (on the first finding's frame)."""
+    """The annotated overlay of the report's findings (on the first finding's frame), always in
+    the light theme: a PDF is printed on white, whatever the page's theme."""
     ctx = conversation.ctx
     view = ctx.view(report.study_id)
     if report.findings:
         view.frame = report.findings[0].frame
     ids = [f.finding_id for f in report.findings if f.frame == view.frame]
-    result = run_tool(ctx, "render_overlay", {"layers": ["annotated"], "finding_ids": ids,
-                                               "study_id": report.study_id})
+    page_theme, ctx.figure_theme = ctx.figure_theme, "light"
+    try:
+        result = run_tool(ctx, "render_overlay", {"layers": ["annotated"], "finding_ids": ids,
+                                                   "study_id": report.study_id})
+    finally:
+        ctx.figure_theme = page_theme
     artifact = result.artifacts[0] if result.artifacts else None
     return (artifact.data, artifact.caption) if artifact else (None, "")
 

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,6 +121,8 @@ class ToolContext:
     #: How many finding ids (F1, F2, ...) this session has issued; stored with the session so
     #: that a reopened session never reuses one.
     findings_issued: int = 0
+    #: Figures' theme: the app sets it from the page's theme before each turn; exports (the PDF) force light.
+    figure_theme: Literal["light", "dark"] = "light"
     _derived: OrderedDict[tuple, object] = field(default_factory=OrderedDict, repr=False)
 
     def derived(self, key: tuple, compute: Callable[[], T]) -> T:

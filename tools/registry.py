@@ -24,6 +24,7 @@ from tools import (
     verify_coordinates,
 )
 from tools.context import ToolContext, ToolResult
+from tools.render.style import figure_theme
 from tools.second_read import flow as second_read
 
 
@@ -54,8 +55,9 @@ class Tool:
         return self.input_model.model_validate(arguments)
 
     def run(self, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
-        """Validate ``arguments`` and run the tool."""
-        return self.function(ctx, self.validate(arguments))
+        """Validate ``arguments`` and run the tool, its figures in the page's theme."""
+        with figure_theme(ctx.figure_theme):
+            return self.function(ctx, self.validate(arguments))
 
 
 TOOLS: dict[str, Tool] = {

@@ -26,7 +26,7 @@ from tools.render.crops import crop_bounds, render_crop
 from tools.render.geometry import LesionShape, Spacing, lesion_masks, lesion_shape, scale_bar_mm, size_text, status_of
 from tools.render.heatmap import probability_map, render_heatmap
 from tools.render.statistics import LineProfile, line_profile, render_statistics
-from tools.render.style import DPI, STATUS_STYLE, clear_text_cache, figure_png
+from tools.render.style import DPI, STATUS_STYLE, clear_text_cache, figure_png, figure_theme
 from tools.study.orientation import Orientation, direction_letters, orientation_labels
 
 __all__ = [
@@ -211,10 +211,11 @@ def render_overlay(ctx: ToolContext, args: RenderOverlayInput) -> ToolResult:
         where=f"frame {view.frame + 1} of {name}",
     )
     artifacts, layers = [], []
-    for layer in dict.fromkeys(args.layers):
-        produced = _LAYERS[layer](scene)
-        artifacts += produced
-        layers += [layer] if produced else []
+    with figure_theme(ctx.figure_theme):  # the page's theme (see ToolContext.figure_theme)
+        for layer in dict.fromkeys(args.layers):
+            produced = _LAYERS[layer](scene)
+            artifacts += produced
+            layers += [layer] if produced else []
     drawn = [f.id for f in findings]
     summary = (f"Drew {', '.join(layers) or 'nothing'} for {', '.join(drawn)} on {scene.where}." if drawn else
                f"No findings are marked on {scene.where}; drew {', '.join(layers) or 'nothing'}.")

@@ -18,7 +18,17 @@ from tools.gaussian.uncertainty import accumulate_gaussian
 from tools.render.annotated import place_label
 from tools.render.geometry import lesion_shape
 from tools.render.panel import Panel, Pixels, check_display, resized
-from tools.render.style import DPI, figure_box, figure_png, figure_px, figure_text, fit_px, new_figure, suptitle
+from tools.render.style import (
+    DPI,
+    figure_box,
+    figure_png,
+    figure_px,
+    figure_text,
+    fit_px,
+    new_figure,
+    palette,
+    suptitle,
+)
 
 
 def probability_map(image_shape: tuple[int, int], findings: Sequence[Finding]) -> np.ndarray:
@@ -76,18 +86,19 @@ def render_heatmap(display: np.ndarray, probability: np.ndarray, findings: Seque
 
 
 def _colour_bar(figure: Figure, left: int, bottom: int, width: int, height: int) -> None:
-    """The 'inferno' scale from 0 (bottom) to 1 (top): a strip, a frame, three ticks, a label."""
+    """The 'inferno' scale from 0 (bottom) to 1 (top): a strip, a frame, three ticks, a label
+    (the frame, ticks and labels in the palette's foreground, so they show on either theme)."""
     strip = colormaps["inferno"](np.linspace(0.0, 1.0, max(height, 1)), bytes=True)  # bottom row first
     figure.add_artist(Pixels(np.repeat(strip[:, None, :], width, axis=1),
                              figure_box(figure, left, bottom, width, height), gid="colour-bar"))
-    px = figure_px(figure)
-    figure.add_artist(Rectangle((left, bottom), width, height, fill=False, edgecolor="black", linewidth=0.8,
+    px, ink = figure_px(figure), palette().foreground
+    figure.add_artist(Rectangle((left, bottom), width, height, fill=False, edgecolor=ink, linewidth=0.8,
                                 transform=px))
     tick, pad = 3.5 * DPI / 72.0, 3.5 * DPI / 72.0
     right = left + width
     levels = (0.0, 0.5, 1.0)
     figure.add_artist(LineCollection([[(right, bottom + v * height), (right + tick, bottom + v * height)]
-                                      for v in levels], colors="black", linewidths=0.8, transform=px))
+                                      for v in levels], colors=ink, linewidths=0.8, transform=px))
     renderer = figure.canvas.get_renderer()
     labels = [figure_text(figure, right + tick + pad, bottom + v * height, f"{v:.1f}", fontsize=10,
                            ha="left", va="center_baseline") for v in levels]

@@ -22,7 +22,7 @@ from tools.findings import Finding
 from tools.gaussian.measurement import FWHM_PER_SIGMA, mm_per_px
 from tools.render.crops import finding_title
 from tools.render.geometry import Spacing, clamp, lesion_masks, lesion_shape
-from tools.render.style import DPI, TITLE_PT, figure_box, figure_png, figure_px, figure_text, new_figure
+from tools.render.style import DPI, figure_box, figure_png, figure_px, figure_text, new_figure, palette, suptitle
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ class _Plot:
 
     ``rect`` is (left, bottom, width, height) in figure px; data within ``xlim`` x ``ylim`` maps
     onto it. Only the left and bottom spines are drawn; ticks point outwards, as matplotlib's.
+    Spines, ticks and labels take the palette's foreground (``ink``).
     """
 
     def __init__(self, figure: Figure, rect: tuple[float, float, float, float],
@@ -125,7 +126,8 @@ class _Plot:
                           .translate(left, bottom) + self.px)
         self.box = figure_box(figure, left, bottom, width, height)
         self.renderer = figure.canvas.get_renderer()
-        figure.add_artist(Line2D([left, left, left + width], [bottom + height, bottom, bottom], color="black",
+        self.ink = palette().foreground
+        figure.add_artist(Line2D([left, left, left + width], [bottom + height, bottom, bottom], color=self.ink,
                                  linewidth=0.8, solid_capstyle="projecting", zorder=2.5, transform=self.px))
         self._ytick_width = 0.0
         self._xtick_height = 0.0
@@ -155,7 +157,7 @@ class _Plot:
     def xticks(self, values: Sequence[float]) -> None:
         bottom = self.rect[1]
         xs = [self._x_px(v) for v in values]
-        self.figure.add_artist(LineCollection([[(x, bottom), (x, bottom - _TICK_PX)] for x in xs], colors="black",
+        self.figure.add_artist(LineCollection([[(x, bottom), (x, bottom - _TICK_PX)] for x in xs], colors=self.ink,
                                               linewidths=0.8, transform=self.px))
         for x, label in zip(xs, _tick_labels(values)):
             text = figure_text(self.figure, x, bottom - 2 * _TICK_PX, label, fontsize=10, ha="center", va="top")
@@ -164,7 +166,7 @@ class _Plot:
     def yticks(self, values: Sequence[float]) -> None:
         left = self.rect[0]
         ys = [self._y_px(v) for v in values]
-        self.figure.add_artist(LineCollection([[(left, y), (left - _TICK_PX, y)] for y in ys], colors="black",
+        self.figure.add_artist(LineCollection([[(left, y), (left - _TICK_PX, y)] for y in ys], colors=self.ink,
                                               linewidths=0.8, transform=self.px))
         for y, label in zip(ys, _tick_labels(values)):
             text = figure_text(self.figure, left - 2 * _TICK_PX, y, label, fontsize=10, ha="right",
@@ -226,8 +228,8 @@ def _plot_profile(figure: Figure, rect: tuple[float, float, float, float], profi
     low, high = _limits(*_finite_range(*curves))
     xlim = (float(profile.distance[0]), float(profile.distance[-1]))
     plot = _Plot(figure, rect, xlim, (low, high + 0.35 * (high - low)))  # room for the key
-    plot.line(profile.distance, profile.values, color="black", linewidth=1.2)
-    plot.key(0, "— image", "black", corner="right")
+    plot.line(profile.distance, profile.values, color=plot.ink, linewidth=1.2)
+    plot.key(0, "— image", plot.ink, corner="right")
     if profile.fitted is not None:
         plot.line(profile.distance, profile.fitted, color="tab:red", linewidth=1.5, linestyle="--")
         plot.key(1, f"- - Gaussian fit (R² {r_squared:.2f})", "tab:red", corner="right")
@@ -299,5 +301,5 @@ def render_statistics(physical: np.ndarray, finding: Finding, *, spacing_mm: Spa
     else:
         _plot_profile(figure, (right, _STATS_BOTTOM, _STATS_WIDTH, _STATS_HEIGHT), profile, unit, None,
                       with_distance=True)
-    figure.suptitle(finding_title(finding, spacing_mm), fontsize=TITLE_PT, y=0.98, va="top")
+    suptitle(figure, finding_title(finding, spacing_mm), y=0.98)
     return figure_png(figure)

@@ -7,6 +7,12 @@ are plain artists placed through their own transforms (hand-made ticks and colou
 text is rasterised once per string and remembered (see ``_Renderer``). The PNGs are encoded
 from the canvas pixels with ``tools.render.png`` and carry no text chunks, so equal input gives
 identical bytes.
+
+Figures follow the page's theme: ``figure_theme("dark")`` (a context manager over a
+``ContextVar``, so concurrent sessions never see each other's theme) picks the ``DARK`` palette
+for the figures made inside it; ``palette()`` is the current one. Only what surrounds the image
+changes (background, titles, legends, axes, ticks, colour-bar frame); the study's pixels, the
+heatmap's colours and the status colours are the same in both.
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
@@ -38,6 +49,45 @@ STATUS_STYLE: dict[str, tuple[str, str]] = {
 }
 LABEL_BOX = {"boxstyle": "round,pad=0.25", "facecolor": "black", "edgecolor": "none", "alpha": 0.6}
 LABEL_PAD_PX = 0.25 * LABEL_PT * DPI / 72.0 + 1.0
+
+
+# == theme ======================================================================================
+ThemeName = Literal["light", "dark"]
+
+
+@dataclass(frozen=True)
+class Palette:
+    """The colours around a figure's images: its background, and the text and lines on it."""
+
+    name: ThemeName
+    background: str
+    foreground: str
+
+
+LIGHT = Palette("light", background="white", foreground="black")
+#: Streamlit's dark theme: its page background and text colour.
+DARK = Palette("dark", background="#0e1117", foreground="#fafafa")
+PALETTES: dict[str, Palette] = {"light": LIGHT, "dark": DARK}
+_PALETTE: ContextVar[Palette] = ContextVar("loupe_figure_palette", default=LIGHT)
+
+
+def palette() -> Palette:
+    """The palette of the figures being made now (``LIGHT`` outside ``figure_theme``)."""
+    return _PALETTE.get()
+
+
+@contextmanager
+def figure_theme(name: ThemeName) -> Iterator[Palette]:
+    """Make the figures created inside the block in the ``name`` theme ('light' or 'dark')."""
+    try:
+        chosen = PALETTES[name]
+    except KeyError:
+        raise ValueError(f"unknown figure theme {name!r}; expected one of {', '.join(PALETTES)}") from None
+    token = _PALETTE.set(chosen)
+    try:
+        yield chosen
+    finally:
+        _PALETTE.reset(token)
 
 
 # == figure plumbing ============================================================================
@@ -74,7 +124,9 @@ class _Renderer(RendererAgg):
     both the metrics and the bitmap of the whole line (as matplotlib ≤ 3.10 drew it), and the
     result is kept for the next use of the same string, font and size: orientation letters,
     legends, titles and tick labels recur across layers and studies. The pixels depend only on
-    the string, font, size and dpi, so the output stays deterministic.
+    the string, font, size and dpi, so the output stays deterministic. The bitmap is a coverage
+    mask: the text's colour is applied when it is drawn (``draw_text_image`` with the artist's
+    graphics context), so one cached string serves every colour and theme.
     """
 
     def _raster(self, s: str, prop) -> tuple:
@@ -152,9 +204,11 @@ class _Canvas(FigureCanvasAgg):
 
 
 def new_figure(width_px: int, height_px: int) -> Figure:
-    """A white figure of exactly ``width_px`` x ``height_px`` at ``DPI``, on its own Agg canvas."""
+    """A figure of exactly ``width_px`` x ``height_px`` at ``DPI`` in the current palette's
+    background (white in the light theme), on its own Agg canvas."""
     # A quarter pixel more: Agg truncates the size, and 8.65 * 100 may come out as 864.99...
-    figure = Figure(figsize=((width_px + 0.25) / DPI, (height_px + 0.25) / DPI), dpi=DPI, facecolor="white")
+    figure = Figure(figsize=((width_px + 0.25) / DPI, (height_px + 0.25) / DPI), dpi=DPI,
+                    facecolor=palette().background)
     _Canvas(figure)
     return figure
 
@@ -184,10 +238,16 @@ def figure_box(figure: Figure, left: float, bottom: float, width: float, height:
     return TransformedBbox(Bbox.from_bounds(left, bottom, width, height), figure_px(figure))
 
 
-def suptitle(figure: Figure, title: str) -> None:
-    figure.suptitle(title, fontsize=TITLE_PT, y=1.0 - 8.0 / figure.bbox.height, va="top")
+def suptitle(figure: Figure, title: str, *, y: float | None = None, color: str | None = None) -> Text:
+    """The title at the top of the figure (8 px below its edge unless ``y``, in figure
+    fraction, says otherwise), in the palette's foreground unless ``color`` is given."""
+    y = 1.0 - 8.0 / figure.bbox.height if y is None else y
+    return figure.suptitle(title, fontsize=TITLE_PT, y=y, va="top", color=color or palette().foreground)
 
 
 def figure_text(figure: Figure, x: float, y: float, text: str, **kwargs) -> Text:
-    """Text at figure pixel (x, y), from the bottom-left corner."""
+    """Text at figure pixel (x, y), from the bottom-left corner; in the palette's foreground
+    unless a ``color`` is given."""
+    if kwargs.get("color") is None and "c" not in kwargs:
+        kwargs["color"] = palette().foreground
     return figure.text(x, y, text, transform=figure_px(figure), **kwargs)
