@@ -293,6 +293,15 @@ class Conversation:
             self._reload()
             raise
 
+    def attach_model(self, proposer, writer, usage: Usage, *, on_premises: bool) -> None:
+        """Let the tools use a model backend's vision proposer and report writer, behind this
+        conversation's privacy boundary, counting their calls in ``usage``; ``on_premises``: the
+        model runs on the site's own servers (the hold for burned-in text does not apply)."""
+        self.boundary.on_premises = on_premises
+        for helper in (proposer, writer):
+            helper.usage, helper.boundary = usage, self.boundary
+        self.ctx.vision, self.ctx.report_writer = proposer, writer
+
     def end_turn(self, error: TurnError) -> TurnError:
         """Close a turn that failed so the history still alternates user/model; the error to yield."""
         self.close_unanswered(f"(No answer: {error.message})")

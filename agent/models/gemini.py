@@ -250,11 +250,7 @@ class GeminiBackend:
         """Let the conversation's tools use Gemini for proposals and report wording, behind its
         privacy boundary, counting their calls in ``usage``. Pixels go to the cloud: the hold for
         possible burned-in text applies (an on-premises backend may have lifted it for its turns)."""
-        conversation.boundary.on_premises = False
-        for helper in (self.proposer, self.writer):
-            helper.usage, helper.boundary = usage, conversation.boundary
-        conversation.ctx.vision = self.proposer
-        conversation.ctx.report_writer = self.writer
+        conversation.attach_model(self.proposer, self.writer, usage, on_premises=False)
 
     def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
         self.attach(conversation, turn.usage)

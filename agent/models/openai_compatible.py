@@ -369,11 +369,8 @@ class OpenAIBackend:
     def attach(self, conversation: Conversation, usage: Usage) -> None:
         """Proposals and report wording through this server, behind the conversation's boundary;
         on-premises, images are not held for possible burned-in text (they stay on site)."""
-        conversation.boundary.on_premises = self.settings.model_site == "on-premises"  # this backend's requests
-        for helper in (self.proposer, self.writer):
-            helper.usage, helper.boundary = usage, conversation.boundary
-        conversation.ctx.vision = self.proposer
-        conversation.ctx.report_writer = self.writer
+        conversation.attach_model(self.proposer, self.writer, usage,
+                                  on_premises=self.settings.model_site == "on-premises")
 
     def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
         self.attach(conversation, turn.usage)
