@@ -169,7 +169,9 @@ class Conversation:
     def reopen_study(self, stored: Path, study_id: str, modality: str | None = None) -> None:
         """Open a study from its stored copy, keeping the id it had (findings refer to it)."""
         files = sorted(p for p in stored.iterdir() if p.is_file())
-        source = str(files[0]) if len(files) == 1 else [str(p) for p in files]
+        # Several files: the folder, read as the original one was (files that are no image,
+        # such as a series' XML annotations, are passed over there, not refused).
+        source = str(files[0]) if len(files) == 1 else str(stored)
         self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), stored.resolve())
         outcome = execute(self.ctx, "load_study", {"path": source, "modality": modality})
         if not outcome.ok:

@@ -52,7 +52,7 @@ def run_tool(ctx: ToolContext, name: str, arguments: dict[str, Any]) -> ToolResu
         )
         raise ToolCallError(f"The arguments for {name} are invalid ({problems}).") from error
     # Outside the try: a validation error raised inside the tool is a bug, not the caller's fault.
-    return tool.function(ctx, validated)
+    return tool.call(ctx, validated)
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")

@@ -300,3 +300,8 @@ def findings_table(conversation: Conversation) -> list[dict[str, Any]]:
                      "confidence": round(finding.confidence, 2), "source": finding.source,
                      "verification": finding.verification.status if finding.verification else "—"})
     return rows
+
+
+def follow_theme(conversation: Conversation, theme: str | None) -> None:
+    """Figures the tools draw from now on match the page: ``dark`` or (anything else) light."""
+    conversation.ctx.figure_theme = "dark" if theme == "dark" else "light"

@@ -172,3 +172,19 @@ def store(tmp_path, db_url):
     opened = Store.for_data_dir(tmp_path / "data", db_url)
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="module")
+def browser_available() -> None:
+    """Debian's Chromium and Playwright (which drives it; its own browser is never downloaded)."""
+    from tests.browser import CHROMIUM
+
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        playwright = None
+    if CHROMIUM.exists() and playwright is not None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI must provide Chromium (apt) and Playwright (pip) for the browser suite")
+    pytest.skip("no Chromium or Playwright on this machine")

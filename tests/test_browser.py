@@ -5,28 +5,18 @@ Screenshots of the main states go to test-artifacts/ for a human to look at.
 
 from __future__ import annotations
 
-import os
+import io
 import re
 
 import pytest
+from PIL import Image
 
-from tests.browser import CHROMIUM, chromium_page, screenshot, send_message, served_app, wait_idle
+from tests.browser import chromium_page, screenshot, send_message, served_app, wait_idle
 from tests.conftest import pydicom_file
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def browser_available() -> None:
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        playwright = None
-    if CHROMIUM.exists() and playwright is not None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail("CI must provide Chromium (apt) and Playwright (pip) for the browser suite")
-    pytest.skip("no Chromium or Playwright on this machine")
 
 
 def test_upload_analyse_report_download_and_reload(browser_available, tmp_path, monkeypatch):
@@ -100,6 +90,13 @@ def test_second_read_in_the_browser(browser_available, tmp_path):
         page.get_by_text("Step 1 of").first.wait_for(timeout=90_000)
         wait_idle(page)
         screenshot(page, "05-second-read-step-1")
+        # Figures follow the page's theme: no white figure background on this dark page (the
+        # chat's crop and the second-read panel's).
+        figures = page.locator("[data-testid=stImage] img")
+        figures.first.wait_for(timeout=60_000)
+        corners = [Image.open(io.BytesIO(figures.nth(i).screenshot())).convert("L").getpixel((2, 2))
+                   for i in range(figures.count())]
+        assert len(corners) >= 2 and max(corners) < 60, f"light figures on the dark page: {corners}"
         page.get_by_role("button", name="Agree Shortcut A").click()
         page.get_by_text("Step 2 of").first.wait_for(timeout=60_000)
         wait_idle(page)
@@ -171,3 +168,117 @@ def test_a_study_opened_from_the_pacs(browser_available, orthanc, tmp_path):
         expect(sidebar).to_contain_text("Frame 1 of 8")
         assert not page.locator("[data-testid=stAlertContentError]").count()
         screenshot(page, "08-pacs-study-open")
+
+
+def _viewer_caption(page) -> str:
+    return page.locator(".st-key-viewer [data-testid=stCaptionContainer]").filter(
+        has_text=re.compile(r"^frame \d+ of")).first.inner_text()
+
+
+def _wait_caption(page, pattern: str) -> str:
+    """Wait until the viewer's caption matches ``pattern`` (the picture is redrawn with it)."""
+    from playwright.sync_api import expect
+
+    caption = page.locator(".st-key-viewer [data-testid=stCaptionContainer]").filter(
+        has_text=re.compile(r"^frame \d+ of")).first
+    # (the caption's help icon leaves a space at its end)
+    expect(caption).to_have_text(re.compile(pattern.replace("$", r"\s*$")), timeout=30_000)
+    wait_idle(page)
+    return caption.inner_text()
+
+
+def test_viewer_slices_window_a_clinician_mark_the_chat_and_the_report(browser_available, eval_dir, tmp_path):
+    """The reading room at 1280×800: the LIDC series uploaded through the chat, slices scrolled
+    (buttons, keys, slider), a window preset, the nodule clicked on the image, asked about by id,
+    and reported."""
+    from playwright.sync_api import expect
+
+    from agent.conversation import Conversation
+    from agent.settings import LoupeSettings
+
+    source = eval_dir / "lidc_ct" / "LIDC-IDRI-0002"
+    files = sorted(source.glob("*.dcm"))
+    probe = Conversation.start(LoupeSettings(_env_file=None, data_dir=tmp_path / "probe"), source)
+    nodule_frame = [f.path.name for f in probe.ctx.view().study.files].index("z-0094.50.dcm")
+    nodule = (346, 361)  # native px of the annotated nodule on that slice
+    with served_app(tmp_path / "data") as url, chromium_page() as page:
+        page.goto(url)
+        wait_idle(page)
+        send_message(page, "Analyse this scan", files=files)
+        page.get_by_text("offline classical detector").first.wait_for(timeout=90_000)
+        caption = _wait_caption(page, r"^frame 1 of 8 · slice position -?\d+\.\d mm · window ")
+        viewer = page.locator(".st-key-viewer")
+        image = page.frame_locator("iframe[title*='streamlit_image_coordinates']").locator("#image")
+        expect(image).to_have_attribute("src", re.compile("^data:image/png;base64,"))
+        box = image.bounding_box()
+        assert box["width"] >= 400 and abs(box["width"] - box["height"]) < 2, box  # large, square as the slice
+        assert box["y"] + box["height"] <= 800, "the slice is above the fold at 1280×800"
+        assert "Frame" not in page.locator("[data-testid=stSidebar]").get_by_role("slider").all_inner_texts()
+        screenshot(page, "viewer-01-series-open")
+
+        viewer.get_by_role("button", name=re.compile("^Next")).click()
+        _wait_caption(page, r"^frame 2 of 8")
+        page.keyboard.press("j")  # Next's shortcut
+        _wait_caption(page, r"^frame 3 of 8")
+        page.keyboard.press("k")  # Prev's shortcut
+        _wait_caption(page, r"^frame 2 of 8")
+        thumb = viewer.get_by_role("slider")
+        thumb.focus()
+        thumb.press("End")
+        last = _wait_caption(page, r"^frame 8 of 8")
+        assert last.split(" · ")[1] != caption.split(" · ")[1], "the slice position follows the slice"
+        screenshot(page, "viewer-02-slices")
+
+        viewer.get_by_role("button", name=re.compile("^Lung")).click()
+        _wait_caption(page, r"window -600/1500$")
+        page.keyboard.press("1")  # the study's own window
+        _wait_caption(page, r"window 40/350$")
+        page.keyboard.press("2")  # the first preset: lung
+        _wait_caption(page, r"window -600/1500$")
+        screenshot(page, "viewer-03-lung-window")
+
+        thumb.focus()
+        thumb.press("Home")
+        _wait_caption(page, r"^frame 1 of 8")
+        for number in range(2, nodule_frame + 2):
+            page.keyboard.press("j")
+            _wait_caption(page, rf"^frame {number} of 8")
+        box = image.bounding_box()
+        image.click(position={"x": (nodule[0] + 0.5) * box["width"] / 512,
+                              "y": (nodule[1] + 0.5) * box["height"] / 512})
+        marked = viewer.locator("[data-testid=stAlertContentSuccess]")
+        expect(marked).to_contain_text("(clinician-marked finding) at (", timeout=30_000)
+        wait_idle(page)
+        sentence = marked.inner_text()
+        found = re.search(r"(F\d+) \(clinician-marked finding\) at \((\d+), (\d+)\) px on frame (\d+)", sentence)
+        assert found, sentence
+        finding_id = found.group(1)
+        assert abs(int(found.group(2)) - nodule[0]) <= 3 and abs(int(found.group(3)) - nodule[1]) <= 3, sentence
+        assert int(found.group(4)) == nodule_frame + 1 and "confirmed" in sentence, sentence
+        screenshot(page, "viewer-04-clinician-mark")
+
+        viewer.get_by_role("button", name=f"Zoom to {finding_id}").click()
+        _wait_caption(page, rf"zoomed to {finding_id}$")
+        screenshot(page, "viewer-05-zoomed")
+        viewer.get_by_role("button", name="Whole image").click()
+        _wait_caption(page, r"window -600/1500$")
+
+        send_message(page, f"Where is {finding_id}?")
+        answer = page.locator("[data-testid=stChatMessage]").filter(has_text=f"{finding_id} is in the")
+        expect(answer.first).to_be_visible(timeout=90_000)
+        wait_idle(page)
+        screenshot(page, "viewer-06-asked-by-id")
+
+        send_message(page, "Draft a report")
+        page.get_by_text("Version 1 of 1 · DRAFT").wait_for(timeout=90_000)
+        wait_idle(page)
+        report = page.locator("[data-testid=stVerticalBlock]").filter(
+            has=page.get_by_text("Version 1 of 1 · DRAFT")).last
+        expect(report).to_contain_text(finding_id)
+        expect(report).to_contain_text("clinician-marked finding")
+        assert page.get_by_text("Version 1 of 1 · DRAFT").count() == 1
+        assert page.get_by_role("heading", name="Impression").count() == 1  # the full report: once, in the panel
+        _wait_caption(page, rf"^frame {nodule_frame + 1} of 8")  # the report changed nothing in the view
+        assert not page.locator("[data-testid=stException]").count()
+        assert not page.locator("[data-testid=stAlertContentError]").count()
+        screenshot(page, "viewer-07-report")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, chromium_page, screenshot, send_message, served_app, wait_idle
+from tests.browser import chromium_page, screenshot, send_message, served_app, wait_idle
 from tests.conftest import pydicom_file, run_cli
 from tests.proxy import NginxProxy, require_nginx
 
@@ -34,17 +34,6 @@ CHAT_INPUT = "[data-testid=stChatInput]"
 # -- the app behind nginx (one for the module) --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser_available() -> None:
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        playwright = None
-    if CHROMIUM.exists() and playwright is not None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail("CI must provide Chromium (apt) and Playwright (pip) for the browser suite")
-    pytest.skip("no Chromium or Playwright on this machine")
 
 
 class ProxiedApp:

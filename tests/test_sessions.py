@@ -295,3 +295,12 @@ def test_a_second_read_pauses_and_resumes_with_the_session(store, eval_dir):
     again = resumed.ctx.second_reads[resumed.ctx.current_study_id]
     assert [record.assessment for record in again.steps if record.assessment] == answered == ["agree", "uncertain"]
     assert again.current == state.current
+
+
+def test_a_series_folder_with_other_files_reopens(store, eval_dir):
+    """LIDC's folder holds its readers' XML beside the slices: stored as it was, it reopens."""
+    settings = LoupeSettings(_env_file=None)
+    conversation = Conversation.start(settings, eval_dir / "lidc_ct" / "LIDC-IDRI-0002", store=store, owner="dr-a")
+    offline(conversation, "Analyse this scan")
+    resumed = Conversation.resume(settings, store, conversation.session_id, "dr-a")
+    assert resumed.ctx.view().study.frame_count == 8 and resumed.ctx.findings.keys() == conversation.ctx.findings.keys()

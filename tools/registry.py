@@ -55,9 +55,13 @@ class Tool:
         return self.input_model.model_validate(arguments)
 
     def run(self, ctx: ToolContext, arguments: dict[str, Any]) -> ToolResult:
-        """Validate ``arguments`` and run the tool, its figures in the page's theme."""
+        """Validate ``arguments`` and run the tool."""
+        return self.call(ctx, self.validate(arguments))
+
+    def call(self, ctx: ToolContext, validated: BaseModel) -> ToolResult:
+        """Run the tool on validated arguments, its figures in the page's theme."""
         with figure_theme(ctx.figure_theme):
-            return self.function(ctx, self.validate(arguments))
+            return self.function(ctx, validated)
 
 
 TOOLS: dict[str, Tool] = {

@@ -1,4 +1,5 @@
-"""Loupe's Streamlit app: a chat about a study, tool calls live, pictures inline, the report beside.
+"""Loupe's Streamlit app: a chat about a study, tool calls live, pictures inline; beside it the
+study itself in a viewer (the view the tools and the model get), and the report under it.
 
 Run from the repository root with ``streamlit run ui/app.py`` or ``loupe serve``. This module
 only renders: the conversation, its tools and its storage live in ``agent``; the app draws the
@@ -20,17 +21,20 @@ if str(_ROOT) not in sys.path:
 
 from agent.settings import LoupeSettings  # noqa: E402
 from agent.store.database import Store  # noqa: E402
-from agent.workspace import backend_for, open_session  # noqa: E402
+from agent.workspace import backend_for, follow_theme, open_session  # noqa: E402
 from tools.errors import LoupeError  # noqa: E402
 from ui.chat import chat_panel  # noqa: E402
 from ui.report_panel import report_panel  # noqa: E402
 from ui.second_read_panel import second_read_panel  # noqa: E402
 from ui.sidebar import sidebar  # noqa: E402
+from ui.viewer import viewer_panel  # noqa: E402
 
 st.set_page_config(page_title="Loupe", layout="wide")
 # A report's findings table is wider than the chat column or the report panel: let it scroll
 # inside its column instead of running under the panel beside it.
-st.html("<style>[data-testid=stMarkdownContainer] table {display: block; overflow-x: auto;}</style>")
+st.html("<style>[data-testid=stMarkdownContainer] table {display: block; overflow-x: auto;}"
+        # Less of Streamlit's page margin: at 1280×800 the viewer's slice fits above the fold.
+        "[data-testid=stMainBlockContainer] {padding: 3.5rem 2rem 2rem;}</style>")
 
 
 @st.cache_resource
@@ -72,6 +76,7 @@ def _session(settings: LoupeSettings, store: Store, owner: str):
         st.query_params["chat"] = conversation.session_id
     # Another tab or server may have answered or signed since: show (and build on) what is stored.
     conversation.refresh_if_stale()
+    follow_theme(conversation, getattr(st.context.theme, "type", None))  # figures on a dark page are dark
     if "backend" not in state:
         try:
             state.backend = backend_for(settings)
@@ -97,8 +102,11 @@ def main() -> None:
         st.error(error.message)
         return
     sidebar(conversation, store, owner)
-    chat_column, report_column = st.columns([3, 2], gap="large")
-    with report_column:
+    # The conversation on the left; the study (large) and the report on the right. Drawn before the
+    # chat: a turn reruns the app when it ends, and the viewer then shows the view it left.
+    chat_column, study_column = st.columns([2, 3], gap="medium")
+    with study_column:
+        viewer_panel(conversation)
         second_read_panel(conversation)
         report_panel(conversation)
     with chat_column:

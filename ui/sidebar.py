@@ -1,5 +1,6 @@
-"""The sidebar: the open study (summary, frame, window, the image itself), the backend, the
-privacy state with its confirm button, and the clinician's sessions."""
+"""The sidebar: the open study's summary (its image, slice and window are in the viewer,
+ui/viewer.py), the backend, the privacy state with its confirm button, and the clinician's
+sessions."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import streamlit as st
 from agent.conversation import Conversation
 from agent.samples import SAMPLES
 from agent.store.database import Store
-from agent.workspace import (MODALITY_CHOICES, display_png, modality_choice, name_modality, open_sample, open_uploads,
-                             owned_sessions, privacy_status, set_view, study_facts, window_presets)
+from agent.workspace import (MODALITY_CHOICES, modality_choice, name_modality, open_sample, open_uploads,
+                             owned_sessions, privacy_status, study_facts)
 from tools.errors import LoupeError
 from ui.pacs_panel import pacs_panel
 from ui.sections import drawn_when_open
@@ -67,26 +68,6 @@ def _study(conversation: Conversation) -> None:
         return
     st.markdown("  \n".join(f"**{name.capitalize()}** {value}" for name, value in facts.items()))
     _modality(conversation)
-    view = conversation.ctx.view()
-    frames = view.study.frame_count
-    if frames > 1:
-        frame = st.slider("Frame", 1, frames, view.frame + 1, key=f"frame-{view.study.id}")
-        if frame - 1 != view.frame:
-            _report_error(set_view(conversation, frame=frame - 1))
-    presets = window_presets(conversation)
-    if presets:
-        current = st.session_state.get(f"window-{view.study.id}", "default")
-        window = st.selectbox("Window", ["default", *presets], index=["default", *presets].index(current),
-                              key=f"window-{view.study.id}")
-        if window != st.session_state.get(f"applied-window-{view.study.id}", "default"):
-            st.session_state[f"applied-window-{view.study.id}"] = window
-            _report_error(set_view(conversation, window=window))
-    key = conversation.current_view_key()
-    if st.session_state.get("display_key") != key:  # render once per study, frame and window
-        st.session_state.display_key, st.session_state.display = key, display_png(conversation)
-    shown = st.session_state.display
-    if shown is not None:
-        st.image(shown[0], caption=shown[1], output_format="PNG")
 
 
 def _modality(conversation: Conversation) -> None:
