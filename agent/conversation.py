@@ -130,6 +130,7 @@ class Conversation:
             self.reopen_study(store.data_dir / row.storage, row.study_id, row.modality)
         restore_tool_state(self.ctx, store, session_id, state)
         self.boundary.confirmed.update(state.get("confirmed", []))
+        self.boundary.onsite_images.update(state.get("onsite_images", []))
         sent = state.get("sent_view")
         self.sent_view = None if sent is None else tuple(sent)
         self.usage = Usage.model_validate(state.get("usage", {}))
@@ -141,6 +142,7 @@ class Conversation:
             "turns": self.turns,
             **tool_state(self.ctx),
             "confirmed": sorted(self.boundary.confirmed),
+            "onsite_images": sorted(self.boundary.onsite_images),
             "sent_view": None if self.sent_view is None else list(self.sent_view),
             "usage": self.usage.model_dump(),
         }

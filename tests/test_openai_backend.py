@@ -401,3 +401,27 @@ def test_loupe_analyze_uses_the_servers_proposals(openai_env, capsys, eval_dir, 
                              "--backend", "openai")
     assert code == 0 and len(openai_env.calls()) == 6  # held: no request
     assert all(f["source"] == "classical" for f in json.loads(out)["findings"])
+
+
+def test_an_image_only_the_on_premises_model_saw_never_reaches_a_cloud_model(openai_fake, fake, eval_dir, tmp_path):
+    """An ultrasound released to the hospital's own model (held for the cloud) is in the history;
+    when the session moves to Gemini — in the same process or after a restart — Gemini gets a
+    note in its place, never the pixels."""
+    from agent.models.gemini import GeminiBackend
+    from agent.store.database import Store
+    from tests.fake_gemini import text_reply as gemini_text
+
+    store = Store.for_data_dir(tmp_path / "data")
+    config = settings(openai_fake, model_site="on-premises", gemini_api_key="k")
+    conversation = Conversation.start(config, eval_dir / "busi" / "benign_030.png", modality="US", store=store,
+                                      owner="dr-a")
+    openai_fake.script(text_reply("An ultrasound."))
+    turn(conversation, OpenAIBackend(config), "What is this?")
+    assert len(openai_fake.calls()[0].images()) == 1  # on site: sent
+    fake.script(gemini_text("Seen."), gemini_text("Seen again."))
+    turn(conversation, GeminiBackend(config), "And now?")
+    resumed = Conversation.resume(config, store, conversation.session_id, "dr-a")
+    turn(resumed, GeminiBackend(config), "After a restart?")
+    for request in fake.calls():
+        assert request.images() == [] and "hospital's own model" in request.text()
+    store.close()

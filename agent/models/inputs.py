@@ -29,7 +29,7 @@ def view_image(ctx: ToolContext, boundary: PrivacyBoundary, max_side: int) -> Im
     view = ctx.view()
     study = view.study
     image = model_image(study, view.frame, view.window, max_side, boundary)
-    boundary.approve(image.png)
+    boundary.approve(image.png, onsite_only=boundary.release(study).onsite_only)
     facts = boundary.technical_facts(study, view.frame)
     facts["frame"] = f"{view.frame + 1} of {study.frame_count}"
     rendered = study.render(view.frame, view.window).window
@@ -47,12 +47,13 @@ def view_image(ctx: ToolContext, boundary: PrivacyBoundary, max_side: int) -> Im
 def artifact_image(ctx: ToolContext, boundary: PrivacyBoundary, artifact: Artifact, max_side: int) -> ImageForModel | None:
     """A tool's rendered figure, downscaled for the model — only when the current study's
     pixels are released as they are (a figure cannot be masked like the plain image)."""
-    if boundary.release(ctx.view().study).status != "released":
+    release = boundary.release(ctx.view().study)
+    if release.status != "released":
         return None
     # A figure already within the size limit goes as it is: decoding and re-encoding it would
     # cost a PNG compression per figure and change nothing the model sees.
     with Image.open(BytesIO(artifact.data)) as opened:
         png = (artifact.data if max(opened.size) <= max_side
                else downscale_for_model(np.asarray(opened.convert("RGB")), max_side).png)
-    boundary.approve(png)
+    boundary.approve(png, onsite_only=release.onsite_only)
     return ImageForModel(png=png, caption=f"Figure from the tool: {artifact.caption or artifact.name}.")

@@ -536,7 +536,8 @@ class OpenAIVisionProposer(_JsonAsker):
         self.rejected: list[str] = []
 
     def propose(self, image_png: bytes, *, modality: str | None, samples: int) -> list[VisionProposal]:
-        self.boundary.approve(image_png)  # prepared under the conversation's image policy
+        # Prepared under the conversation's image policy; on the premises, for this server only.
+        self.boundary.approve(image_png, onsite_only=self.boundary.on_premises)
         with Image.open(io.BytesIO(image_png)) as image:
             sent_size = image.size
         box_format = self.caller.settings.openai_box_format

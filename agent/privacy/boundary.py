@@ -44,10 +44,16 @@ ALLOWED_FIELDS = ("modality", "body part", "frames", "native size", "pixel spaci
 
 @dataclass(frozen=True)
 class ImageRelease:
-    """Whether a study's pixels may be sent, and why."""
+    """Whether a study's pixels may be sent, and why; ``onsite_only``: released only because the
+    model runs on the site's own servers (a cloud model may not see them)."""
 
     status: Literal["released", "masked", "held"]
     reason: str
+    onsite_only: bool = False
+
+
+#: What a cloud model gets instead of an image that only the on-premises model may see.
+ONSITE_ONLY_NOTE = "(An image shown only to the hospital's own model is not sent to this model.)"
 
 
 @dataclass
@@ -61,6 +67,9 @@ class PrivacyBoundary:
     #: Receives one audit entry per model request (sizes and hashes, never content).
     on_request: Callable[[dict[str, Any]], None] | None = None
     _approved_images: set[str] = field(default_factory=set, repr=False)
+    #: SHA-256 of approved images that only an on-premises model may see (kept with the session:
+    #: the history that holds them may later be sent by a cloud backend).
+    onsite_images: set[str] = field(default_factory=set)
     _identifying_values: set[str] = field(default_factory=set, repr=False)
     #: SHA-256 of image data already seen in a request, by its (base64) text: the history
     #: resends the same images on every call, and decoding them each time is wasted work.
@@ -78,7 +87,7 @@ class PrivacyBoundary:
             return ImageRelease("released", "the clinician confirmed there is no identifying text on the image")
         if self.on_premises:
             return ImageRelease("released", "the model runs on this site's own servers, so the image does not "
-                                            "leave the site")
+                                            "leave the site", onsite_only=True)
         risk = (f"{modality} images often carry burned-in patient details" if modality in BURNED_IN_RISK_MODALITIES
                 else "the file does not state that the image is free of burned-in text")
         if safe.ultrasound_regions:
@@ -99,9 +108,13 @@ class PrivacyBoundary:
             pixels = _blank_outside(pixels, study.safe.ultrasound_regions)
         return pixels
 
-    def approve(self, png: bytes) -> None:
-        """Mark an image produced under ``prepare`` (or from released pixels) as sendable."""
-        self._approved_images.add(hashlib.sha256(png).hexdigest())
+    def approve(self, png: bytes, *, onsite_only: bool = False) -> None:
+        """Mark an image produced under ``prepare`` (or from released pixels) as sendable; to an
+        on-premises model only when ``onsite_only``."""
+        digest = hashlib.sha256(png).hexdigest()
+        self._approved_images.add(digest)
+        if onsite_only:
+            self.onsite_images.add(digest)
 
     def approve_sent(self, history: Iterable[dict[str, Any]]) -> None:
         """Images already in a stored history passed this boundary when they were first sent."""
@@ -187,8 +200,11 @@ class PrivacyBoundary:
     def _part(self, part: dict[str, Any]) -> dict[str, Any]:
         inline = part.get("inline_data") or part.get("inlineData")
         if inline is not None:
-            if self._digest(inline.get("data")) not in self._approved_images:
+            digest = self._digest(inline.get("data"))
+            if digest not in self._approved_images:
                 raise PrivacyError("An image that did not pass Loupe's privacy checks was about to be sent to the model; it was stopped.")
+            if digest in self.onsite_images and not self.on_premises:
+                return {"text": ONSITE_ONLY_NOTE}  # the history may be resent by a cloud backend
             return part
         return _map_strings(part, self.redact, skip=("thought_signature", "thoughtSignature", "function_call", "functionCall"))
 
