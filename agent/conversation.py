@@ -256,6 +256,8 @@ class Conversation:
             for event in backend.run_turn(self, turn):
                 ok = ok and not isinstance(event, TurnError)
                 yield self._recorded(event, turn)
+        except (SessionBusyError, SessionConflictError):
+            raise  # this copy was reloaded; the caller says why, in the store's own sentence
         except Exception:  # a bug must not take the conversation down; it is logged in full
             log.exception("turn %s failed unexpectedly", turn.id)
             ok = False

@@ -105,6 +105,33 @@ def test_a_write_from_a_stale_copy_is_refused_and_the_copy_reloaded(store):
     assert reports.history(second).current.version == signed.version
 
 
+def database_host() -> str:
+    from agent.store.database import _HOST
+
+    return _HOST
+
+
+def test_the_lease_is_kept_alive_while_a_turn_runs_without_events(store, monkeypatch):
+    """A model call may run for minutes without an event: the heartbeat renews the lease."""
+    import time
+
+    from agent.store import sessions
+
+    monkeypatch.setattr(sessions, "_RENEW_EVERY_S", 0.05)
+    settings = LoupeSettings(_env_file=None)
+    first, second = two_copies(store, settings)
+    first.recorder.acquire()
+    try:
+        with store.engine.begin() as db:  # as if the lease had nearly run out
+            db.execute(text("UPDATE session_locks SET expires_at = :t"), {"t": "2000-01-01 00:00:00+00:00"})
+        time.sleep(0.3)
+        with pytest.raises(SessionBusyError):
+            next(second.ask("Analyse this scan", OfflinePlanner()))
+    finally:
+        first.recorder.release()
+    assert list(second.ask("Analyse this scan", OfflinePlanner()))[-1].ok
+
+
 def test_a_lock_left_by_a_killed_process_is_taken_over(store):
     settings = LoupeSettings(_env_file=None)
     first, second = two_copies(store, settings)
@@ -114,7 +141,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(store):
                         if store.engine.dialect.name == "postgresql" else
                         "INSERT INTO session_locks (session_id, holder, host, pid, expires_at) "
                         "VALUES (:s, 'gone', :host, 999999999, datetime('now', '+1 hour'))"),
-                   {"s": first.session_id, "host": os.uname().nodename})
+                   {"s": first.session_id, "host": database_host()})
     assert list(second.ask("Analyse this scan", OfflinePlanner()))[-1].ok
 
 

@@ -292,15 +292,18 @@ class Store:
 
     def _clear_dead_lock(self, session_id: str, holder: str) -> bool:
         """Remove a lock whose holder is this one, whose lease ran out, or whose process on this
-        host is gone (killed mid-turn); True when there is no other live holder."""
+        host is gone (killed mid-turn); True when there is no other live holder. The removal
+        names the holder it judged dead, so a fresh lock taken meanwhile by another copy stays."""
         with self.transaction() as db:
             lock = db.get(SessionLockRow, session_id)
             if lock is None:
                 return True
-            dead = lock.holder == holder or not _live(lock)
-            if dead:
-                db.delete(lock)
-            return dead
+            if lock.holder != holder and _live(lock):
+                return False
+            # Holder tokens are unique per copy: a lock taken meanwhile by another copy has another.
+            db.execute(delete(SessionLockRow).where(SessionLockRow.session_id == session_id,
+                                                    SessionLockRow.holder == lock.holder))
+            return True
 
     def renew(self, session_id: str, holder: str) -> None:
         with self.transaction() as db:
@@ -440,7 +443,17 @@ class Store:
             return list(db.scalars(query))
 
 
-_HOST = socket.gethostname()
+def _host_key() -> str:
+    """This host and process namespace: a pid means the same process only within one (app
+    containers may share a host name yet each have their own pids)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}/{namespace}"
+
+
+_HOST = _host_key()
 
 
 def _live(lock: SessionLockRow) -> bool:

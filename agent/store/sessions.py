@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import time
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 INTERRUPTED_NOTE = "(The previous turn was interrupted before an answer; ask again if needed.)"
 CONFLICT_MESSAGE = ("This session was changed in another tab or window since this one last read it; it has been "
                     "reloaded, so repeat your last action if it is still needed.")
-#: A running turn pushes its lock's lease on at most this often (each renewal is a write).
-_RENEW_EVERY_S = 10.0
+#: While a turn holds its session, its lease is pushed on this often, whether or not events come
+#: (a model call may run for minutes with retries).
+_RENEW_EVERY_S = 15.0
 
 
 class SessionRecorder:
@@ -50,19 +51,31 @@ class SessionRecorder:
         #: This copy of the session (one tab, one server) when it holds the session's lock.
         self.holder = f"{owner[:80]}:{uuid.uuid4().hex}"
         self.holding = False
-        self._renewed = 0.0
+        self._heartbeat: threading.Event | None = None
         self._started_args: dict[str, dict[str, Any]] = {}
 
     # -- the lock of a turn ---------------------------------------------------------------------
 
     def acquire(self) -> None:
-        """Hold the session for a turn (``SessionBusyError`` when another copy holds it)."""
+        """Hold the session for a turn (``SessionBusyError`` when another copy holds it); a
+        heartbeat keeps the lease alive until ``release``."""
         self.store.acquire(self.session_id, self.holder)
-        self.holding, self._renewed = True, time.monotonic()
+        self.holding = True
+        self._heartbeat = stop = threading.Event()
+        threading.Thread(target=self._beat, args=(stop,), daemon=True, name=f"lease-{self.session_id[:8]}").start()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(_RENEW_EVERY_S):
+            try:
+                self.store.renew(self.session_id, self.holder)
+            except Exception:  # a failed renewal is retried at the next beat; the lease is long
+                log.warning("could not renew the lock of session %s", self.session_id, exc_info=True)
 
     def release(self) -> None:
         if self.holding:
             self.holding = False
+            if self._heartbeat is not None:
+                self._heartbeat.set()
             self.store.release(self.session_id, self.holder)
 
     def stale(self) -> bool:
@@ -73,9 +86,6 @@ class SessionRecorder:
 
     def event(self, event: Event, turn_id: int) -> None:
         payload = event.model_dump(mode="json", exclude={"artifacts"})
-        if self.holding and time.monotonic() - self._renewed > _RENEW_EVERY_S:
-            self.store.renew(self.session_id, self.holder)  # the turn is alive: keep its lease
-            self._renewed = time.monotonic()
         with self.store.transaction() as db:
             if isinstance(event, ToolFinished):
                 payload["artifacts"] = [self._image_row(db, a) for a in event.artifacts]
