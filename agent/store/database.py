@@ -204,8 +204,10 @@ _AUDIT_TRIGGERS = {
     "postgresql": (
         "CREATE OR REPLACE FUNCTION loupe_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$",
-        "CREATE OR REPLACE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
-        "FOR EACH ROW EXECUTE FUNCTION loupe_audit_append_only()",
+        # DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which PostgreSQL has only from 14.
+        "DROP TRIGGER IF EXISTS audit_append_only ON audit",
+        "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+        "FOR EACH ROW EXECUTE PROCEDURE loupe_audit_append_only()",
     ),
 }
 #: Serialises two servers migrating one PostgreSQL database at the same moment.
