@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from agent.events import Event, TurnError, TurnFinished, TurnStarted, Usage
 from agent.privacy.boundary import PrivacyBoundary
 from agent.settings import LoupeSettings
-from agent.store.database import SessionBusyError, SessionConflictError, Store
+from agent.store.database import BUSY_MESSAGE, SessionBusyError, SessionConflictError, Store
 from agent.store.sessions import SessionRecorder, repaired_history, restore_tool_state, tool_state
 from agent.tool_calls import ToolOutcome, execute
 from agent.toolbox import detector_for
@@ -164,6 +164,7 @@ class Conversation:
         folder = path.resolve() if path.is_dir() else path.resolve().parent
         self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), folder)
         if self.recorder is not None:
+            self._wait_for_no_turn()
             self.recorder.save_study(study, path, modality)
             self._commit()
         return outcome
@@ -193,6 +194,7 @@ class Conversation:
         study.name_modality(modality)
         self.ctx.forget_derived(study.id)
         if self.recorder is not None:
+            self._wait_for_no_turn()
             self.recorder.store.set_study_modality(self.recorder.session_id, study.id, study.modality)
             self.recorder.audit("modality_named", {"study_id": study.id, "modality": study.modality})
             self._commit()
@@ -212,6 +214,14 @@ class Conversation:
         if self.recorder is not None:
             self.recorder.audit("image_release_confirmed", {"study_id": study.id})
             self._commit()
+
+    def _wait_for_no_turn(self) -> None:
+        """Before a write outside the versioned commit (a study's stored copy, its modality):
+        refuse it while another copy's turn holds the session, dropping this copy's change."""
+        recorder = self.recorder
+        if recorder.store.held_by_other(recorder.session_id, recorder.holder):
+            self._reload()
+            raise SessionBusyError(BUSY_MESSAGE)
 
     def refresh_if_stale(self) -> bool:
         """Reload the session from the store when another tab or server changed it since this

@@ -81,6 +81,9 @@ def test_a_second_tab_cannot_start_a_turn_while_one_runs(store):
         next(second.ask("Draft a report", OfflinePlanner()))
     with pytest.raises(SessionBusyError):
         second.confirm_no_burned_in_text()  # any change, not only a turn, waits for the turn
+    with pytest.raises(SessionBusyError):
+        second.open_study(pydicom_file("MR_small.dcm"))  # a study's stored copy too
+    assert len(store.studies(first.session_id)) == 1
     assert store.turn_running(first.session_id)
     list(running)  # the first turn finishes and lets go
     assert not store.turn_running(first.session_id)

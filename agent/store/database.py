@@ -324,6 +324,12 @@ class Store:
         if lock is not None and lock.holder != holder and _live(lock):
             raise SessionBusyError(BUSY_MESSAGE)
 
+    def held_by_other(self, session_id: str, holder: str) -> bool:
+        """Another copy's live turn holds the session now."""
+        with Session(self.engine) as db:
+            lock = db.get(SessionLockRow, session_id)
+            return lock is not None and lock.holder != holder and _live(lock)
+
     def turn_running(self, session_id: str) -> bool:
         """A live turn (in any tab, on any server) holds the session now."""
         with Session(self.engine) as db:
