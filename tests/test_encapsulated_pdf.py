@@ -55,3 +55,15 @@ def test_an_odd_length_pdf_is_padded_and_its_length_kept(ct_small):  # noqa: F81
     encapsulated_pdf(b"%PDF-1.4 odd!", report, ct_small, findings).save_as(buffer, enforce_file_format=True)
     read = pydicom.dcmread(io.BytesIO(buffer.getvalue()))
     assert (read.EncapsulatedDocumentLength, bytes(read.EncapsulatedDocument)) == (13, b"%PDF-1.4 odd!\0")
+
+
+@pytest.mark.parametrize(("stated", "modality", "expected"), [
+    ("NO", "CT", "NO"), (None, "CT", "YES"), ("YES", "CT", "YES"), ("NO", "US", "YES"), ("NO", "SC", "YES")])
+def test_the_burned_in_flag_is_no_only_when_the_source_says_so_safely(stated, modality, expected):
+    from tools.report.encapsulated_pdf import _burned_in
+
+    source = pydicom.Dataset()
+    source.Modality = modality
+    if stated is not None:
+        source.BurnedInAnnotation = stated
+    assert _burned_in(source) == expected

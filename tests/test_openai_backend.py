@@ -425,3 +425,10 @@ def test_an_image_only_the_on_premises_model_saw_never_reaches_a_cloud_model(ope
     for request in fake.calls():
         assert request.images() == [] and "hospital's own model" in request.text()
     store.close()
+
+
+def test_a_400_about_a_tool_message_is_not_taken_for_a_server_without_tools(openai_fake):
+    openai_fake.script(error_reply(400, "messages[3]: tool message has an unknown tool_call_id"))
+    conversation, backend = start(openai_fake, pydicom_file(CT_WITH_PHI))
+    error = next(e for e in turn(conversation, backend, "Hello") if isinstance(e, TurnError))
+    assert backend.tools_supported and "refused the request (400" in error.message

@@ -105,6 +105,9 @@ def test_offline_report_revision_removes_findings_and_says_what_needs_a_model(ul
         answer, _ = turn(ultrasound, f"Add {listed[0]} to the report")  # and back, as a clinician's mark would be
         assert f"Report version 3 (draft): added {listed[0]}" in answer
         assert listed[0] in [f.finding_id for f in report.current.findings]
+        answer, events = turn(ultrasound, f"Remove {listed[0]} and add F99 to the report")
+        assert "one kind of report change per message" in answer and tools_run(events) == []
+        assert report.current.version == 3
     answer, events = turn(ultrasound, "Make the impression more concise")
     assert "needs the Gemini backend" in answer and tools_run(events) == []
 

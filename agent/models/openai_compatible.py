@@ -57,6 +57,12 @@ _BOX_EXAMPLES = {"yxyx-1000": "[ymin, xmin, ymax, xmax]", "xyxy-1": "[xmin, ymin
                  "xyxy-px": "[xmin, ymin, xmax, ymax]"}
 
 
+#: How servers say they cannot call tools (vLLM without its tool flags, Ollama with a model whose
+#: template has none, LM Studio, TGI); a 400 that merely mentions a tool message is not one.
+_NO_TOOLS = ("does not support tools", "tool choice", "tool_choice", "tool-call-parser", "tool calling",
+             "tools are not supported", "tools is not supported", "function calling")
+
+
 class ToolsUnsupported(Exception):
     """The server refused function calling (a 400 naming tools)."""
 
@@ -152,8 +158,8 @@ class OpenAICaller:
             return Reply(finish="empty")
         choice = response.choices[0]
         message = choice.message
-        calls = [(c.id, c.function.name, c.function.arguments or "") for c in message.tool_calls or []
-                 if getattr(c, "function", None) is not None]
+        calls = [(c.id or f"call_{index}", c.function.name, c.function.arguments or "")
+                 for index, c in enumerate(message.tool_calls or []) if getattr(c, "function", None) is not None]
         return Reply(text=message.content or "", tool_calls=calls, finish=choice.finish_reason)
 
     def _streamed(self, request: dict[str, Any], usage: Usage) -> Generator[str, None, Reply]:
@@ -216,7 +222,7 @@ class _BrokenStream(Exception):
 def _refusal(error: openai.BadRequestError, request: dict[str, Any]) -> Exception:
     """A 400 that says what the server cannot do, or the request refused in one sentence."""
     text = _message(error).lower()
-    if "tools" in request and "tool" in text:
+    if "tools" in request and any(phrase in text for phrase in _NO_TOOLS):
         return ToolsUnsupported(_message(error))
     if "response_format" in request and any(word in text for word in ("response_format", "json_schema", "schema",
                                                                          "guided", "format")):

@@ -240,9 +240,14 @@ class _Plan:
         """Explicit edits the planner can read from a message: removing or adding findings by id."""
         text = self.turn.message
         ids = list(dict.fromkeys(re.findall(r"\b(F[1-9]\d*)\b", text)))
-        if ids and re.search(r"\b(drop|remove|delete)\b", text, re.I):
+        removing = re.search(r"\b(drop|remove|delete)\b", text, re.I)
+        adding = re.search(r"\b(add|include|put)\b", text, re.I)
+        if ids and removing and adding:  # which id goes which way is for a model, or one change at a time
+            self.lines.append(_templates()["revise_one_at_a_time"])
+            return
+        if ids and removing:
             edits, change = [{"op": "remove_finding", "finding_id": i} for i in ids], f"removed {', '.join(ids)}"
-        elif ids and re.search(r"\b(add|include|put)\b", text, re.I):
+        elif ids and adding:
             edits, change = [{"op": "add_finding", "finding_id": i} for i in ids], f"added {', '.join(ids)}"
         else:
             self.lines.append(_templates()["revise_needs_model"])

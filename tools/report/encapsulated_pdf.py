@@ -60,7 +60,7 @@ def encapsulated_pdf(pdf: bytes, report: ClinicalReport, study: Study, findings:
     dataset.ContentDate = now.strftime("%Y%m%d")
     dataset.ContentTime = now.strftime("%H%M%S")
     dataset.AcquisitionDateTime = report.created_at.astimezone(UTC).strftime("%Y%m%d%H%M%S")
-    dataset.BurnedInAnnotation = "YES" if str(source.get("BurnedInAnnotation", "")).upper() == "YES" else "NO"
+    dataset.BurnedInAnnotation = _burned_in(source)
     dataset.DocumentTitle = document_title(report)
     dataset.ConceptNameCodeSequence = []
     dataset.SourceInstanceSequence = [_reference(image.dataset) for image in images.values()]
@@ -72,6 +72,18 @@ def encapsulated_pdf(pdf: bytes, report: ClinicalReport, study: Study, findings:
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     return dataset
+
+
+#: Modalities whose images often carry burned-in patient details (as the privacy boundary holds).
+_AT_RISK = frozenset({"US", "SC", "OT", "XA", "ES"})
+
+
+def _burned_in(source: Dataset) -> str:
+    """The PDF holds a key image of the source: "NO" only when the source states it has no
+    burned-in text and is not of a modality that often has; unknown counts as "YES", so a
+    de-identification pipeline downstream does not trust it blindly."""
+    stated = str(source.get("BurnedInAnnotation", "")).upper()
+    return "NO" if stated == "NO" and str(source.get("Modality", "")).upper() not in _AT_RISK else "YES"
 
 
 def _reference(header: Dataset) -> Dataset:
