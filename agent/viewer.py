@@ -152,10 +152,18 @@ def slice_position_mm(conversation: Conversation) -> float | None:
 
 
 def window_level(conversation: Conversation) -> tuple[float, float] | None:
-    """The shown window's centre and width (None for colour images)."""
+    """The shown window's centre and width; for a greyscale image shown through its VOI LUT (many
+    radiographs), the frame's full value range, where a free window starts; None for colour."""
     view = conversation.ctx.view()
-    window = view.study.render(view.frame, view.window).window
-    return None if window is None else (window.center, window.width)
+    study = view.study
+    window = study.render(view.frame, view.window).window
+    if window is not None:
+        return window.center, window.width
+    if study.safe.samples_per_pixel != 1:
+        return None
+    values = study.physical(view.frame)
+    low, high = float(values.min()), float(values.max())
+    return (low + high) / 2, max(high - low, 1.0)
 
 
 def set_window_level(conversation: Conversation, center: float, width: float) -> str | None:
