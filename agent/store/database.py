@@ -15,8 +15,8 @@ that step unrecorded, never a call without its response.
 Several app servers may share one database (PostgreSQL) and one data folder. A session then has
 a *version*, raised by every write of its state: a write that does not build on the version it
 read is refused (``SessionConflictError``) rather than overwriting another server's. While a
-turn runs, its conversation holds the session's *lock* (a row with a lease, renewed as the turn
-goes on): another tab, on this server or another, cannot start a turn or change the session
+turn runs, its conversation holds the session's *lock* (a row with a lease, renewed by a heartbeat
+while the turn goes on): another tab, on this server or another, cannot start a turn or change the session
 until it is released (``SessionBusyError``, one sentence). A lock left by a killed process is
 taken over at once on the same host (its process is gone), elsewhere when its lease expires.
 
@@ -47,7 +47,7 @@ from tools.errors import LoupeError
 #: Kept beside Alembic's revision so that a Loupe from before Alembic (which reads only this)
 #: refuses a database written by a newer one instead of misreading it.
 SCHEMA_VERSION = 2
-#: How long a turn's lock lasts without renewal (a turn renews it with each event it records).
+#: How long a turn's lock lasts without renewal (a running turn's heartbeat renews it every 15 s).
 LOCK_LEASE = timedelta(seconds=60)
 
 
