@@ -300,7 +300,7 @@ class Store:
             lock = db.get(SessionLockRow, session_id)
             if lock is None:
                 return True
-            if lock.holder != holder and _live(lock):
+            if _held_by_other(lock, holder):
                 return False
             # Holder tokens are unique per copy: a lock taken meanwhile by another copy has another.
             db.execute(delete(SessionLockRow).where(SessionLockRow.session_id == session_id,
@@ -320,21 +320,17 @@ class Store:
 
     def check_not_locked(self, db: Session, session_id: str, holder: str) -> None:
         """Inside a write: refuse it while another holder's live turn has the session."""
-        lock = db.get(SessionLockRow, session_id)
-        if lock is not None and lock.holder != holder and _live(lock):
+        if _held_by_other(db.get(SessionLockRow, session_id), holder):
             raise SessionBusyError(BUSY_MESSAGE)
 
-    def held_by_other(self, session_id: str, holder: str) -> bool:
-        """Another copy's live turn holds the session now."""
+    def held_by_other(self, session_id: str, holder: str | None) -> bool:
+        """A live turn of another copy than ``holder`` (of any copy when None) holds the session now."""
         with Session(self.engine) as db:
-            lock = db.get(SessionLockRow, session_id)
-            return lock is not None and lock.holder != holder and _live(lock)
+            return _held_by_other(db.get(SessionLockRow, session_id), holder)
 
     def turn_running(self, session_id: str) -> bool:
         """A live turn (in any tab, on any server) holds the session now."""
-        with Session(self.engine) as db:
-            lock = db.get(SessionLockRow, session_id)
-            return lock is not None and _live(lock)
+        return self.held_by_other(session_id, None)
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -462,6 +458,10 @@ def _host_key() -> str:
 
 
 _HOST = _host_key()
+
+
+def _held_by_other(lock: SessionLockRow | None, holder: str | None) -> bool:
+    return lock is not None and lock.holder != holder and _live(lock)
 
 
 def _live(lock: SessionLockRow) -> bool:
