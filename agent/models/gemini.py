@@ -25,14 +25,14 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from agent.conversation import Conversation, Turn, model_unavailable, step_limit, truncated
 from agent.events import AssistantText, AssistantTextDelta, Event, ToolStarted, TurnError, Usage
-from agent.models.inputs import ImageForModel, artifact_image, view_image
+from agent.models.inputs import ImageForModel, artifact_image, unseen_view
 from agent.models.proposals import parse_proposals
 from agent.privacy.boundary import PrivacyBoundary
 from agent.settings import LoupeSettings
 from agent.tool_calls import execute
 from prompts import Prompt, load_prompt, load_table
 from tools.context import VisionProposal
-from tools.errors import ImageWithheldError, ModelUnavailableError, PrivacyError
+from tools.errors import ModelUnavailableError, PrivacyError
 from tools.registry import model_declarations
 from tools.report.document import ClinicalReport, ReportNarrative
 
@@ -338,15 +338,10 @@ class _TurnLoop:
 
     def _view_parts(self) -> list[types.Part]:
         """The current display image, when the model has not seen this study/frame/window yet."""
-        key = self.conversation.current_view_key()
-        if key is None or key == self.conversation.sent_view:
+        view = unseen_view(self.conversation, self.settings.model_image_max_side)
+        if view is None:
             return []
-        self.conversation.sent_view = key
-        try:
-            return _image_parts(view_image(self.conversation.ctx, self.conversation.boundary,
-                                           self.settings.model_image_max_side))
-        except ImageWithheldError as error:
-            return [types.Part(text=f"{error} The tools still work on the image; their results are yours to use.")]
+        return [types.Part(text=view)] if isinstance(view, str) else _image_parts(view)
 
     def _commit(self, *contents: types.Content) -> None:
         self.conversation.extend_history([c.model_dump(mode="json", exclude_none=True) for c in contents])

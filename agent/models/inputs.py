@@ -6,19 +6,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from io import BytesIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from agent.privacy.boundary import PrivacyBoundary
 from tools.context import Artifact, ToolContext
+from tools.errors import ImageWithheldError
 from tools.render.model_image import downscale_for_model, model_image
+
+if TYPE_CHECKING:
+    from agent.conversation import Conversation
 
 
 @dataclass(frozen=True)
 class ImageForModel:
     png: bytes
     caption: str
+
+
+def unseen_view(conversation: Conversation, max_side: int) -> ImageForModel | str | None:
+    """The current display image when the model has not seen this study, frame and window yet
+    (None when it has); the boundary's sentence instead when it holds the pixels."""
+    key = conversation.current_view_key()
+    if key is None or key == conversation.sent_view:
+        return None
+    conversation.sent_view = key
+    try:
+        return view_image(conversation.ctx, conversation.boundary, max_side)
+    except ImageWithheldError as error:
+        return f"{error} The tools still work on the image; their results are yours to use."
 
 
 def view_image(ctx: ToolContext, boundary: PrivacyBoundary, max_side: int) -> ImageForModel:
@@ -29,7 +47,8 @@ def view_image(ctx: ToolContext, boundary: PrivacyBoundary, max_side: int) -> Im
     view = ctx.view()
     study = view.study
     image = model_image(study, view.frame, view.window, max_side, boundary)
-    boundary.approve(image.png, onsite_only=boundary.release(study).onsite_only)
+    release = boundary.release(study)
+    boundary.approve(image.png, onsite_only=release.onsite_only)
     facts = boundary.technical_facts(study, view.frame)
     facts["frame"] = f"{view.frame + 1} of {study.frame_count}"
     rendered = study.render(view.frame, view.window).window
@@ -39,7 +58,7 @@ def view_image(ctx: ToolContext, boundary: PrivacyBoundary, max_side: int) -> Im
     sent = image.sent
     caption = (f"The image above is the study as the clinician sees it ({listed}), sent at "
                f"{sent.sent_width}×{sent.sent_height} px; box_2d and point coordinates refer to this image.")
-    if boundary.release(study).status == "masked":
+    if release.status == "masked":
         caption += " Areas outside the ultrasound regions are blanked for privacy."
     return ImageForModel(png=image.png, caption=caption)
 

@@ -36,7 +36,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from agent.conversation import Conversation, Turn, model_unavailable, step_limit, truncated
 from agent.events import AssistantText, AssistantTextDelta, Event, ToolStarted, TurnError, Usage
-from agent.models.inputs import ImageForModel, artifact_image, view_image
+from agent.models.inputs import ImageForModel, artifact_image, unseen_view
 from agent.models.planner import planned_answer
 from agent.models.proposals import parse_proposals
 from agent.privacy.boundary import PrivacyBoundary
@@ -45,7 +45,7 @@ from agent.tool_calls import ToolOutcome, execute
 from prompts import Prompt, load_prompt, load_table
 from tools.context import VisionProposal
 from tools.coordinates import BOX_FORMATS
-from tools.errors import ImageWithheldError, ModelUnavailableError, PrivacyError
+from tools.errors import ModelUnavailableError, PrivacyError
 from tools.registry import model_declarations
 from tools.report.document import ClinicalReport, ReportNarrative
 
@@ -448,15 +448,10 @@ class _TurnLoop:
         return {"role": "user", "parts": parts}
 
     def _view_parts(self) -> list[dict[str, Any]]:
-        key = self.conversation.current_view_key()
-        if key is None or key == self.conversation.sent_view:
+        view = unseen_view(self.conversation, self.settings.model_image_max_side)
+        if view is None:
             return []
-        self.conversation.sent_view = key
-        try:
-            return image_parts(view_image(self.conversation.ctx, self.conversation.boundary,
-                                          self.settings.model_image_max_side))
-        except ImageWithheldError as error:
-            return [{"text": f"{error} The tools still work on the image; their results are yours to use."}]
+        return [{"text": view}] if isinstance(view, str) else image_parts(view)
 
     def _planned(self, *, asked: bool) -> Iterator[Event]:
         """No function calling on this server: the planner chooses and runs the tools, the model
