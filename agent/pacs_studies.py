@@ -7,7 +7,6 @@ them in the session, the audit trail or a log.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from agent.conversation import Conversation
@@ -28,8 +27,7 @@ def search(settings: LoupeSettings, query: StudyQuery) -> list[dict[str, Any]]:
 def series(settings: LoupeSettings, study_uid: str) -> list[dict[str, Any]]:
     """The study's series, image series first, each with a ``label`` for a picker."""
     found = series_of(PacsConnection(settings), study_uid)
-    return [asdict(s) | {"label": s.label(), "is_image": s.is_image}
-            for s in sorted(found, key=lambda s: not s.is_image)]
+    return [s.as_json() for s in sorted(found, key=lambda s: not s.is_image)]
 
 
 def open_from_pacs(conversation: Conversation, study_uid: str, series_uid: str | None = None,

@@ -61,6 +61,12 @@ def sign(conversation: Conversation, version: int, *, name: str, study_id: str |
     return signed
 
 
+def _version(conversation: Conversation, version: int | None, study_id: str | None) -> ClinicalReport:
+    """Report ``version`` of the study (default the current one)."""
+    report_history = history(conversation, study_id)
+    return report_history.current if version is None else report_history.version(version)
+
+
 def markdown(report: ClinicalReport) -> str:
     return report_markdown(report)
 
@@ -111,8 +117,7 @@ def export_bytes(conversation: Conversation, option: ExportOption, version: int,
 def export(conversation: Conversation, formats: list[ExportFormat], *, version: int | None = None,
            study_id: str | None = None) -> tuple[list[ExportFile], list[str]]:
     """The report version (default current) in each format, and notes on what could not be made."""
-    report_history = history(conversation, study_id)
-    report = report_history.current if version is None else report_history.version(version)
+    report = _version(conversation, version, study_id)
     stem = f"report-v{report.version}-{report.status}"
     files, notes = [], []
     for fmt in formats:
@@ -186,8 +191,7 @@ def pacs_documents(conversation: Conversation, files: list[ExportFile], *, versi
 
     from tools.report.encapsulated_pdf import encapsulated_pdf
 
-    report_history = history(conversation, study_id)
-    report = report_history.current if version is None else report_history.version(version)
+    report = _version(conversation, version, study_id)
     documents = []
     for file in files:
         if file.name.endswith("-sr.dcm"):
@@ -211,8 +215,7 @@ def send_to_pacs(conversation: Conversation, documents: list[tuple[ExportFile, A
     from agent.pacs.search import study as pacs_study
     from agent.pacs.send import store_in_study
 
-    report_history = history(conversation, study_id)
-    report = report_history.current if version is None else report_history.version(version)
+    report = _version(conversation, version, study_id)
     if report.status != "signed" and not allow_draft:
         raise ReportError(f"Version {report.version} is a draft: sign it before sending it to the PACS, or send "
                           "it as a draft on purpose.")

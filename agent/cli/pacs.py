@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 
 from agent.cli.parsing import Parser
 from agent.settings import LoupeSettings
@@ -43,7 +42,7 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
         study(connection, args.study_uid)  # "no such study" rather than an empty list
         found = series_of(connection, args.study_uid)
         if args.json:
-            print(json.dumps([asdict(s) | {"is_image": s.is_image} for s in found], indent=2))
+            print(json.dumps([s.as_json() for s in found], indent=2))
             return
         for item in found:
             print(f"pacs:{item.study_uid}/{item.series_uid}  {item.label()}")

@@ -77,6 +77,9 @@ class SeriesMatch:
     def is_image(self) -> bool:
         return self.modality.upper() not in NON_IMAGE_MODALITIES
 
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self) | {"label": self.label(), "is_image": self.is_image}
+
     def label(self) -> str:
         number = f"#{self.number} " if self.number is not None else ""
         return f"{number}{self.modality} {self.description or '(no description)'} · {self.instances} image(s)"
