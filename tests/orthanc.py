@@ -8,13 +8,14 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import requests
+
+from tests.browser import free_port
 
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -25,18 +26,12 @@ def orthanc_installed() -> bool:
     return ORTHANC.exists() and DICOMWEB_PLUGIN.exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class OrthancServer:
     """``with OrthancServer() as pacs:`` — ``pacs.dicomweb_url``, ``pacs.env()`` (Loupe's settings)."""
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="loupe-orthanc-"))
-        self.http_port, self.dicom_port = _free_port(), _free_port()
+        self.http_port, self.dicom_port = free_port(), free_port()
         self.process: subprocess.Popen | None = None
 
     @property

@@ -10,11 +10,12 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.browser import free_port
 
 DATABASE, ROLE = "loupe", "loupe"
 
@@ -23,12 +24,6 @@ def postgres_bin() -> Path | None:
     """The newest installed server's bin folder (``/usr/lib/postgresql/<major>/bin``)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[4]))
     return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresServer:
@@ -41,7 +36,7 @@ class PostgresServer:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
         self.bin = bin_dir
         self.folder = Path(tempfile.mkdtemp(prefix="loupe-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen | None = None
         # The server will not run as root: run it as Debian's postgres user then.
         self.user = "postgres" if os.geteuid() == 0 else None
