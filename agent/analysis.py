@@ -34,6 +34,15 @@ class AnalysisResult(BaseModel):
     anomaly_found: bool
     threshold: float
     summary: str
+    #: "anomaly", "no_anomaly_found" or "inconclusive", and why (see ``detect_anomalies``).
+    assessment: str
+    assessment_reason: str
+    #: What a flagged finding's confidence means on this kind of image, when measured.
+    confidence_meaning: str | None
+    #: The kind of image as the detector's performance table names it (None: not one it is built for),
+    #: and the table's figures for it.
+    image_kind: str | None
+    performance: dict[str, Any] | None
     findings: list[dict[str, Any]]
     files: list[str]
 
@@ -139,6 +148,9 @@ def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, 
             study_id=loaded.study_id, modality=loaded.summary.modality, frame=view.frame,
             modality_assumed=loaded.summary.modality_assumed(),
             anomaly_found=detected.anomaly_found, threshold=detected.threshold, summary=detected.summary,
+            assessment=detected.assessment, assessment_reason=detected.assessment_reason,
+            confidence_meaning=detected.confidence_meaning, image_kind=detected.image_kind,
+            performance=None if detected.performance is None else detected.performance.model_dump(mode="json"),
             findings=[finding_json(f) for f in findings], files=sorted(files + ["findings.json"]),
         )
         write_atomically(out_dir / "findings.json", json.dumps(result.model_dump(), indent=2).encode())

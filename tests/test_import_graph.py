@@ -31,7 +31,8 @@ LAYERS = (
                "tools.render_overlay", "tools.draft_report", "tools.revise_report", "tools.second_read")),
     ("tool context", ("tools.context",)),
     ("imaging engines", ("tools.detection", "tools.gaussian", "tools.render", "tools.report", "tools.checklists")),
-    ("imaging foundation", ("tools.study", "tools.errors", "tools.coordinates", "tools.findings")),
+    ("imaging foundation", ("tools.study", "tools.errors", "tools.coordinates", "tools.findings",
+                            "tools.normal_wording")),
     ("prompts", ("prompts",)),
 )
 

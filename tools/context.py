@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tools.checklists.record import SecondReadState
 from tools.detection.detector import Detector
+from tools.detection.performance import PerformanceTable, shipped_table
 from tools.errors import NoStudyOpenError, UnreadableStudyError
 from tools.findings import Finding
 from tools.render.model_image import ImagePolicy
@@ -107,6 +108,9 @@ class ToolContext:
     #: A trained detector (``LOUPE_DETECTOR_MODEL``) whose boxes are verified like any proposal;
     #: None: the classical detector alone.
     detector: Detector | None = None
+    #: The classical detector's measured performance per kind of image: the shipped table, or
+    #: one a site measured on its own images (``LOUPE_PERFORMANCE_TABLE``).
+    performance: PerformanceTable = field(default_factory=shipped_table)
     #: Applied to every image prepared for a vision model; None = no restriction (no model).
     image_policy: ImagePolicy | None = None
     report_writer: ReportWriter | None = None

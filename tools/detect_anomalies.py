@@ -26,9 +26,11 @@ from tools.detection.detector import (
     label_for,
     recentred,
 )
+from tools.detection.performance import (Assessment, AssessmentResult, ImageKind, KindPerformance, Measured,
+                                         assess, image_kind)
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.detection.working import COMPETENCE
-from tools.errors import ImageWithheldError, InvalidCoordinatesError, ModelUnavailableError
+from tools.errors import ImageWithheldError, InvalidCoordinatesError, LoupeError, ModelUnavailableError
 from tools.findings import Finding, Verification
 from tools.render.model_image import model_image
 from tools.study import Study
@@ -59,6 +61,17 @@ class DetectAnomaliesOutput(BaseModel):
     outside_competence: str | None = Field(
         default=None, description="What the study is, when the offline detector is not built for it: its "
                                   "findings are then regions for review, never anomalies.")
+    assessment: AssessmentResult = Field(
+        description="'anomaly' (a finding reached the threshold), 'no_anomaly_found' (nothing did, on a kind of "
+                    "image where the detector's measured sensitivity supports a negative) or 'inconclusive' "
+                    "(nothing did, but a negative here says too little). Never a normal study.")
+    assessment_reason: str = Field(description="Why, with the detector's measured figures for this kind of image.")
+    confidence_meaning: str | None = Field(
+        default=None, description="What a flagged finding's confidence means on this kind of image (the "
+                                  "precision of a flagged top finding in Loupe's evaluation); quote it with confidences.")
+    image_kind: str | None = Field(default=None, description="The kind of image, as the detector's table names it.")
+    performance: KindPerformance | None = Field(
+        default=None, description="The offline detector's measured figures for this kind of image, if measured.")
 
 
 @dataclass(frozen=True)
@@ -180,7 +193,8 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
     """Find focal anomalies on the current frame (or every slice) and list them as findings.
 
     Uses the offline classical detector, plus the vision model's proposals when available
-    (verified against the pixels). "No significant anomaly" is a valid answer.
+    (verified against the pixels). When nothing reaches the threshold, ``assessment`` says what
+    that is worth on this kind of image: never a normal study.
     """
     view = ctx.view(args.study_id)
     study = view.study
@@ -219,18 +233,54 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
         if len(draft.sample_centres) >= 2:
             ctx.finding_samples[finding.id] = draft.sample_centres
     anomaly = any(f.confidence >= ANOMALY_THRESHOLD for f in findings)
-    if outside is not None and not anomaly:
+    kind = image_kind(analysis.work)
+    consulted, table_note = _consulted(ctx, kind, vision_name, model_used=searched == [frame])
+    assessment = assess(anomaly, kind, consulted)
+    if anomaly:
+        summary = f"{_describe(findings)} What a confidence means here: {assessment.confidence_meaning}."
+    elif outside is not None:
         summary = (f"Outside what the offline detector judges: it is built for {COMPETENCE}, and this is "
-                   f"{outside}. The strongest regions are listed for review, not as anomalies.")
-    elif anomaly:
-        summary = _describe(findings)
+                   f"{outside}. The strongest regions are listed for review, not as anomalies. {assessment.reason}")
     else:
-        summary = ("No significant anomaly: no candidate reached the confidence threshold "
-                   f"({ANOMALY_THRESHOLD:.2f}); the strongest candidates are listed for review.")
+        summary = f"{assessment.reason} The strongest candidates are listed for review."
     output = DetectAnomaliesOutput(study_id=study.id, frames_searched=searched, findings=findings,
-                                   anomaly_found=anomaly, threshold=ANOMALY_THRESHOLD, summary=summary + vision_note,
-                                   vision_model=vision_name, outside_competence=outside)
+                                   anomaly_found=anomaly, threshold=ANOMALY_THRESHOLD,
+                                   summary=summary + vision_note + table_note, vision_model=vision_name,
+                                   outside_competence=outside, assessment=assessment.result,
+                                   assessment_reason=assessment.reason,
+                                   confidence_meaning=assessment.confidence_meaning,
+                                   image_kind=None if kind is None else kind.key,
+                                   performance=ctx.performance.for_kind(kind))
     return ToolResult(output=output)
+
+
+#: The classical detector, in the words of the assessments.
+OFFLINE_DETECTOR = "the offline detector"
+
+
+def study_assessment(ctx: ToolContext, study: Study, frame: int, anomaly: bool = False) -> Assessment:
+    """What a search of ``frame`` by the offline detector is worth (for a report or an answer that
+    has to say so without running the search again)."""
+    kind = image_kind(frame_analysis(ctx, study, frame).work)
+    return assess(anomaly, kind, [Measured(OFFLINE_DETECTOR, ctx.performance.for_kind(kind))])
+
+
+def _consulted(ctx: ToolContext, kind: ImageKind | None, vision_name: str | None,
+               model_used: bool) -> tuple[list[Measured], str]:
+    """The detectors that searched, with their figures for this kind of image (the classical one
+    first), and a note when a trained model's table cannot be read."""
+    consulted = [Measured(OFFLINE_DETECTOR, ctx.performance.for_kind(kind))]
+    note = ""
+    if ctx.detector is not None and model_used:
+        try:
+            table = ctx.detector.performance()
+        except LoupeError as error:
+            table, note = None, f" {error.message} Its performance counts as not measured."
+        consulted.append(Measured(f"the detector model {ctx.detector.name}",
+                                  None if table is None else table.for_kind(kind)))
+    if vision_name is not None:  # a vision model's sensitivity cannot be measured here
+        consulted.append(Measured(f"the vision model {vision_name}", None))
+    return consulted, note
 
 
 def _listed_detections(analysis: FrameAnalysis, max_findings: int) -> list[Detection]:

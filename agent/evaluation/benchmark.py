@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.evaluation.crossval import analyse, cross_validate
 from agent.evaluation.manifest import read_manifest
+from agent.evaluation.performance import format_performance, performance_by_kind
 from agent.evaluation.scoring import Prediction, centre_guess, failure_line, format_scores, score
 from agent.evaluation.simulation import (SIMULATION_SEED, SimulatedProposal, format_simulation, score_simulation,
                                          simulate_proposals)
@@ -73,15 +74,23 @@ def _cross_validation(images, limits: StudyLimits, k: int) -> tuple[str, dict[st
     baseline = score(images, {i.path: centre_guess(i) for i in images}, ANOMALY_THRESHOLD)
     rules = "\n".join(f"- {family}: " + "\n  ".join(["", *lines]).rstrip()
                        for family, lines in result.rule_choices.items())
+    shipped = performance_by_kind(runs, result.shipped, ANOMALY_THRESHOLD)
+    held_out = performance_by_kind(runs, result.held_out, ANOMALY_THRESHOLD)
     text = "\n\n".join([
         format_scores("Offline detector, in-sample (shipped rules and calibration)", result.in_sample),
         format_scores(f"Offline detector, {k}-fold cross-validated (rules and calibration chosen on the other "
                       f"{k - 1} folds)", result.cross_validated),
         format_scores("Centre-guess baseline (same run)", baseline),
+        format_performance(f"Per kind of image at the anomaly threshold ({ANOMALY_THRESHOLD:.2f}), in-sample",
+                           shipped),
+        format_performance(f"Per kind of image at the anomaly threshold ({ANOMALY_THRESHOLD:.2f}), {k}-fold "
+                           "cross-validated (what tools/detection/performance.json ships)", held_out),
         "Rule sets per modality (chosen on each fold's training images):\n" + rules])
     data = {"detector": [s.model_dump() for s in result.in_sample],
             "cross_validated": [s.model_dump() for s in result.cross_validated],
             "baseline": [s.model_dump() for s in baseline], "folds": k, "rule_choices": result.rule_choices,
+            "performance": {kind: p.model_dump(mode="json") for kind, p in held_out.items()},
+            "performance_in_sample": {kind: p.model_dump(mode="json") for kind, p in shipped.items()},
             "anomaly_threshold": ANOMALY_THRESHOLD, "unreadable": problems}
     return text, data, problems
 

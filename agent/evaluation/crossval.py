@@ -9,7 +9,9 @@ would have chosen them had the fold not existed:
   then hit@3; on a tie, the set with fewer rules on: a rule has to earn its place);
 - the calibration, refitted on the training images' top candidates under that rule set;
 
-and the held-out fold is scored with them. The cross-validated table beside the in-sample one
+and the held-out fold is scored with them. Images outside what the detector is built for (an
+abdominal MR, say: ``tools.detection.working.outside_competence``) choose no rules and fit no
+calibration — the app caps their confidence below the threshold, and so does the scoring here. The cross-validated table beside the in-sample one
 (the shipped rules and calibration on all images) shows what the tuning is worth on images it
 did not see. Folds are stratified by dataset (images in path order, dealt round-robin).
 """
@@ -25,8 +27,9 @@ from pathlib import Path
 from agent.evaluation.calibration import TOP_CANDIDATES, calibrated, fit_calibration
 from agent.evaluation.manifest import EvalImage
 from agent.evaluation.scoring import GroupScore, Prediction, failure_line, hits, score
-from tools.detection.detector import Detection, detect_on_work
+from tools.detection.detector import REVIEW_CAP, Detection, detect_on_work
 from tools.detection.evidence import ScaleSpace
+from tools.detection.performance import image_kind
 from tools.detection.scoring import ANOMALY_THRESHOLD, CALIBRATION, RULES, Rules, modality_family
 from tools.detection.working import prepare_study_frame
 from tools.study import StudyLimits, open_study
@@ -42,6 +45,9 @@ class ImageRuns:
     image: EvalImage
     family: str
     by_rules: dict[Rules, list[Detection]]
+    #: The kind of image as the detector classified it (``tools.detection.performance``); None
+    #: outside its competence (or when the image could not be read).
+    kind: str | None = None
 
 
 @dataclass
@@ -53,6 +59,10 @@ class CrossValidation:
     #: family -> one line per rule set: its switches, dev hit@1, and how many folds chose it.
     rule_choices: dict[str, list[str]]
     folds: int
+    #: Each image's predictions under the rules and calibration of the folds it was held out of.
+    held_out: dict[Path, list[Prediction]]
+    #: Each image's predictions under the shipped rules and calibration.
+    shipped: dict[Path, list[Prediction]]
 
 
 def rule_sets(family: str) -> list[Rules]:
@@ -80,15 +90,17 @@ def analyse(images: Sequence[EvalImage], limits: StudyLimits) -> tuple[list[Imag
     runs, problems = [], []
     for image in images:
         family = modality_family(image.modality)
+        kind = None
         try:
             with open_study(image.path, limits=limits, modality=image.modality) as study:
                 work = prepare_study_frame(study, 0)
             space = ScaleSpace(work)
             by_rules = {rules: detect_on_work(work, 0, KEPT, space, rules=rules) for rules in rule_sets(family)}
+            kind = image_kind(work)
         except Exception as error:  # as in benchmark: one image never ends the run
             problems.append(failure_line(image, error))
             by_rules = {rules: [] for rules in rule_sets(family)}
-        runs.append(ImageRuns(image, family, by_rules))
+        runs.append(ImageRuns(image, family, by_rules, None if kind is None else kind.key))
     return runs, problems
 
 
@@ -112,14 +124,21 @@ def choose_rules(runs: Sequence[ImageRuns], family: str) -> Rules:
                key=lambda rules: (*_rank_quality(runs, rules), -sum(getattr(rules, n) for n in names)))
 
 
+def calibration_samples(runs: Sequence[ImageRuns], rules: Rules) -> list[tuple[float, bool]]:
+    """(score, hit) of the top candidates of every image within the detector's competence."""
+    return [(d.score, any(lesion.box.contains(d.x, d.y) for lesion in run.image.scored_lesions()))
+            for run in runs if run.kind is not None for d in run.by_rules[rules][:TOP_CANDIDATES]]
+
+
 def _calibration(runs: Sequence[ImageRuns], rules: Rules, family: str) -> tuple[float, float]:
-    samples = [(d.score, any(lesion.box.contains(d.x, d.y) for lesion in run.image.scored_lesions()))
-               for run in runs for d in run.by_rules[rules][:TOP_CANDIDATES]]
-    return fit_calibration(samples) or CALIBRATION[family]
+    return fit_calibration(calibration_samples(runs, rules)) or CALIBRATION[family]
 
 
 def _predictions(run: ImageRuns, rules: Rules, calibration: tuple[float, float]) -> list[Prediction]:
-    return [Prediction(d.x, d.y, calibrated(d.score, *calibration)) for d in run.by_rules[rules]]
+    """Ranked predictions with the confidence the app would show (capped below the threshold
+    outside the detector's competence, as ``tools.detection.detector`` does)."""
+    cap = 1.0 if run.kind is not None else REVIEW_CAP
+    return [Prediction(d.x, d.y, min(calibrated(d.score, *calibration), cap)) for d in run.by_rules[rules]]
 
 
 def cross_validate(runs: Sequence[ImageRuns], k: int) -> CrossValidation:
@@ -133,7 +152,7 @@ def cross_validate(runs: Sequence[ImageRuns], k: int) -> CrossValidation:
     for fold in range(k):
         train = [run for run in runs if folds[run.image.path] != fold]
         for family in families:
-            family_train = [run for run in train if run.family == family]
+            family_train = [run for run in train if run.family == family and run.kind is not None]
             rules = choose_rules(family_train, family)
             calibration = _calibration(family_train, rules, family)
             chosen[family].append(rules)
@@ -142,7 +161,8 @@ def cross_validate(runs: Sequence[ImageRuns], k: int) -> CrossValidation:
                     held_out[run.image.path] = _predictions(run, rules, calibration)
     return CrossValidation(in_sample=score(images, in_sample, ANOMALY_THRESHOLD),
                            cross_validated=score(images, held_out, ANOMALY_THRESHOLD),
-                           rule_choices=_rule_report(runs, chosen), folds=k)
+                           rule_choices=_rule_report(runs, chosen), folds=k, held_out=held_out,
+                           shipped=in_sample)
 
 
 def _rule_report(runs: Sequence[ImageRuns], chosen: dict[str, list[Rules]]) -> dict[str, list[str]]:

@@ -25,6 +25,7 @@ import numpy as np
 from tools.coordinates import BoxPx
 from tools.detection.candidates import Candidate, ranked_candidates
 from tools.detection.evidence import ScaleSpace
+from tools.detection.performance import PerformanceTable, shipped_table
 from tools.detection.scoring import RULES, Rules, confidence, scores
 from tools.detection.working import RADIOGRAPHY, WorkingImage, prepare_study_frame
 from tools.gaussian.fit import fit_gaussian_2d
@@ -135,6 +136,11 @@ class Detector(Protocol):
         """Ranked detections on ``frame``, most confident first, in native pixels."""
         ...
 
+    def performance(self) -> PerformanceTable | None:
+        """Its measured performance per kind of image (``tools.detection.performance``); None
+        when it has never been measured."""
+        ...
+
 
 @dataclass(frozen=True)
 class ClassicalDetector:
@@ -144,6 +150,9 @@ class ClassicalDetector:
 
     def detect(self, study: Study, frame: int, limit: int = 10) -> list[Detection]:
         return detect_frame(study, frame, limit)
+
+    def performance(self) -> PerformanceTable | None:
+        return shipped_table()
 
 
 @dataclass(frozen=True)

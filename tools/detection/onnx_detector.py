@@ -21,6 +21,10 @@ Model contract
 Boxes are mapped back to native pixels (the letterbox undone, clipped to the image) and become
 ``Detection``s ranked by score; the score is the confidence (a trained model's scores are its
 own calibration). Like every proposal they are then verified against the pixels.
+
+**Performance:** a model carries its measured performance per kind of image as
+``<model>.performance.json`` beside it (``tools.detection.performance.PerformanceTable``);
+without one, what its silence and its confidences mean is "not measured".
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from PIL import Image
 
 from tools.coordinates import BoxPx
 from tools.detection.detector import Detection, label_for
+from tools.detection.performance import PerformanceTable, read_table
 from tools.detection.working import frame_as_shown
 from tools.errors import ModelUnavailableError
 from tools.study import Study
@@ -111,6 +116,13 @@ class OnnxDetector:
                 raise ModelUnavailableError(f"The detector model {self.model_path.name} could not be loaded "
                                             f"({type(error).__name__}).") from error
         return self._session
+
+    def performance(self) -> PerformanceTable | None:
+        """The model's own performance table, ``<model>.performance.json`` beside the model file
+        (made by ``bench/detector_performance.py`` style measurement on the model); None when it
+        has none: its negatives are then "not measured", never "no anomaly"."""
+        table = self.model_path.with_suffix(".performance.json")
+        return read_table(table) if table.is_file() else None
 
     def input_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) the model takes; dynamic sides become ``DEFAULT_SIDE``."""
