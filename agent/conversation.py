@@ -3,7 +3,9 @@
 ``Conversation.ask`` runs one turn on the configured backend and yields its events. The model
 history is kept as JSON-able dicts in google-genai's own shape (thought signatures base64), so
 it can be stored and restored losslessly without this module importing the SDK. Offline turns
-are appended to it as plain text, so a later Gemini turn knows what was said.
+are appended to it as plain text, so a later Gemini turn knows what was said. Every answer a
+backend writes is checked for wording that reads as a normal study before it is recorded or
+shown (``answer_check``).
 
 With a store, the conversation is a session: every event is written before it is yielded, each
 completed step is committed with ``extend_history``, and ``Conversation.resume`` brings it back
@@ -19,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent.events import Event, TurnError, TurnFinished, TurnStarted, Usage
+from agent.answer_check import checked, note_for_model
+from agent.events import AssistantText, Event, TurnError, TurnFinished, TurnStarted, Usage
 from agent.privacy.boundary import PrivacyBoundary
 from agent.settings import LoupeSettings
 from agent.store.database import BUSY_MESSAGE, SessionBusyError, SessionConflictError, Store
 from agent.store.sessions import SessionRecorder, repaired_history, restore_tool_state, tool_state
 from agent.tool_calls import ToolOutcome, execute
-from agent.toolbox import detector_for
+from agent.toolbox import detector_for, performance_for
 from tools.context import ToolContext
 from tools.errors import LoupeError
 
@@ -79,6 +82,8 @@ class Conversation:
     #: ``current_view_key()`` of the display image the model last saw, if any.
     sent_view: tuple | None = None
     recorder: SessionRecorder | None = None
+    #: Phrases removed from the model's answers (``answer_check``) that it has not been told of.
+    untold_corrections: list[str] = field(default_factory=list)
 
     @property
     def session_id(self) -> str | None:
@@ -89,7 +94,8 @@ class Conversation:
         # Until a backend attaches (each sets it for its own requests), the configured one decides.
         boundary = PrivacyBoundary(share_age_sex=settings.share_age_sex, on_premises=settings.on_premises_model)
         ctx = ToolContext(limits=settings.study_limits(), vision=vision, image_policy=boundary,
-                          model_image_max_side=settings.model_image_max_side, detector=detector_for(settings))
+                          model_image_max_side=settings.model_image_max_side, detector=detector_for(settings),
+                          performance=performance_for(settings))
         return cls(settings=settings, ctx=ctx, boundary=boundary)
 
     @classmethod
@@ -135,6 +141,7 @@ class Conversation:
         self.sent_view = None if sent is None else tuple(sent)
         self.usage = Usage.model_validate(state.get("usage", {}))
         self.turns = int(state.get("turns", 0))
+        self.untold_corrections = list(state.get("untold_corrections", []))
 
     def state(self) -> dict[str, Any]:
         """What the store keeps of this conversation besides history, findings and reports."""
@@ -145,6 +152,7 @@ class Conversation:
             "onsite_images": sorted(self.boundary.onsite_images),
             "sent_view": None if self.sent_view is None else list(self.sent_view),
             "usage": self.usage.model_dump(),
+            "untold_corrections": self.untold_corrections,
         }
 
     def _attach(self, recorder: SessionRecorder) -> None:
@@ -239,6 +247,7 @@ class Conversation:
         self.ctx.close()
         self.ctx, self.boundary, self.history = fresh.ctx, fresh.boundary, fresh.history
         self.usage, self.turns, self.sent_view = fresh.usage, fresh.turns, fresh.sent_view
+        self.untold_corrections = fresh.untold_corrections
         recorder.version = fresh.recorder.version
         self._attach(recorder)  # this copy keeps its own lock token
 
@@ -265,6 +274,8 @@ class Conversation:
         try:
             for event in backend.run_turn(self, turn):
                 ok = ok and not isinstance(event, TurnError)
+                if isinstance(event, AssistantText):
+                    event = self._checked(event, backend)
                 yield self._recorded(event, turn)
         except (SessionBusyError, SessionConflictError):
             raise  # this copy was reloaded; the caller says why, in the store's own sentence
@@ -281,6 +292,16 @@ class Conversation:
         self._commit()  # usage and turn count
         yield self._recorded(finished, turn)
 
+    def _checked(self, event: AssistantText, backend: Backend) -> AssistantText:
+        """An answer as it may be shown, whichever backend wrote it: wording that reads as a
+        normal study replaced by what the search is worth (``answer_check``), and audited."""
+        event = checked(event, self.ctx)
+        if event.corrected:
+            self.untold_corrections += event.corrected
+            if self.recorder is not None:  # the phrases come from a fixed list: no patient data
+                self.recorder.audit("answer_corrected", {"backend": backend.name, "phrases": event.corrected})
+        return event
+
     def _recorded(self, event: Event, turn: Turn) -> Event:
         """Write the event before anyone sees it (streamed pieces are previews: the whole text
         follows as one event, and that is what is stored)."""
@@ -290,8 +311,23 @@ class Conversation:
 
     def extend_history(self, contents: list[dict[str, Any]]) -> None:
         """Append a completed step's contents (and commit them, findings and state together)."""
+        contents = self._told(contents)
         self.history.extend(contents)
         self._commit(contents)
+
+    def _told(self, contents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``contents`` with a note of the untold corrections added to their first user content.
+
+        The model's own contents stay verbatim (thought signatures must survive), so a claim Loupe
+        removed from its answer is still in its history as if the physician had read it; without
+        the note, the model would build on it in its next step or turn."""
+        first_user = next((i for i, c in enumerate(contents) if c.get("role") == "user"), None)
+        if not self.untold_corrections or first_user is None:
+            return contents
+        note = {"text": note_for_model(self.untold_corrections)}
+        self.untold_corrections = []
+        told = {**contents[first_user], "parts": [*contents[first_user].get("parts", []), note]}
+        return [*contents[:first_user], told, *contents[first_user + 1:]]
 
     def save(self) -> None:
         """Commit the session's state now (after an action outside a turn, e.g. a sign-off)."""

@@ -64,6 +64,10 @@ class ToolFailed(BaseModel):
 class AssistantText(BaseModel):
     kind: Literal["assistant_text"] = "assistant_text"
     text: str
+    corrected: list[str] = Field(
+        default_factory=list, description="Wording that read as a normal study, removed from the model's answer "
+                                          "before it was shown; ``text`` then ends with what the search is worth "
+                                          "(agent.answer_check).")
 
 
 class AssistantTextDelta(BaseModel):

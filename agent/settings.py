@@ -46,6 +46,10 @@ class LoupeSettings(BaseSettings):
     detector_model: Path | None = Field(
         default=None, description="An ONNX detector model (tools.detection.onnx_detector) that loupe eval scores "
                                   "instead of the classical detector.")
+    performance_table: Path | None = Field(
+        default=None, description="The offline detector's performance per kind of image as measured on this "
+                                  "site's own images (bench/detector_performance.py MANIFEST --out FILE), "
+                                  "instead of the table shipped with it.")
 
     dicomweb_url: str | None = Field(
         default=None, description="DICOMweb service root of the PACS (QIDO-RS, WADO-RS, STOW-RS), e.g. "

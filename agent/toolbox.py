@@ -18,6 +18,7 @@ from agent.settings import LoupeSettings
 from agent.store.files import write_atomically
 from tools.context import ToolContext, ToolResult
 from tools.detection.detector import Detector
+from tools.detection.performance import PerformanceTable, read_table, shipped_table
 from tools.errors import LoupeError
 from tools.registry import TOOLS
 
@@ -27,7 +28,16 @@ class ToolCallError(LoupeError):
 
 
 def new_context(settings: LoupeSettings) -> ToolContext:
-    return ToolContext(limits=settings.study_limits(), detector=detector_for(settings))
+    return ToolContext(limits=settings.study_limits(), detector=detector_for(settings),
+                       performance=performance_for(settings))
+
+
+def performance_for(settings: LoupeSettings) -> PerformanceTable:
+    """The offline detector's performance table: the site's own (``LOUPE_PERFORMANCE_TABLE``) or
+    the shipped one."""
+    if settings.performance_table is None:
+        return shipped_table()
+    return read_table(settings.performance_table)
 
 
 def detector_for(settings: LoupeSettings) -> Detector | None:

@@ -16,7 +16,7 @@ opens the 8-slice CT series of LIDC-IDRI-0002 from the shared evaluation data (5
 slices, ``LOUPE_SHARED_DIR``/data/eval/lidc_ct; pydicom's ``CT_small.dcm`` when it is missing —
 the benchmark says so) in a new session of its own, asks five turns on the offline backend
 ("Analyse this scan", "How big is F1?", "Show the heatmap", "Where is F1?", "Zoom in on F1"), then
-"Draft a report", and signs the current report version. With no ``--think`` time the
+"Draft a report", writes the Impression and signs the current report version. With no ``--think`` time the
 clinicians ask back to back: the worst case of N people all pressing Enter at once.
 
 Per configuration: *turns* counts every turn asked (the draft included); a turn's latency is the
@@ -177,6 +177,9 @@ def _clinician(settings: LoupeSettings, store: Store | None, study: Path, name: 
             result["errors"].append(f"{message!r}: turn not ok: {why}")
     try:
         started = time.perf_counter()
+        # The reader writes the Impression (Loupe leaves it to them when its search found nothing), then signs.
+        reports.clinician_edit(conversation, [{"op": "set_section", "section": "impression", "text": "Read."}],
+                               name=f"Dr {name}", reason="impression")
         signed = reports.sign(conversation, reports.history(conversation).current.version, name=f"Dr {name}")
         result["sign_ms"] = (time.perf_counter() - started) * 1000
         result["signed_version"] = signed.version

@@ -138,10 +138,15 @@ def test_a_draft_goes_to_the_pacs_only_when_ticked_and_is_found_there(pacs_app, 
         uid for what, uid in stored if what.endswith("SR")}
     open_sections(pacs_app, "sign_off_open")  # a signed version goes without the checkbox
     pacs_app.text_input(key="signer_name").set_value("Dr Test").run()
+    pacs_app.button(key="sign").click().run()  # Loupe found nothing: the Impression is the reader's
+    assert any("no Impression yet" in e.value for e in pacs_app.error)
+    open_sections(pacs_app, "edit_report_open")
+    pacs_app.text_area(key="impression-1").set_value("Read by Dr Test.").run()
+    pacs_app.button(key="save-1").click().run()
     pacs_app.button(key="sign").click().run()
-    assert any("**Version 2 of 2 · SIGNED by Dr Test**" in m.value for m in pacs_app.markdown)
-    assert not [c for c in pacs_app.checkbox if c.key == "pacs_send_draft-2"]
-    pacs_app.button(key="pacs_send-2").click().run()
+    assert any("**Version 3 of 3 · SIGNED by Dr Test**" in m.value for m in pacs_app.markdown)
+    assert not [c for c in pacs_app.checkbox if c.key == "pacs_send_draft-3"]
+    pacs_app.button(key="pacs_send-3").click().run()
     assert_healthy(pacs_app)
     assert not pacs_app.error and "Stored on the PACS" in pacs_app.main.success[-1].value
 

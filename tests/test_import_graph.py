@@ -23,7 +23,7 @@ LAYERS = (
     ("services", ("agent.workspace", "agent.analysis", "agent.reports", "agent.samples", "agent.pacs_studies",
                   "agent.viewer")),
     ("model backends", ("agent.models",)),
-    ("conversation", ("agent.conversation", "agent.tool_calls", "agent.toolbox")),
+    ("conversation", ("agent.conversation", "agent.tool_calls", "agent.toolbox", "agent.answer_check")),
     ("storage, privacy, evaluation, PACS", ("agent.store", "agent.privacy", "agent.evaluation", "agent.pacs")),
     ("agent vocabulary", ("agent.events", "agent.settings")),
     ("tool registry", ("tools.registry",)),

@@ -335,8 +335,9 @@ def test_a_signed_report_with_measurements_round_trips_through_the_pacs(pacs_env
     analyse_current(conversation.ctx)
     run_tool(conversation.ctx, "draft_report", {})
     measured = next(f for f in conversation.ctx.findings.values() if f.gaussian is not None)
-    reports.clinician_edit(conversation, [{"op": "add_finding", "finding_id": measured.id}], name="Dr Test",
-                           reason="add the nodule")
+    reports.clinician_edit(conversation, [{"op": "add_finding", "finding_id": measured.id},
+                                          {"op": "set_section", "section": "impression", "text": "A nodule, F-listed."}],
+                           name="Dr Test", reason="add the nodule and the impression")
     with pytest.raises(ReportError, match="is a draft"):
         send_report(conversation, reports.history(conversation).current.version, allow_draft=False)
     signed = reports.sign(conversation, reports.history(conversation).current.version, name="Dr Test")

@@ -469,8 +469,8 @@ def test_tool_without_findings_still_renders(ct):
     assert result.output.layers == ["annotated"] and result.output.finding_ids == []
     (artifact,) = result.artifacts
     assert artifact.name == "overlay-annotated.png" and artifact.for_model
-    assert "No findings are marked" in artifact.caption
-    assert "No findings" in result.output.summary
+    assert "Nothing is marked" in artifact.caption
+    assert "Nothing is marked" in result.output.summary
     assert 700 <= _decode(artifact.data).shape[1] <= 900
 
 

@@ -18,6 +18,7 @@ from tools.findings import Finding, Verification
 from tools.render.png import encode_png
 from tools.render_overlay import render_annotated
 from tools.report.document import (
+    NO_FINDINGS_TEXT,
     ClinicalReport,
     Measurement,
     ReportError,
@@ -25,7 +26,7 @@ from tools.report.document import (
     ReportHistory,
     StudySummary,
 )
-from tools.report.pdf import FOOTER_TEXT, NO_FINDINGS_TEXT, report_pdf
+from tools.report.pdf import FOOTER_TEXT, report_pdf
 
 CREATED = datetime(2025, 3, 4, 10, 30, tzinfo=UTC)
 SIGNER = "Dr Émile Durand-Åkesson"

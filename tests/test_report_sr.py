@@ -25,6 +25,7 @@ from tests.conftest import EVAL_DIR, pydicom_file
 from tools.coordinates import BoxPx
 from tools.findings import Finding, GaussianFit
 from tools.report.document import (
+    NO_FINDINGS_TEXT,
     ClinicalReport,
     Measurement,
     ReportError,
@@ -300,7 +301,7 @@ def test_report_without_findings_has_only_the_narrative(ct_small):
     report = _history(ct_small, {}).current
     measurement_sr, narrative_sr = report_sr(report, ct_small, {})
     assert measurement_sr is None
-    assert ("Finding", "No focal abnormality is reported.") in _texts(narrative_sr)
+    assert ("Finding", NO_FINDINGS_TEXT) in _texts(narrative_sr)
 
 
 # -- refusals ------------------------------------------------------------------------------------

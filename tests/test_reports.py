@@ -17,7 +17,7 @@ from agent.store.database import Store
 from agent.toolbox import run_tool
 from tests.conftest import pydicom_file, run_cli
 from tests.fake_gemini import call_reply, text_reply
-from tools.report.document import AI_LIMITATION, ReportError
+from tools.report.document import AI_LIMITATION, IMPRESSION_PENDING, NO_FINDINGS_TEXT, ReportError
 
 
 @pytest.fixture
@@ -50,9 +50,11 @@ def test_offline_draft_from_real_findings(ct_slice):
 
 def test_draft_without_findings_says_so():
     conversation = Conversation.start(LoupeSettings(_env_file=None), pydicom_file("CT_small.dcm"))
-    run_tool(conversation.ctx, "draft_report", {"finding_ids": []})
+    output = run_tool(conversation.ctx, "draft_report", {"finding_ids": []}).output
     report = reports.history(conversation).current
-    assert report.findings == [] and "No significant focal abnormality" in report.impression
+    assert report.findings == [] and report.impression == IMPRESSION_PENDING
+    # Nothing was searched, so the draft does not claim a search found nothing.
+    assert report.search_statement is None and NO_FINDINGS_TEXT in output.markdown
 
 
 def gemini_settings(tmp_path) -> LoupeSettings:
@@ -78,7 +80,7 @@ def test_refinement_conversation_through_gemini(fake, ct_slice, tmp_path):
     #    in the wording was invented, so that field keeps the template's wording.
     turn("Draft a report",
          call_reply(("draft_report", {"finding_ids": ["F1", "F2"]})),
-         narrative("Two small pulmonary nodules, F1 and F2; no other focal abnormality.",
+         narrative("Two small pulmonary nodules, F1 and F2.",
                    f1="solid nodule measuring 14 mm"),
          text_reply("Drafted version 1."))
     first = reports.history(conversation).current
@@ -177,11 +179,14 @@ def test_cli_report_from_study_and_from_session(isolated_cli, capsys, ct_slice, 
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert written == ["report-v1-draft.json", "report-v1-draft.md"]
     session_id = err.strip().rsplit("session: ", 1)[-1]
-    code, out, err = run_cli(capsys, "report", "--session", session_id, "--out", tmp_path / "signed",
-                             "--format", "md", "--sign", "Dr C. Mensah")
+    sign = ("report", "--session", session_id, "--out", tmp_path / "signed", "--format", "md", "--sign", "Dr C. Mensah")
+    # Nothing on this slice reached the threshold: the Impression is the physician's to write first.
+    code, out, err = run_cli(capsys, *sign)
+    assert code == 2 and "write the Impression first" in err
+    code, out, err = run_cli(capsys, *sign, "--impression", "Read in full by Dr Mensah.")
     assert code == 0, err
-    text = (tmp_path / "signed" / "report-v2-signed.md").read_text()
-    assert text.startswith("# CT report — SIGNED by Dr C. Mensah")
+    text = (tmp_path / "signed" / "report-v3-signed.md").read_text()
+    assert text.startswith("# CT report — SIGNED by Dr C. Mensah") and "Read in full by Dr Mensah." in text
     code, out, err = run_cli(capsys, "report", "--out", tmp_path / "x")
     assert code == 2 and "Give a study" in err
 

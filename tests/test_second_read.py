@@ -199,7 +199,8 @@ def test_an_agreed_finding_is_seen_by_both_and_a_disagreed_one_is_ai_only(eval_d
 
 # -- clinician findings ----------------------------------------------------------------------------
 def test_clinician_findings_are_verified_and_appear_as_clinician_only(eval_dir):
-    path = "figshare_brain_mri/glioma_2294.jpg"
+    # An image on which the detector flags nothing (the clinician's marks are then theirs alone).
+    path = "figshare_brain_mri/glioma_2656.jpg"
     ctx = opened(eval_dir, path, "MR")
     box = manifest_box(eval_dir, path)
     started = run_tool(ctx, "start_second_read", {"pre_read_text": "enhancing lesion right parietal",

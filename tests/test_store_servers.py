@@ -99,6 +99,8 @@ def test_a_write_from_a_stale_copy_is_refused_and_the_copy_reloaded(store):
     settings = LoupeSettings(_env_file=None)
     first, second = two_copies(store, settings)
     list(first.ask("Analyse this scan and draft a report", OfflinePlanner()))
+    reports.clinician_edit(first, [{"op": "set_section", "section": "impression", "text": "Read by Dr A."}],
+                           name="Dr A", reason="impression")
     signed = reports.sign(first, reports.history(first).current.version, name="Dr A")
     with pytest.raises(SessionConflictError, match="changed in another tab"):
         second.confirm_no_burned_in_text()  # built on the session before the first tab's turn

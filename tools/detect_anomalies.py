@@ -27,7 +27,7 @@ from tools.detection.detector import (
     recentred,
 )
 from tools.detection.performance import (Assessment, AssessmentResult, ImageKind, KindPerformance, Measured,
-                                         assess, image_kind)
+                                         assess, image_kind, silent_model)
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.detection.working import COMPETENCE
 from tools.errors import ImageWithheldError, InvalidCoordinatesError, LoupeError, ModelUnavailableError
@@ -243,6 +243,8 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
                    f"{outside}. The strongest regions are listed for review, not as anomalies. {assessment.reason}")
     else:
         summary = f"{assessment.reason} The strongest candidates are listed for review."
+    if not anomaly and vision_name is not None:
+        summary += " " + silent_model(vision_name)
     output = DetectAnomaliesOutput(study_id=study.id, frames_searched=searched, findings=findings,
                                    anomaly_found=anomaly, threshold=ANOMALY_THRESHOLD,
                                    summary=summary + vision_note + table_note, vision_model=vision_name,

@@ -3,8 +3,13 @@
 Numbers (sizes, confidences, positions) come from the tools only. The narrative — each
 finding's characteristics, the impression, the recommendations — comes from the report writer
 (a language model, ``ctx.report_writer``) when one is configured, else from the templates in
-``prompts/report_templates.toml``. A model's wording that states a measurement no tool produced
-is replaced by the template's, and the draft says so.
+``prompts/report_templates.toml``. A model's wording that states a measurement no tool produced,
+or reads as a normal study, is replaced by the template's, and the draft says so.
+
+A draft that lists no finding is never a normal study: its Findings say what the search was
+worth on this kind of image (``detect_anomalies.study_assessment``), its Impression is left to
+the reading physician (``IMPRESSION_PENDING``), and every draft's limitations give the
+detector's measured sensitivity.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from pydantic import BaseModel, Field
 
 from prompts import load_table
 from tools.context import ToolContext, ToolResult
+from tools.detect_anomalies import study_assessment
+from tools.detection.performance import Assessment
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import ModelUnavailableError
 from tools.findings import Finding, FindingId
 from tools.fit_gaussian import FitGaussianInput, fit_gaussian
-from tools.report.document import (AI_LIMITATION, ClinicalReport, ReportError, ReportFinding, ReportHistory, StudySummary,
-                          guard_numbers, measured_size)
+from tools.report.document import (AI_LIMITATION, IMPRESSION_PENDING, ClinicalReport, ReportError, ReportFinding,
+                                   ReportHistory, StudySummary, guard_normal_wording, guard_numbers, measured_size)
 from tools.report.location import location_in_words
 from tools.report.markdown import report_markdown
 from tools.study import Study
@@ -55,7 +62,9 @@ def draft_report(ctx: ToolContext, args: DraftReportInput) -> ToolResult:
     findings = _chosen(ctx, study, args.finding_ids)
     _measure(ctx, study, findings)
     findings = [ctx.findings[f.id] for f in findings]
-    report = template_report(study, findings)
+    assessment = study_assessment(ctx, study, view.frame, anomaly=bool(findings))
+    statement = None if findings else _search_statement(ctx, study, assessment)
+    report = template_report(study, findings, assessment, statement)
     notes: list[str] = []
     author = "loupe"
     if args.use_model_wording and ctx.report_writer is not None:
@@ -80,6 +89,13 @@ def _chosen(ctx: ToolContext, study: Study, ids: list[str] | None) -> list[Findi
     return [by_id[i] for i in ids]
 
 
+def _search_statement(ctx: ToolContext, study: Study, assessment: Assessment) -> str | None:
+    """What the search was worth, for a draft that lists no finding; None (the generic statement)
+    when no search has run, or when reportable findings were left out on purpose."""
+    searched = ctx.study_findings(study.id)
+    return assessment.reason if searched and not _chosen(ctx, study, None) else None
+
+
 def _measure(ctx: ToolContext, study: Study, findings: list[Finding]) -> None:
     """Fit the findings that have no size yet, so the report never states a size no tool made."""
     unmeasured = [f.id for f in findings if measured_size(f) is None]
@@ -87,8 +103,10 @@ def _measure(ctx: ToolContext, study: Study, findings: list[Finding]) -> None:
         fit_gaussian(ctx, FitGaussianInput(finding_ids=unmeasured, study_id=study.id))
 
 
-def template_report(study: Study, findings: list[Finding]) -> ClinicalReport:
-    """The report as the offline template words it."""
+def template_report(study: Study, findings: list[Finding], assessment: Assessment,
+                    search_statement: str | None = None) -> ClinicalReport:
+    """The report as the offline template words it; ``assessment`` is what the detector's search is
+    worth on this kind of image, ``search_statement`` what Findings say when none is listed."""
     table = load_table("report_templates.toml")
     reported = [_report_finding(study, f, table) for f in findings]
     modality = (study.safe.modality or "").upper()
@@ -99,15 +117,19 @@ def template_report(study: Study, findings: list[Finding]) -> ClinicalReport:
         impression = table["impression"]["findings"].format(count=len(reported), listing=listing)
         recommendations = table["recommendations"].get(modality, table["recommendations"]["default"])
     else:
-        impression = table["impression"]["none"]
+        impression = IMPRESSION_PENDING
         recommendations = table["recommendations"]["none"]
-    limitations = [AI_LIMITATION, table["limitations"]["offline"]]
+    limitations = [AI_LIMITATION, table["limitations"]["offline"],
+                   table["limitations"]["sensitivity"].format(sensitivity=assessment.sensitivity)]
+    if any(f.confidence is not None for f in reported):
+        limitations.append(table["limitations"]["confidence"].format(meaning=assessment.confidence_meaning))
     if reported:
         limitations.append(table["limitations"]["sizes"])
     if study.pixel_spacing_mm(0) is None:
         limitations.append(table["limitations"]["no_spacing"])
     return ClinicalReport(study_id=study.id, study=study_summary(study), findings=reported, impression=impression,
-                          recommendations=list(recommendations), limitations=limitations)
+                          recommendations=list(recommendations), limitations=limitations,
+                          search_statement=search_statement)
 
 
 def study_summary(study: Study) -> StudySummary:
@@ -141,22 +163,28 @@ def _label(findings: list[Finding], finding_id: str) -> str:
 
 
 def _worded(ctx: ToolContext, report: ClinicalReport) -> tuple[ClinicalReport, list[str]]:
-    """The model's wording of the narrative fields, each kept only if it invents no numbers."""
+    """The model's wording of the narrative fields, each kept only if it invents no numbers and
+    does not read as a normal study; with no finding listed, the Impression stays the physician's."""
     try:
         narrative = ctx.report_writer.write(report, "draft")
     except ModelUnavailableError as error:
         return report, [f"Worded from the template: {error}"]
     notes: list[str] = []
+    guards = ((lambda text: guard_numbers(text, report, ctx.findings), "stated a measurement no tool made"),
+              (guard_normal_wording, "read as a normal study, which Loupe's search cannot show"))
 
     def kept(text: str, what: str) -> bool:
-        try:
-            guard_numbers(text, report, ctx.findings)
-        except ReportError:
-            notes.append(f"The model's {what} stated a measurement no tool made; the template's wording was kept.")
-            return False
+        for guard, why in guards:
+            try:
+                guard(text)
+            except ReportError:
+                notes.append(f"The model's {what} {why}; the template's wording was kept.")
+                return False
         return bool(text.strip())
 
-    impression = narrative.impression.strip() if kept(narrative.impression, "impression") else report.impression
+    impression = report.impression
+    if report.findings and kept(narrative.impression, "impression"):
+        impression = narrative.impression.strip()
     recommendations = [r.strip() for r in narrative.recommendations if kept(r, "recommendation")]
     findings = []
     for finding in report.findings:

@@ -133,7 +133,7 @@ def _layer_annotated(scene: _Scene) -> list[Artifact]:
         marked = ", ".join(_describe(f, scene.spacing_mm) for f in scene.findings)
         caption = f"Findings on {scene.where}: {marked}. Colours: {_colour_key(scene.findings)}."
     else:
-        caption = f"No findings are marked on {scene.where}; the image shows scale and orientation only."
+        caption = f"Nothing is marked on {scene.where}; the image shows scale and orientation only."
     return [Artifact(name="overlay-annotated.png", data=data, caption=caption, for_model=True)]
 
 
@@ -218,7 +218,7 @@ def render_overlay(ctx: ToolContext, args: RenderOverlayInput) -> ToolResult:
             layers += [layer] if produced else []
     drawn = [f.id for f in findings]
     summary = (f"Drew {', '.join(layers) or 'nothing'} for {', '.join(drawn)} on {scene.where}." if drawn else
-               f"No findings are marked on {scene.where}; drew {', '.join(layers) or 'nothing'}.")
+               f"Nothing is marked on {scene.where}; drew {', '.join(layers) or 'nothing'}.")
     output = RenderOverlayOutput(study_id=study.id, frame=view.frame, layers=layers,
                                  artifacts=[a.name for a in artifacts], finding_ids=drawn, summary=summary)
     return ToolResult(output=output, artifacts=artifacts)

@@ -3,8 +3,9 @@
 The model turns a clinician's request ("shorten the impression", "drop F2, it is a vessel")
 into edit operations; each revision is a new immutable version with its author, time and
 reason. All edits of one call apply together or not at all. A model's edit that would state a
-measurement no tool produced is rejected with the reason; the clinician's own edits (through
-the app, ``revise(..., author="clinician")``) may set sizes they measured.
+measurement no tool produced, or word a normal study, is rejected with the reason; with no
+finding listed, the Impression is the physician's alone. The clinician's own edits (through the
+app, ``revise(..., author="clinician")``) may set sizes they measured and say what they read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from tools.context import ToolContext, ToolResult
 from tools.draft_report import ReportOutput, report_finding
 from tools.errors import ModelUnavailableError
 from tools.report.document import (AddFinding, AddRecommendation, Author, ClinicalReport, EditFinding, RemoveFinding,
-                          ReorderFindings, ReportError, ReportHistory, SetSection, apply_edits, guard_numbers)
+                                   ReorderFindings, ReportError, ReportHistory, SetSection, apply_edits,
+                                   guard_normal_wording, guard_numbers)
 from tools.report.markdown import report_markdown
 
 
@@ -84,9 +86,12 @@ def _restyled(ctx: ToolContext, report: ClinicalReport, style: str) -> ClinicalR
         raise ReportError(f"The model could not reword the report: {error}") from error
     for text in (narrative.impression, *narrative.recommendations, *narrative.characteristics.values()):
         guard_numbers(text, report, ctx.findings)
+        guard_normal_wording(text)
     findings = [f.model_copy(update={"characteristics": narrative.characteristics.get(f.finding_id, f.characteristics)})
                 for f in report.findings]
-    return report.model_copy(update={"impression": narrative.impression.strip() or report.impression,
+    # With no finding listed, the Impression is the reading physician's, whatever the style.
+    impression = (narrative.impression.strip() if report.findings else "") or report.impression
+    return report.model_copy(update={"impression": impression,
                                      "recommendations": narrative.recommendations or report.recommendations,
                                      "findings": findings})
 

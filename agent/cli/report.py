@@ -1,7 +1,10 @@
 """``loupe report``: draft a report for a study, or export / sign one from a stored session.
 
 - ``loupe report STUDY --out DIR`` — new session: analyse (detect, verify, fit), draft, export.
-- ``loupe report --session ID --out DIR [--version N] [--sign NAME]`` — from a stored session.
+- ``loupe report --session ID --out DIR [--version N] [--impression TEXT] [--sign NAME]`` — from a
+  stored session. ``--impression`` is the reading physician's own Impression (a new version by the
+  clinician); a report is signed only once it has one (Loupe leaves it to the physician when its
+  search found nothing).
 
 ``--format`` takes ``md,pdf,sr,json`` (default all). ``--send`` also stores the SR(s) and the PDF (as
 an Encapsulated PDF instance, also written to DIR) in the source study on the PACS and prints
@@ -34,6 +37,8 @@ def add_parser(commands) -> None:
     report.add_argument("--out", required=True, type=Path, help="Folder for the exported files.")
     report.add_argument("--format", default="md,pdf,sr,json", help="Comma-separated: md, pdf, sr, json (default all).")
     report.add_argument("--version", type=int, help="Report version to export (default the current one).")
+    report.add_argument("--impression", metavar="TEXT",
+                        help="Your Impression (a new version, by --sign NAME or the login name), e.g. before signing.")
     report.add_argument("--sign", metavar="NAME", help="Sign the current version as this physician, then export it.")
     report.add_argument("--send", action="store_true",
                         help="Also store the SR(s) and PDF in the study on the PACS (LOUPE_DICOMWEB_URL), draft or signed.")
@@ -48,6 +53,7 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     study = study_path(args.paths, settings) if args.paths else None
     raise SystemExit(run_report(settings, study=study, session_id=args.session, out_dir=args.out,
                                 formats=parse_formats(args.format), version=args.version, signer=args.sign,
+                                impression=args.impression,
                                 backend_name=backend_choice(args.backend), modality=args.modality,
                                 confirm_images=args.confirm_images, send=args.send))
 
@@ -62,11 +68,11 @@ def parse_formats(text: str) -> list[str]:
 
 def run_report(settings: LoupeSettings, *, study: Path | None, session_id: str | None, out_dir: Path, formats: list[str],
                version: int | None, signer: str | None, backend_name: str | None, modality: str | None,
-               confirm_images: bool, send: bool = False) -> int:
+               confirm_images: bool, send: bool = False, impression: str | None = None) -> int:
     # Imported here: analysis, backends and exporters load the imaging stack, which the
     # parser of every other command should not wait for.
     from agent.conversation import Conversation
-    from agent.reports import export, sign
+    from agent.reports import clinician_edit, export, sign
     from agent.store.database import Store
 
     if study is None and session_id is None:
@@ -78,6 +84,9 @@ def run_report(settings: LoupeSettings, *, study: Path | None, session_id: str |
         conversation = Conversation.resume(settings, store, session_id, settings.user)
     else:
         conversation = _drafted(settings, study, session_id, backend_name, modality, confirm_images)
+    if impression is not None:
+        edit = {"op": "set_section", "section": "impression", "text": impression}
+        version = clinician_edit(conversation, [edit], name=signer or settings.user, reason="impression").version
     if signer:
         history = conversation.ctx.reports.get(conversation.ctx.current_study_id)
         number = version or (history.current.version if history and history.versions else 1)

@@ -1,7 +1,9 @@
 """A conversation about a study in the terminal, for ``loupe ask`` and ``loupe chat``.
 
 Events are printed as they arrive (tool calls on stderr, answers on stdout); images the tools
-render are saved to a folder and their paths printed. ``ask --json`` prints one JSON object:
+render are saved to a folder and their paths printed. An answer Loupe corrected (wording that read
+as a normal study, ``agent.answer_check``) is printed again, corrected, after its stream.
+``ask --json`` prints one JSON object (``answer`` as corrected):
 ``{"answer", "tool_calls": [{"name", "args", "ok", "duration_ms"}], "findings", "usage", ...}``.
 """
 
@@ -62,6 +64,8 @@ class TerminalPrinter:
         elif isinstance(event, AssistantText) and self.streaming:
             print(file=self.out)  # the whole text was already printed piece by piece
             self.streaming = False
+            if event.corrected:  # what streamed read as a normal study: the corrected text stands
+                print(f"Loupe corrected this answer:\n{event.text}", file=self.out)
         elif isinstance(event, TurnStarted):
             self.turn_id = event.turn_id
         elif isinstance(event, ToolStarted):

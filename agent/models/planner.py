@@ -90,8 +90,8 @@ class _Plan:
         self.drew_annotated = False
         self.drew_figures = False
         self.calls = 0
-        #: What the study is when the offline detector is not built for it (from detect_anomalies).
-        self.outside: str | None = None
+        #: detect_anomalies' output when this turn ran it (its assessment says what a negative is worth).
+        self.detected: dict[str, Any] = {}
 
     def execute(self, intents: list[str]) -> Generator[Event, None, str]:
         t = _templates()
@@ -129,7 +129,7 @@ class _Plan:
         detected = yield from self._run("detect_anomalies", {"use_vision_model": False})
         if not detected.ok:
             return []
-        self.outside = detected.output.get("outside_competence")
+        self.detected = detected.output
         findings = self._reported(self.ctx.study_findings(view.study.id))
         if findings:
             yield from self._run("fit_gaussian", {"finding_ids": [f.id for f in findings]})
@@ -177,15 +177,18 @@ class _Plan:
         self.lines.append(t["analysed"].format(where_searched=searched))
         reported = self._reported(findings)
         called = [f for f in reported if f.confidence >= ANOMALY_THRESHOLD]
+        detected = self.detected
         if not called:
             top = _describe_brief(reported[0]) if reported else "none"
-            if self.outside:
-                self.lines.append(t["outside"].format(what=self.outside, competence=COMPETENCE, top=top))
-            else:
-                self.lines.append(t["no_anomaly"].format(threshold=ANOMALY_THRESHOLD, top=top))
+            outside = detected.get("outside_competence")
+            if outside:
+                self.lines.append(t["outside"].format(what=outside, competence=COMPETENCE, top=top))
+            self.lines.append(t["nothing_called"].format(reason=detected.get("assessment_reason", ""), top=top))
         else:
             self.lines.append(t["anomalies"].format(count=len(called), threshold=ANOMALY_THRESHOLD))
             self.lines += [self._finding_line(f) for f in called]
+        if reported and detected.get("confidence_meaning"):  # a confidence was named: say what it means here
+            self.lines.append(t["confidence_meaning"].format(meaning=detected["confidence_meaning"]))
         yield from self._annotated()
 
     def _where(self) -> Generator[Event, None, None]:
@@ -232,7 +235,7 @@ class _Plan:
         outcome = yield from self._run("draft_report", {"use_model_wording": False})
         if outcome.ok:
             report = self.ctx.reports[self.ctx.current_study_id].current
-            listed = ", ".join(f.finding_id for f in report.findings) or "no findings"
+            listed = ", ".join(f.finding_id for f in report.findings) or "no finding (none reached the threshold)"
             self.lines.append(_templates()["report_drafted"].format(
                 version=report.version, status=report.status, listed=listed, impression=report.impression))
 

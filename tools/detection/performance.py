@@ -42,6 +42,8 @@ SENSITIVITY_FLOOR = 0.8
 #: A sensitivity measured on fewer lesion images than this does not support a negative either
 #: (with 20 images, the 95 % interval around 0.85 still reaches down to 0.64).
 MIN_LESION_IMAGES = 20
+#: Fewer flagged top findings than this are too few to state a precision from.
+MIN_FLAGGED_TOPS = 10
 
 AssessmentResult = Literal["anomaly", "no_anomaly_found", "inconclusive"]
 PERFORMANCE_FILE = "performance.json"
@@ -156,8 +158,11 @@ class Assessment(BaseModel):
 
     result: AssessmentResult
     reason: str
-    #: What a flagged finding's confidence means here, when it is measured.
+    #: What a flagged finding's confidence means here ("not measured" in words where it is not).
     confidence_meaning: str | None = None
+    #: How often the detector flags a lesion on this kind of image, in words (part of ``reason``
+    #: for a negative), for a statement about one region of the image.
+    sensitivity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,9 @@ def confidence_sentence(measured: Measured, kind: ImageKind | None) -> str:
     perf = measured.performance
     if kind is None or perf is None or perf.precision_flagged_top is None:
         return t["confidence_not_measured"].format(detector=measured.detector)
+    if perf.flagged_tops < MIN_FLAGGED_TOPS:
+        return t["confidence_few"].format(kind=perf.name, detector=measured.detector, correct=perf.flagged_tops_on_lesion,
+                                          flagged=perf.flagged_tops)
     return t["confidence"].format(kind=perf.name, detector=measured.detector, correct=perf.flagged_tops_on_lesion,
                                   flagged=perf.flagged_tops, precision=perf.precision_flagged_top)
 
@@ -210,14 +218,16 @@ def assess(anomaly: bool, kind: ImageKind | None, consulted: list[Measured], *,
     t = _templates()
     lead = consulted[0]
     meaning = confidence_sentence(lead, kind)
-    if anomaly:
-        return Assessment(result="anomaly", reason=t["anomaly"].format(meaning=meaning), confidence_meaning=meaning)
     best = max(consulted, key=lambda m: (supports_negative(m.performance),
                                          (m.performance.sensitivity or 0.0) if m.performance else -1.0))
     sensitivity = sensitivity_sentence(best, kind)
+    if anomaly:
+        return Assessment(result="anomaly", reason=t["anomaly"].format(meaning=meaning), confidence_meaning=meaning,
+                          sensitivity=sensitivity)
     if kind is not None and supports_negative(best.performance):
         reason = t["nothing_found"].format(threshold=threshold, sensitivity=sensitivity)
-        return Assessment(result="no_anomaly_found", reason=reason, confidence_meaning=meaning)
+        return Assessment(result="no_anomaly_found", reason=reason, confidence_meaning=meaning,
+                          sensitivity=sensitivity)
     if kind is None:
         reason = t["inconclusive_outside"].format(threshold=threshold, sensitivity=sensitivity)
     elif best.performance is not None and best.performance.lesion_images < MIN_LESION_IMAGES:
@@ -226,5 +236,15 @@ def assess(anomaly: bool, kind: ImageKind | None, consulted: list[Measured], *,
         reason = t["inconclusive_unmeasured"].format(threshold=threshold, sensitivity=sensitivity)
     else:
         reason = t["inconclusive"].format(threshold=threshold, sensitivity=sensitivity, floor=SENSITIVITY_FLOOR)
-    return Assessment(result="inconclusive", reason=reason, confidence_meaning=meaning)
+    return Assessment(result="inconclusive", reason=reason, confidence_meaning=meaning, sensitivity=sensitivity)
 
+
+
+def region_not_cleared(assessment: Assessment, threshold: float = ANOMALY_THRESHOLD) -> str:
+    """What a region of the image with nothing at the threshold is worth (a second-read step)."""
+    return _templates()["region_not_cleared"].format(threshold=threshold, sensitivity=assessment.sensitivity)
+
+
+def silent_model(model: str) -> str:
+    """What a vision model proposing nothing verifiable is worth: its sensitivity is not measured."""
+    return _templates()["vision_silent"].format(model=model)

@@ -4,7 +4,9 @@
 each edit, restore or sign-off appends a new version with its author, time and reason; nothing
 is overwritten. Edits are explicit operations (``ReportEdit``) rather than free text, so what
 changed is always clear, and the rule that guards measurements can be enforced: sizes and
-positions change only when a tool measured them or the clinician typed them.
+positions change only when a tool measured them or the clinician typed them. Neither Loupe nor
+a model ever words a normal study (``tools.normal_wording``): a report that lists no finding
+says what the search was worth and leaves the Impression to the reading physician.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tools.errors import LoupeError
 from tools.findings import Finding, FindingId
+from tools.normal_wording import normal_study_phrases
 
 Author = Literal["clinician", "model", "loupe"]
 ReportStatus = Literal["draft", "signed"]
 AI_LIMITATION = "AI-assisted draft: requires review and sign-off by the reading physician."
+#: The Impression of a draft that lists no finding: Loupe's search cannot show a study is normal,
+#: so the reading physician writes it (and must, before signing).
+IMPRESSION_PENDING = "To be completed by the reading physician."
+#: The Findings section of a report that lists no finding and stores no statement of what the
+#: search was worth (one saved before Loupe stored that, or one whose findings were all removed).
+NO_FINDINGS_TEXT = "No finding is listed: Loupe's search does not exclude a lesion; see Limitations."
 _NUMBER_WITH_UNIT = re.compile(r"(\d+(?:[.,]\d+)?)\s*(mm|cm|px)\b", re.IGNORECASE)
 
 
@@ -83,6 +92,8 @@ class ClinicalReport(BaseModel):
     impression: str
     recommendations: list[str] = Field(default_factory=list)
     limitations: list[str] = Field(default_factory=lambda: [AI_LIMITATION])
+    search_statement: str | None = Field(
+        default=None, description="What the search was worth, shown in Findings when the report lists none.")
     status: ReportStatus = "draft"
     version: int = Field(default=1, ge=1)
     author: Author = "loupe"
@@ -101,6 +112,11 @@ class ClinicalReport(BaseModel):
         if (self.status == "signed") != (self.signed_by is not None):
             raise ValueError("a signed report names its signer, and only a signed one does")
         return self
+
+    @property
+    def findings_statement(self) -> str:
+        """What the Findings section says when the report lists no finding."""
+        return self.search_statement or NO_FINDINGS_TEXT
 
     def check_findings_exist(self, known: Iterable[str]) -> None:
         missing = sorted({f.finding_id for f in self.findings} - set(known))
@@ -175,10 +191,18 @@ def apply_edits(report: ClinicalReport, edits: Iterable[ReportEdit], *, author: 
 def _apply(data: dict, edit: ReportEdit, *, author: Author, findings: Mapping[str, Finding], describe,
            before: ClinicalReport) -> None:
     listed = {f["finding_id"]: f for f in data["findings"]}
+
+    def guard(text: str) -> None:
+        if author == "model":  # the clinician's own words are theirs to sign
+            guard_numbers(text, before, findings)
+            guard_normal_wording(text)
+
     if isinstance(edit, SetSection):
-        if author == "model":
-            guard_numbers(edit.text, before, findings)
-        if edit.section in ("impression",):
+        guard(edit.text)
+        if edit.section == "impression" and author == "model" and not data["findings"]:
+            raise ReportError("With no finding listed, the Impression is the reading physician's to write, "
+                              "not the model's.")
+        if edit.section == "impression":
             data["impression"] = edit.text.strip()
         elif edit.section == "technique":
             data["study"]["technique"] = edit.text.strip()
@@ -192,8 +216,7 @@ def _apply(data: dict, edit: ReportEdit, *, author: Author, findings: Mapping[st
         if edit.location is not None:
             target["location"] = edit.location.strip()
         if edit.characteristics is not None:
-            if author == "model":
-                guard_numbers(edit.characteristics, before, findings)
+            guard(edit.characteristics)
             target["characteristics"] = edit.characteristics.strip()
         if edit.size is not None:
             target["size"] = _checked_size(edit, author, findings).model_dump()
@@ -205,6 +228,7 @@ def _apply(data: dict, edit: ReportEdit, *, author: Author, findings: Mapping[st
             raise ReportError(f"{edit.finding_id} is already in the report.")
         if edit.finding_id not in findings:
             raise ReportError(f"The session has no finding {edit.finding_id}.")
+        guard(edit.characteristics)
         added = describe(findings[edit.finding_id]).model_dump()
         added["location"] = edit.location or added["location"]
         added["characteristics"] = edit.characteristics or added["characteristics"]
@@ -215,8 +239,7 @@ def _apply(data: dict, edit: ReportEdit, *, author: Author, findings: Mapping[st
                               f"{', '.join(sorted(listed))}.")
         data["findings"] = [listed[i] for i in edit.order]
     elif isinstance(edit, AddRecommendation):
-        if author == "model":
-            guard_numbers(edit.text, before, findings)
+        guard(edit.text)
         data["recommendations"].append(edit.text.strip())
 
 
@@ -265,6 +288,14 @@ def guard_numbers(text: str, before: ClinicalReport, findings: Mapping[str, Find
     if invented:
         raise ReportError(f"Not changed: the new text states {', '.join(invented)}, which no tool measured; "
                           "measurements come from the tools or the clinician.")
+
+
+def guard_normal_wording(text: str) -> None:
+    """Refuse model-written text that reads as a normal study, which Loupe's search cannot show."""
+    phrases = normal_study_phrases(text)
+    if phrases:
+        raise ReportError(f"Not changed: '{phrases[0]}' reads as a normal study, which Loupe's search cannot "
+                          "show; only the reading physician may write that.")
 
 
 def _stated_measurements(report: ClinicalReport) -> set[tuple[str, str]]:
@@ -335,6 +366,8 @@ class ReportHistory(BaseModel):
             raise ReportError(f"Version {number} is already signed.")
         if not signer.strip():
             raise ReportError("Signing needs the signing physician's name.")
+        if self.current.impression.strip() in ("", IMPRESSION_PENDING):
+            raise ReportError(f"Version {number} has no Impression yet: write the Impression first, then sign.")
         return self.add(self.current, author="clinician", author_name=signer.strip(), reason="signed",
                         status="signed", signed_by=signer.strip())
 

@@ -21,7 +21,7 @@ def report_markdown(report: ClinicalReport) -> str:
             lines.append(f"| {f.finding_id} | {_cell(f.location)} | {size} | {_cell(f.characteristics) or '—'} | "
                          f"{confidence} | {f.verification} |")
     else:
-        lines.append("No focal abnormality is reported.")
+        lines.append(report.findings_statement)
     lines += ["", "## Impression", "", report.impression, ""]
     if report.recommendations:
         lines += ["## Recommendations", "", *[f"- {r}" for r in report.recommendations], ""]

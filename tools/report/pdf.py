@@ -44,10 +44,9 @@ from PIL import Image
 
 from tools.report.document import ClinicalReport, ReportError, ReportFinding
 
-__all__ = ["FOOTER_TEXT", "NO_FINDINGS_TEXT", "report_pdf", "status_text"]
+__all__ = ["FOOTER_TEXT", "report_pdf", "status_text"]
 
 FOOTER_TEXT = "AI-assisted report — requires physician review"
-NO_FINDINGS_TEXT = "No focal abnormality is reported."
 NO_IMAGE_TEXT = "No image (no key overlay image was attached to this report)."
 
 PAGE_WIDTH, PAGE_HEIGHT = 595.28, 841.89  # A4 in points
@@ -331,7 +330,7 @@ def _finding_rows(finding: ReportFinding, max_lines: int) -> list[_Block]:
 def _findings_pages(report: ClinicalReport) -> list[list[_Block]]:
     title = _heading("Findings", space_before=0.0)
     if not report.findings:
-        return _paginate(title + _text_blocks(NO_FINDINGS_TEXT, BODY))
+        return _paginate(title + _text_blocks(report.findings_statement, BODY))
     header = _row_block([_wrap(name, width - 2 * CELL_PAD, TABLE_HEAD) for name, width, _ in COLUMNS],
                         TABLE_HEAD, shaded=True)
     header = _Block(header.height, header.draw, keep_with_next=True)

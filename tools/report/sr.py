@@ -332,7 +332,7 @@ def _section(heading: Code, items: Sequence[hd.sr.TextContentItem]) -> hd.sr.Con
 
 def narrative_content(report: ClinicalReport, observation: hd.sr.ObservationContext) -> hd.sr.ContainerContentItem:
     """TID 2000 (Basic Diagnostic Imaging Report) layout: sections of text items."""
-    findings = [finding_sentence(f) for f in report.findings] or ["No focal abnormality is reported."]
+    findings = [finding_sentence(f) for f in report.findings] or [report.findings_statement]
     technique = _text(codes.DCM.ProcedureDescription, report.study.technique)
     sections = [
         _section(codes.LN.CurrentProcedureDescriptions, [technique]),

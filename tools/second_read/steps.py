@@ -12,7 +12,10 @@ from tools.checklists.catalogue import DEFAULT_WINDOW, ChecklistStep, ResolvedRe
 from tools.checklists.record import Assessment, SecondReadState
 from tools.context import Artifact, ToolContext
 from tools.coordinates import BoxPx
+from tools.detect_anomalies import study_assessment
 from tools.detection.detector import frame_analysis
+from tools.detection.performance import Assessment as SearchAssessment
+from tools.detection.performance import region_not_cleared
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import InvalidWindowError
 from tools.findings import Finding
@@ -164,20 +167,25 @@ def step_view(ctx: ToolContext, study: Study, state: SecondReadState, index: int
         study_id=study.id, number=index + 1, total=len(checklist.steps), step_id=step.id, title=step.title,
         window=window or "default", look_for=list(step.look_for), lexicon=dict(step.lexicon),
         region_px=[round(v, 1) for v in region.bounds.as_list()], observations=observations,
-        observation=_observation_text(step, observations, mine), assessment=record.assessment, note=record.note,
+        observation=_observation_text(step, observations, mine, study_assessment(ctx, study, state.frame, bool(called))),
+        assessment=record.assessment, note=record.note,
         clinician_finding_ids=list(record.clinician_finding_ids), notes=notes, crop=name)
     return output, artifact
 
 
-def _observation_text(step: ChecklistStep, observations: list[Observation], mine: list[Finding]) -> str:
-    """Loupe's observation for a step, in words (the offline answer; Gemini words its own)."""
+def _observation_text(step: ChecklistStep, observations: list[Observation], mine: list[Finding],
+                      worth: SearchAssessment) -> str:
+    """Loupe's observation for a step, in words (the offline answer; Gemini words its own).
+    ``worth`` is what the detector's search is worth on this kind of image: a step where nothing
+    reaches the threshold is not cleared by it, and a confidence is said with its meaning."""
     if not step.focal:
         text = "Loupe does not assess this step (its detector finds focal lesions only): your reading."
     else:
         called = [o for o in observations if o.called]
         weaker = [o for o in observations if not o.called]
-        parts = [_observation_line(o) for o in called] or [
-            f"Nothing focal: no finding here reaches the anomaly threshold ({ANOMALY_THRESHOLD:.2f})."]
+        parts = [_observation_line(o) for o in called] or [region_not_cleared(worth)]
+        if called and worth.confidence_meaning:
+            parts.append(f"What a confidence means here: {worth.confidence_meaning}.")
         if weaker:
             listed = ", ".join(f"{o.finding_id} ({o.confidence:.2f})" for o in weaker)
             parts.append(f"Weaker candidates below the threshold, for your review only: {listed}.")
