@@ -5,7 +5,8 @@ the development set (``../shared/data/eval``) among a handful of alternatives an
 cross-validation against a logistic model over all features (which over-fitted 30–46 images
 per modality). The score is mapped to a probability with a one-feature logistic calibration,
 ``P(lesion) = 1 / (1 + exp(-(a·ln(score) + b)))``, fitted on the top five candidates of every
-dev image; ``bench/calibrate_detector.py`` reproduces the constants.
+dev image the detector is built for; ``bench/calibrate_detector.py`` reproduces the constants, and
+``bench/detector_performance.py`` measures their reliability under cross-validation.
 
 Scores (σ in units of a 512-px image, positions as fractions of the image):
 - US: contrast·√σ — large, dark, well-contrasted blobs (hypoechoic masses) — halved for blobs
