@@ -18,6 +18,8 @@ from agent.toolbox import new_context, run_tool
 from tools.context import Artifact, ToolContext
 from tools.detect_anomalies import DetectAnomaliesOutput
 from tools.findings import Finding
+from tools.report.location import location_in_words, table_position_mm
+from tools.study import Study
 
 FIGURE_LAYERS = ["annotated", "heatmap", "comparison"]
 PER_FINDING_LAYERS = ["crops", "statistics"]
@@ -47,13 +49,20 @@ class AnalysisResult(BaseModel):
     files: list[str]
 
 
-def finding_json(finding: Finding) -> dict[str, Any]:
-    """A finding in the ``loupe analyze --json`` contract."""
+def finding_json(finding: Finding, study: Study | None = None) -> dict[str, Any]:
+    """A finding in the ``loupe analyze --json`` contract; with its ``study``, also its 1-based
+    ``slice``, ``location`` in words and ``table_position_mm`` (None when the header does not say)."""
     verification = finding.verification
+    where: dict[str, Any] = {}
+    if study is not None:
+        position = table_position_mm(study, finding.frame) if study.frame_count > 1 else None
+        where = {"slice": finding.frame + 1, "location": location_in_words(study, finding),
+                 "table_position_mm": None if position is None else round(position, 2)}
     return {
         "id": finding.id,
         "label": finding.label,
         "frame": finding.frame,
+        **where,
         "center_px": [round(v, 2) for v in finding.center_px],
         "bbox_px": [round(v, 2) for v in finding.bbox_px.as_list()],
         "confidence": finding.confidence,
@@ -62,6 +71,9 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "gaussian": None if finding.gaussian is None else finding.gaussian.model_dump(),
         "size_mm": None if finding.size_mm is None else [round(v, 2) for v in finding.size_mm],
         "size_px": None if finding.size_px is None else [round(v, 2) for v in finding.size_px],
+        #: "segmentation" (long and short axis of the segmented lesion), "gaussian fwhm" or "clinician".
+        "size_method": finding.size_method,
+        "size_axes": None if finding.size_axes is None else finding.size_axes.model_dump(mode="json"),
     }
 
 
@@ -151,7 +163,7 @@ def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, 
             assessment=detected.assessment, assessment_reason=detected.assessment_reason,
             confidence_meaning=detected.confidence_meaning, image_kind=detected.image_kind,
             performance=None if detected.performance is None else detected.performance.model_dump(mode="json"),
-            findings=[finding_json(f) for f in findings], files=sorted(files + ["findings.json"]),
+            findings=[finding_json(f, view.study) for f in findings], files=sorted(files + ["findings.json"]),
         )
         write_atomically(out_dir / "findings.json", json.dumps(result.model_dump(), indent=2).encode())
         return result

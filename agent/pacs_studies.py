@@ -16,6 +16,7 @@ from agent.pacs.search import StudyQuery, search_studies, series_of
 from agent.pacs.send import StoredInstance
 from agent.reports import PACS_FORMATS, export, pacs_documents, send_to_pacs
 from agent.settings import LoupeSettings
+from agent.workspace import open_to_read, refuse_while_answering
 from tools.report.document import ReportError
 
 
@@ -31,17 +32,20 @@ def series(settings: LoupeSettings, study_uid: str) -> list[dict[str, Any]]:
 
 
 def open_from_pacs(conversation: Conversation, study_uid: str, series_uid: str | None = None,
-                   progress: Progress | None = None) -> RetrievedSeries:
+                   progress: Progress | None = None) -> tuple[RetrievedSeries, Conversation]:
     """Retrieve the series (the study's largest image series when none is named), or use the
-    stored copy, and open it in the conversation as a local folder would be."""
+    stored copy, and open it as a local folder would be: in the conversation, or in a new session
+    once the conversation has talked about another study (``workspace.open_to_read``), which
+    is returned with the retrieval."""
     settings = conversation.settings
+    refuse_while_answering(conversation)  # before the download, not after it
     retrieved = retrieve_series(PacsConnection(settings), settings, study_uid, series_uid, progress)
-    conversation.open_study(retrieved.folder)
-    if conversation.recorder is not None:
-        conversation.recorder.audit("study_retrieved_from_pacs", {
+    opened = open_to_read(conversation, retrieved.folder)
+    if opened.recorder is not None:
+        opened.recorder.audit("study_retrieved_from_pacs", {
             "instances": retrieved.instances, "fetched": retrieved.fetched, "series_chosen_by": (
                 "clinician" if series_uid else "largest image series")})
-    return retrieved
+    return retrieved, opened
 
 
 def send_report(conversation: Conversation, version: int, *, allow_draft: bool) -> list[StoredInstance]:

@@ -158,6 +158,7 @@ def _key_image(conversation: Conversation, report: ClinicalReport) -> tuple[byte
     the light theme: a PDF is printed on white, whatever the page's theme."""
     ctx = conversation.ctx
     view = ctx.view(report.study_id)
+    shown_frame = view.frame  # the clinician's slice: an export must not move the viewer
     if report.findings:
         view.frame = report.findings[0].frame
     ids = [f.finding_id for f in report.findings if f.frame == view.frame]
@@ -166,7 +167,7 @@ def _key_image(conversation: Conversation, report: ClinicalReport) -> tuple[byte
         result = run_tool(ctx, "render_overlay", {"layers": ["annotated"], "finding_ids": ids,
                                                    "study_id": report.study_id})
     finally:
-        ctx.figure_theme = page_theme
+        ctx.figure_theme, view.frame = page_theme, shown_frame
     artifact = result.artifacts[0] if result.artifacts else None
     return (artifact.data, artifact.caption) if artifact else (None, "")
 

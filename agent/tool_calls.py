@@ -91,4 +91,4 @@ def summarise(name: str, output: dict[str, Any]) -> str:
 def _fit_line(fit: dict[str, Any]) -> str:
     size = fit.get("size_mm") or fit.get("size_px")
     unit = "mm" if fit.get("size_mm") else "px"
-    return f"{fit['finding_id']}: {size[0]:.1f} × {size[1]:.1f} {unit}" if size else f"{fit['finding_id']}: no fit"
+    return f"{fit['finding_id']}: {size[0]:.1f} × {size[1]:.1f} {unit}" if size else f"{fit['finding_id']}: not measured"

@@ -1,7 +1,9 @@
 """The reading room's viewer, in plain data: the current view of the study as the tools and the
 model see it (``StudyView``: frame and window), with the findings' outlines, zoomed to a finding
 on request; window/level and slice changes; and the clinician's own marks, which become verified
-findings with source ``clinician``.
+findings with source ``clinician``; and the clinician's caliper: lines dragged on the image,
+measured as ``set_finding_size`` measures them (mm with the frame's pixel spacing, px without),
+drawn with their lengths.
 
 Drawn with Pillow (no figure machinery): a slice change must reach the screen in well under
 300 ms on a 512² CT series.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
@@ -21,6 +24,10 @@ from tools.coordinates import BoxPx
 from tools.errors import InvalidCoordinatesError, LoupeError
 from tools.findings import Finding
 from tools.fit_gaussian import FitGaussianInput, fit_gaussian
+from tools.render.geometry import status_of
+from tools.render.style import DASH_PATTERNS, STATUS_LINES, outline_rgb
+# The tool's own measure: what the caliper shows is exactly what it sets as the finding's size.
+from tools.set_finding_size import line_length
 from tools.study.geometry import slice_location
 from tools.verify_coordinates import clinician_finding
 
@@ -31,9 +38,11 @@ ZOOM_MIN_SIDE = 512
 ZOOM_CONTEXT = 3.0
 #: A click (not a drag) marks a box of this many native pixels around the point (at least).
 POINT_BOX_PX = 24
-#: Outline colours by source: the detector, a vision model, a trained model, the clinician.
-SOURCE_COLOURS = {"classical": (255, 200, 0), "vlm": (0, 229, 255), "model": (0, 229, 255),
-                  "clinician": (255, 64, 255)}
+#: A caliper drag shorter than this (native px) is a click, not a line.
+MIN_CALIPER_PX = 1.0
+
+#: A caliper line: (x0, y0, x1, y1) in native pixel-centre coordinates of the frame shown.
+Line = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -57,8 +66,10 @@ class ViewerImage:
         return self.origin[0] + x / self.scale - 0.5, self.origin[1] + y / self.scale - 0.5
 
 
-def viewer_image(conversation: Conversation, *, outlines: bool = True, zoom: str | None = None) -> ViewerImage | None:
-    """The current view (None without a study), findings outlined, zoomed to ``zoom`` (a finding id)."""
+def viewer_image(conversation: Conversation, *, outlines: bool = True, zoom: str | None = None,
+                 calipers: Sequence[Line] = ()) -> ViewerImage | None:
+    """The current view (None without a study), findings outlined, zoomed to ``zoom`` (a finding
+    id), with the clinician's caliper ``calipers`` (lines on the shown frame) and their lengths."""
     ctx = conversation.ctx
     if ctx.current_study_id is None:
         return None
@@ -77,6 +88,9 @@ def viewer_image(conversation: Conversation, *, outlines: bool = True, zoom: str
         image = image.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR)
     if outlines:
         _draw_outlines(image, shown, (left, top), scale)
+    if calipers:
+        lengths, unit = caliper_lengths(conversation, view.frame, calipers)
+        _draw_calipers(image, calipers, [caliper_text([length], unit) for length in lengths], (left, top), scale)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)  # speed over size: this is redrawn per slice
     window = rendered.window
@@ -107,6 +121,8 @@ def _region(size: tuple[int, int], finding: Finding | None) -> tuple[int, int, i
 
 
 def _draw_outlines(image: Image.Image, findings: list[Finding], origin: tuple[int, int], scale: float) -> None:
+    """Each finding in the figures' scheme (tools/render/style.py): its source's colour, dashed
+    when rejected, dotted when never checked, with its id above it."""
     draw = ImageDraw.Draw(image)
     line = max(1, round(max(image.size) / 340))
     font = ImageFont.load_default(size=max(12, round(max(image.size) / 36)))
@@ -115,19 +131,68 @@ def _draw_outlines(image: Image.Image, findings: list[Finding], origin: tuple[in
         return (x + 0.5 - origin[0]) * scale, (y + 0.5 - origin[1]) * scale
 
     for finding in findings:
-        colour = SOURCE_COLOURS.get(finding.source, (255, 255, 255))
-        if finding.verification is not None and finding.verification.status == "rejected":
-            colour = (255, 48, 48)
+        colour = outline_rgb(finding.source)
         if finding.gaussian is not None and finding.gaussian.converged:
             points = [to_png(*p) for p in _ellipse(finding)]
-            draw.line([*points, points[0]], fill=colour, width=line)
         else:
             box = finding.bbox_px
-            points = [to_png(box.x0 - 0.5, box.y0 - 0.5), to_png(box.x1 + 0.5, box.y1 + 0.5)]
-            draw.rectangle(points, outline=colour, width=line)
+            (x0, y0), (x1, y1) = to_png(box.x0 - 0.5, box.y0 - 0.5), to_png(box.x1 + 0.5, box.y1 + 0.5)
+            points = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        _outline(draw, [*points, points[0]], colour, line, STATUS_LINES[status_of(finding)])
         left, top = min(p[0] for p in points), min(p[1] for p in points)
         draw.text((left, max(0, top - line - 2)), finding.id, fill=colour, font=font, anchor="lb",
                   stroke_width=2, stroke_fill=(0, 0, 0))  # a dark rim: legible on bright bone too
+
+
+def _outline(draw: ImageDraw.ImageDraw, points: list[tuple[float, float]], colour: tuple[int, int, int],
+             width: int, style: str) -> None:
+    """A closed polyline, solid or in the figures' dash pattern (Pillow draws no dashes itself)."""
+    if style not in DASH_PATTERNS:
+        draw.line(points, fill=colour, width=width, joint="curve")
+        return
+    on, off = (max(1.0, length * width) for length in DASH_PATTERNS[style])
+    for start, end in _dashes(points, on, off):
+        draw.line([start, end], fill=colour, width=width)
+
+
+def _dashes(points: list[tuple[float, float]], on: float, off: float) -> list[tuple[tuple[float, float], ...]]:
+    """The (start, end) of each dash along the polyline: ``on`` px drawn, ``off`` px left out."""
+    dashes, drawn, position = [], True, 0.0  # position: how far into the current dash or gap
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        length, done = math.hypot(x1 - x0, y1 - y0), 0.0
+        while done < length:
+            step = min((on if drawn else off) - position, length - done)
+            if drawn:
+                t0, t1 = done / length, (done + step) / length
+                dashes.append(((x0 + t0 * (x1 - x0), y0 + t0 * (y1 - y0)), (x0 + t1 * (x1 - x0), y0 + t1 * (y1 - y0))))
+            done, position = done + step, position + step
+            if position >= (on if drawn else off):
+                drawn, position = not drawn, 0.0
+    return dashes
+
+
+def _draw_calipers(image: Image.Image, lines: Sequence[Line], labels: list[str], origin: tuple[int, int],
+                   scale: float) -> None:
+    """Each caliper line with perpendicular end ticks on a dark underlay (visible across a bright
+    lesion), in the clinician's colour, its length beside the end where the drag stopped."""
+    draw = ImageDraw.Draw(image)
+    width = max(1, round(max(image.size) / 340))
+    tick = 3 * width + 3
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 40)))
+    colour = outline_rgb("clinician")
+    for line, label in zip(lines, labels):
+        x0, y0, x1, y1 = ((value + 0.5 - origin[index % 2]) * scale for index, value in enumerate(line))
+        length = max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+        c, s = (x1 - x0) / length, (y1 - y0) / length
+        segments = [[(x0, y0), (x1, y1)]] + [[(x + tick * s, y - tick * c), (x - tick * s, y + tick * c)]
+                                             for x, y in ((x0, y0), (x1, y1))]
+        for fill, stroke in (((0, 0, 0), width + 2), (colour, width)):
+            for segment in segments:
+                draw.line(segment, fill=fill, width=stroke)
+        at = (min(max(x1 + c * (tick + 4), 4), image.width - 4), min(max(y1 + s * (tick + 4), 4), image.height - 4))
+        # Beyond the end, away from the line; turned back near the right edge to stay on the image.
+        anchor = ("l" if c >= 0 and at[0] < image.width * 0.8 else "r") + ("t" if s >= 0 else "b")
+        draw.text(at, label, fill=colour, font=font, anchor=anchor, stroke_width=2, stroke_fill=(0, 0, 0))
 
 
 def _ellipse(finding: Finding, points: int = 48) -> list[tuple[float, float]]:
@@ -219,3 +284,49 @@ def _marked_sentence(conversation: Conversation, finding: Finding) -> str:
     x, y = finding.center_px
     where = f"at ({x:.0f}, {y:.0f}) px on frame {finding.frame + 1}"
     return f"{finding.id} ({finding.label}) {where}{size}: {status}" + (f" — {reason}." if reason else ".")
+
+
+# -- the caliper --------------------------------------------------------------------------------
+
+
+def caliper_line(conversation: Conversation, image: ViewerImage, drag: tuple[float, float, float, float]
+                 ) -> Line | None:
+    """A drag on ``image`` (PNG pixels: where it started, where it ended) as a caliper line in
+    native pixels of the image's frame, its ends held on the image (a drag may end past its
+    edge); None for a drag too short to measure (a click)."""
+    study = conversation.ctx.view().study
+    columns, rows = study.safe.columns, study.safe.rows
+    ends: list[float] = []
+    for x, y in (drag[:2], drag[2:]):
+        native_x, native_y = image.to_native(x, y)
+        ends += [min(max(native_x, -0.5), columns - 0.5), min(max(native_y, -0.5), rows - 0.5)]
+    x0, y0, x1, y1 = ends
+    return (x0, y0, x1, y1) if math.hypot(x1 - x0, y1 - y0) >= MIN_CALIPER_PX else None
+
+
+def caliper_lengths(conversation: Conversation, frame: int, lines: Sequence[Line]) -> tuple[list[float], str]:
+    """Each line's length as ``set_finding_size`` measures it, and the unit: mm with the frame's
+    pixel spacing, px without one."""
+    spacing = conversation.ctx.view().study.pixel_spacing_mm(frame)
+    return [line_length(((x0, y0), (x1, y1)), spacing) for x0, y0, x1, y1 in lines], "mm" if spacing else "px"
+
+
+def caliper_text(lengths: Sequence[float], unit: str) -> str:
+    """The lengths as the findings state sizes: 23.4 mm, or 23.4 × 11.9 mm for two (longer first)."""
+    digits = 1 if unit == "mm" else 0
+    return " × ".join(f"{length:.{digits}f}" for length in sorted(lengths, reverse=True)) + f" {unit}"
+
+
+def caliper_finding(conversation: Conversation, frame: int, line: Line) -> str | None:
+    """The finding a caliper line measures unless the clinician says otherwise: the one whose box
+    holds the line's midpoint (the smallest, where boxes overlap), else the nearest on the frame;
+    None when the frame has none."""
+    ctx = conversation.ctx
+    shown = [f for f in ctx.study_findings(ctx.current_study_id) if f.frame == frame]
+    if not shown:
+        return None
+    x, y = (line[0] + line[2]) / 2, (line[1] + line[3]) / 2
+    holding = [f for f in shown if f.bbox_px.contains(x, y)]
+    if holding:
+        return min(holding, key=lambda f: f.bbox_px.width * f.bbox_px.height).id
+    return min(shown, key=lambda f: math.hypot(f.center_px[0] - x, f.center_px[1] - y)).id

@@ -29,11 +29,13 @@ def free_port() -> int:
 
 @contextmanager
 def served_app(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """`loupe serve` on a free port with its own data folder; yields the base URL."""
+    """`loupe serve` on a free port with its own data folder; yields the base URL. No model key
+    of the caller's reaches it; one in ``extra_env`` does (a fake Gemini's, say)."""
     port = free_port()
-    env = {**os.environ, "LOUPE_DATA_DIR": str(data_dir), "LOUPE_USER": "dr-browser", **(extra_env or {})}
+    env = {**os.environ, "LOUPE_DATA_DIR": str(data_dir), "LOUPE_USER": "dr-browser"}
     for key in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "LOUPE_GEMINI_API_KEY"):
         env.pop(key, None)
+    env.update(extra_env or {})
     process = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--port", str(port)], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
@@ -117,13 +119,48 @@ def send_message(page, text: str, files: list[Path] | None = None) -> None:
     raise AssertionError(f"the chat input did not send {text!r}")
 
 
+def search_pacs(page, field: str, value: str):
+    """Open the sidebar's PACS search, fill ``field`` with ``value``, search, and wait for the
+    results; returns the sidebar."""
+    sidebar = page.locator("[data-testid=stSidebar]")
+    sidebar.get_by_text("Open from PACS").click()
+    wait_idle(page)
+    box = sidebar.get_by_role("textbox", name=field)
+    box.fill(value)
+    box.press("Tab")
+    wait_idle(page)
+    sidebar.get_by_role("button", name="Search PACS").click()
+    sidebar.get_by_role("button", name="Open study").wait_for(timeout=60_000)
+    wait_idle(page)
+    return sidebar
+
+
 def screenshot(page, name: str) -> Path:
-    """A full-page screenshot (Streamlit scrolls inside .stMain: grow the viewport first)."""
+    """A full-page screenshot (Streamlit scrolls inside .stMain: grow the viewport first, also to
+    the study column's whole height, which scrolls on its own beside the chat)."""
     ARTIFACTS.mkdir(exist_ok=True)
-    height = page.evaluate("() => (document.querySelector('.stMain') || document.body).scrollHeight")
+    path = ARTIFACTS / f"{name}.png"
+    with _grown(page):
+        page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def element_screenshot(page, element, path: Path) -> Path:
+    """A screenshot of one element, whole: the viewport grown as for ``screenshot`` (an element
+    below the study column's fold is otherwise captured blank)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _grown(page):
+        element.screenshot(path=str(path))
+    return path
+
+
+@contextmanager
+def _grown(page) -> Iterator[None]:
+    height = page.evaluate("""() => Math.max((document.querySelector('.stMain') || document.body).scrollHeight,
+        ...[...document.querySelectorAll('[data-testid=stColumn]')].map(c => c.scrollHeight + 150))""")
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(int(height) + 100, 12000))})
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    page.set_viewport_size(size)
-    return path
+    try:
+        yield
+    finally:
+        page.set_viewport_size(size)

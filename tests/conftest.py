@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import os
 import socket
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import pydicom.data
@@ -41,6 +43,22 @@ def isolated_cli(monkeypatch, tmp_path):
     """No developer re-raise, and no stray ``.env`` from the caller's working directory."""
     monkeypatch.delenv("LOUPE_DEBUG", raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+def small_manifest(eval_dir: Path, tmp_path: Path, picked: Collection[str]) -> Path:
+    """A manifest of the dev set's rows for the ``picked`` image paths, pointing at the images in
+    place (never copied)."""
+    with (eval_dir / "manifest.csv").open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = [dict(row, image_path=str(eval_dir / row["image_path"])) for row in reader
+                if row["image_path"] in picked]
+        fields = reader.fieldnames
+    path = tmp_path / "manifest.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

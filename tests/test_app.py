@@ -91,7 +91,8 @@ def images_shown(media) -> list[Image.Image]:
 def test_opens_the_sample_study_with_the_chat_id_in_the_url(app, data_dir):
     assert app.query_params["chat"]
     facts = " ".join(m.value for m in app.sidebar.markdown)
-    assert "**Modality** MR" in facts and "**Native size** 484×300 px" in facts
+    # The default sample: a chest CT series on which the offline answer is right (agent/samples.py).
+    assert "**Modality** CT" in facts and "**Native size** 512×512 px" in facts and "**Frames** 10" in facts
     assert [b.label for b in app.button][:4] == ["Analyse this scan", "Where is the lesion and how big?",
                                                  "Draft a report", "Start a second read"]
     assert "offline planner" in " ".join(c.value for c in app.sidebar.caption)
@@ -102,7 +103,9 @@ def test_an_offline_turn_runs_tools_and_shows_the_overlay(app, media):
     app.button(key="suggest-Analyse this scan").click().run()
     assert_healthy(app)
     labels = tool_boxes(app)
-    assert [label.split(" ")[0] for label in labels] == ["detect_anomalies", "fit_gaussian", "render_overlay"]
+    # A CT series is searched slice by slice; the view then moves to the strongest finding's slice.
+    assert [label.split(" ")[0] for label in labels] == ["detect_anomalies", "load_study", "fit_gaussian",
+                                                         "render_overlay"]
     assert not any("failed:" in label for label in labels)
     assert "offline classical detector" in app.chat_message[1].markdown[0].value
     overlays = [img for img in images_shown(media) if img.width >= 300]
@@ -116,7 +119,7 @@ def test_a_bad_upload_is_one_clear_sentence_and_the_session_survives(app):
     errors = [e.value for e in app.error]
     assert len(errors) == 1 and errors[0].endswith(".") and "Traceback" not in errors[0]
     assert len(app.chat_message) == 2  # the earlier turn is still there
-    assert "**Modality** MR" in " ".join(m.value for m in app.sidebar.markdown)  # still the same study
+    assert "**Native size** 512×512 px" in " ".join(m.value for m in app.sidebar.markdown)  # still the same study
 
 
 def test_an_upload_in_the_chat_opens_it_and_the_question_runs_on_it(app):
@@ -151,8 +154,41 @@ def test_report_draft_edit_sign_and_downloads(app):
     app.button(key="sign").click().run()
     assert_healthy(app)
     assert any("**Version 3 of 3 · SIGNED by Dr Test**" in m.value for m in app.markdown)
+    assert any(s.value == "Signed version 3 (the text of version 2)." for s in app.success)
     labels = [b.label for b in app.get("download_button")]
-    assert {"Markdown", "PDF", "JSON"} <= set(labels)
+    assert {"Markdown · v3", "PDF · v3", "JSON · v3"} <= set(labels)  # named with the version they export
+
+
+def report_header(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("**Version "))
+
+
+def test_the_report_shows_the_latest_version_unless_an_older_one_is_chosen(app):
+    for _ in range(3):
+        app.chat_input[0].set_value("Draft a report").run()
+    assert report_header(app) == "**Version 3 of 3 · DRAFT**"
+    assert app.selectbox(key="report_version").value == 3 and not app.warning
+
+    app.selectbox(key="report_version").set_value(1).run()  # an explicit choice of an older version
+    assert report_header(app) == "**Version 1 of 3 · DRAFT**"
+    assert [w.value for w in app.main.warning] == ["Viewing version 1 of 3 — latest is 3."]
+    assert any(c.value.startswith("Sign-off and edits act on the latest version") for c in app.caption)
+    assert "Sign off" not in [e.label for e in app.expander]  # ... and they say why they are not here
+    assert "PDF · v1" in [b.label for b in app.get("download_button")]
+    open_sections(app, "findings_open")  # any other rerun keeps the choice
+    assert report_header(app) == "**Version 1 of 3 · DRAFT**"
+
+    app.chat_input[0].set_value("Draft a report").run()  # a new version from the chat: shown at once
+    assert report_header(app) == "**Version 4 of 4 · DRAFT**" and not app.main.warning
+
+    app.selectbox(key="report_version").set_value(2).run()
+    app.button(key="report_latest").click().run()  # back to the latest
+    assert report_header(app) == "**Version 4 of 4 · DRAFT**" and not app.main.warning
+    app.selectbox(key="report_version").set_value(2).run()
+    app.button(key="restore").click().run()  # a restore is a new version: the latest, shown
+    assert_healthy(app)
+    assert report_header(app) == "**Version 5 of 5 · DRAFT**"
+    assert [s.value for s in app.success] == ["Restored version 2 as version 5, now the latest."]
 
 
 def test_reload_from_the_url_brings_the_conversation_back(app, data_dir, media):
@@ -162,8 +198,8 @@ def test_reload_from_the_url_brings_the_conversation_back(app, data_dir, media):
     reloaded = new_app(chat_id)
     assert reloaded.query_params["chat"] == chat_id
     assert [m.markdown[0].value for m in reloaded.chat_message][:1] == ["Analyse this scan"]
-    assert [label.split(" ")[0] for label in tool_boxes(reloaded)] == ["detect_anomalies", "fit_gaussian",
-                                                                        "render_overlay"]
+    assert [label.split(" ")[0] for label in tool_boxes(reloaded)] == ["detect_anomalies", "load_study",
+                                                                        "fit_gaussian", "render_overlay"]
     assert images_shown(media), "stored images are replayed"
     arguments = lambda: [c.value for c in reloaded.main.caption if c.value.startswith("{")]  # noqa: E731
     assert not arguments(), "a closed tool box draws only its status line"
@@ -212,7 +248,7 @@ def test_gemini_down_offers_the_offline_planner(data_dir, monkeypatch):
         offer = next(b for b in at.button if b.label == "Answer this with the offline planner")
         offer.click().run()
         assert_healthy(at)
-        assert any("full width at half maximum" in m.value for m in at.markdown)
+        assert any("mm (longest diameter and the short axis across it" in m.value for m in at.markdown)
 
 
 def test_sessions_can_be_deleted_from_the_sidebar(app, data_dir):

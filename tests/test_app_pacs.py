@@ -32,8 +32,14 @@ def search_pacs(at: AppTest, **fields: str) -> None:
     assert_healthy(at)
 
 
+def listed(at: AppTest) -> list[tuple[str, str]]:
+    """The results as the sidebar lists them: (patient line, study line) per study."""
+    choice = at.radio(key="pacs_study")
+    return list(zip(choice.options, choice.proto.captions, strict=True))
+
+
 def open_study(at: AppTest, study_uid: str) -> None:
-    at.selectbox(key="pacs_study").set_value(study_uid)
+    at.radio(key="pacs_study").set_value(study_uid)
     at.button(key="pacs_open_study").click().run()
     assert_healthy(at)
 
@@ -52,11 +58,10 @@ def test_no_pacs_configured_means_no_pacs_anywhere(data_dir, media):  # noqa: F8
 
 
 def test_search_by_name_then_open_the_ct_study(pacs_app, data_dir):  # noqa: F811
-    assert "**Modality** MR" in sidebar_facts(pacs_app)  # the sample study, before
+    assert "**Frames** 10" in sidebar_facts(pacs_app)  # the sample study (a 10-slice chest CT), before
     search_pacs(pacs_app, patient_name="compressed*")
-    table = pacs_app.sidebar.dataframe[0].value
-    assert set(table["patient id"]) >= {"1CT1", "4MR1"}
-    assert {"CompressedSamples, CT1", "CompressedSamples, MR1"} <= set(table["patient"])
+    patients = [patient for patient, _ in listed(pacs_app)]
+    assert {"CompressedSamples, CT1 · 1CT1", "CompressedSamples, MR1 · 4MR1"} <= set(patients)
     open_study(pacs_app, CT_SMALL_STUDY)
     assert not pacs_app.error
     facts = sidebar_facts(pacs_app)
@@ -70,7 +75,7 @@ def test_search_by_name_then_open_the_ct_study(pacs_app, data_dir):  # noqa: F81
 
 def test_open_the_lidc_study_then_one_of_its_series(pacs_app):
     search_pacs(pacs_app, patient_id="LIDC-IDRI-0002")
-    assert list(pacs_app.sidebar.dataframe[0].value["patient id"]) == ["LIDC-IDRI-0002"]
+    assert [patient.endswith(" · LIDC-IDRI-0002") for patient, _ in listed(pacs_app)] == [True]
     open_study(pacs_app, LIDC_STUDY)
     assert not pacs_app.error
     facts = sidebar_facts(pacs_app)
@@ -93,7 +98,7 @@ def test_a_study_without_images_is_one_sentence_and_the_open_study_stays(pacs_ap
     open_study(pacs_app, rows[0]["study_uid"])
     errors = [e.value for e in pacs_app.error]
     assert len(errors) == 1 and errors[0].endswith(".") and "holds no images" in errors[0]
-    assert "**Modality** MR" in sidebar_facts(pacs_app)  # the sample study is still open
+    assert "**Frames** 10" in sidebar_facts(pacs_app)  # the sample study is still open
     assert not pacs_app.sidebar.success
     pacs_app.button(key="pacs_list_series").click().run()
     assert any(i.value == "This study has no image series to open." for i in pacs_app.sidebar.info)
@@ -102,7 +107,7 @@ def test_a_study_without_images_is_one_sentence_and_the_open_study_stays(pacs_ap
 def test_a_search_that_finds_nothing_or_a_bad_date_says_so(pacs_app):
     search_pacs(pacs_app, patient_id="NOBODY-HERE")
     assert any(i.value == "No study on the PACS matches." for i in pacs_app.sidebar.info)
-    assert not pacs_app.sidebar.dataframe
+    assert not pacs_app.radio
     search_pacs(pacs_app, patient_id="", date="20241301")  # checked before the PACS is asked
     assert [e.value for e in pacs_app.error] == ["'20241301' is not a calendar date (YYYYMMDD)."]
 
@@ -115,7 +120,7 @@ def test_a_wrong_password_is_the_credential_sentence(pacs_env, data_dir, media, 
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and "refused Loupe's credentials (HTTP 401)" in errors[0]
     assert "not-the-password" not in errors[0]
-    assert "**Modality** MR" in sidebar_facts(at)
+    assert "**Frames** 10" in sidebar_facts(at)  # the sample study is still open
 
 
 def test_a_draft_goes_to_the_pacs_only_when_ticked_and_is_found_there(pacs_app, pacs_env):

@@ -11,7 +11,7 @@ import re
 import pytest
 from PIL import Image
 
-from tests.browser import chromium_page, screenshot, send_message, served_app, wait_idle
+from tests.browser import chromium_page, screenshot, search_pacs, send_message, served_app, wait_idle
 from tests.conftest import pydicom_file
 
 pytestmark = pytest.mark.browser
@@ -147,19 +147,12 @@ def test_a_study_opened_from_the_pacs(browser_available, orthanc, tmp_path):
     with served_app(tmp_path / "data", extra_env=orthanc.env()) as url, chromium_page() as page:
         page.goto(url)
         wait_idle(page)
-        sidebar = page.locator("[data-testid=stSidebar]")
-        sidebar.get_by_text("Open from PACS").click()
-        wait_idle(page)
-        patient_id = sidebar.get_by_role("textbox", name="Patient id")
-        patient_id.fill("LIDC-IDRI-0002")
-        patient_id.press("Tab")
-        wait_idle(page)
-        sidebar.get_by_role("button", name="Search PACS").click()
-        sidebar.get_by_role("button", name="Open study").wait_for(timeout=60_000)
-        wait_idle(page)
-        # The table draws once its own code has loaded: its cells, not only its frame, in the picture.
-        expect(sidebar.locator("[data-testid=stDataFrame] td[role=gridcell]").first).to_be_attached(timeout=30_000)
-        expect(sidebar.get_by_role("combobox", name="Study")).to_have_value(re.compile("CT"))
+        sidebar = search_pacs(page, "Patient id", "LIDC-IDRI-0002")
+        # The results: one study, picked, with its date, modality, series and images under the patient.
+        study = sidebar.get_by_role("radiogroup", name="Study")
+        expect(study).to_contain_text("LIDC-IDRI-0002")
+        expect(study).to_contain_text(re.compile(r"CT · .* · \d+ series, \d+ images"))
+        expect(study.get_by_role("radio")).to_be_checked()
         screenshot(page, "07-pacs-search")
         sidebar.get_by_role("button", name="Open study").click()
         expect(sidebar).to_contain_text("8 image(s) retrieved", timeout=90_000)

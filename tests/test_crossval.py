@@ -3,7 +3,6 @@ not chosen on, beside the in-sample figures."""
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from agent.evaluation.crossval import ImageRuns, choose_rules, cross_validate, fold_of, rule_sets
 from agent.evaluation.manifest import EvalImage, Lesion, read_manifest
-from tests.conftest import run_cli
+from tests.conftest import run_cli, small_manifest
 from tools.coordinates import BoxPx
 from tools.detection.detector import REVIEW_CAP, Detection
 from tools.detection.scoring import RULES, Rules
@@ -21,23 +20,8 @@ PICK = ["busi/benign_030.png", "busi/malignant_013.png", "busi/normal_006.png", 
         "nih_cxr14/00006736_000.png", "nih_cxr14/00008386_000.png", "nih_cxr14/00010277_000.png"]
 
 
-def _small_manifest(eval_dir: Path, tmp_path: Path) -> Path:
-    with (eval_dir / "manifest.csv").open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = [row for row in reader if row["image_path"] in PICK]
-        fields = reader.fieldnames
-    for row in rows:
-        row["image_path"] = str(eval_dir / row["image_path"])  # read in place, never copied
-    path = tmp_path / "manifest.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def test_eval_cv_prints_in_sample_and_cross_validated_tables(eval_dir, tmp_path, capsys, isolated_cli):
-    manifest = _small_manifest(eval_dir, tmp_path)
+    manifest = small_manifest(eval_dir, tmp_path, PICK)
     code, out, err = run_cli(capsys, "eval", manifest, "--cv", "2", "--json", tmp_path / "cv.json")
     assert code == 0, err
     assert "in-sample" in out and "2-fold cross-validated" in out and "Centre-guess baseline" in out

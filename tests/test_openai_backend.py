@@ -19,8 +19,7 @@ from agent.events import AssistantText, AssistantTextDelta, ToolFailed, ToolFini
 from agent.models.openai_compatible import OpenAIBackend, chat_messages
 from agent.settings import LoupeSettings
 from tests.conftest import pydicom_file, run_cli
-from tests.fake_openai import (FakeOpenAI, call_reply, error_reply, raw_call_reply, text_reply,
-                               tools_unsupported_reply)
+from tests.fake_openai import FakeOpenAI, call_reply, error_reply, raw_call_reply, text_reply
 from tools.registry import TOOLS
 
 CT_WITH_PHI = "CT_small.dcm"  # PatientName CompressedSamples^CT1, institution JFK IMAGING CENTER

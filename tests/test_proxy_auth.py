@@ -132,7 +132,7 @@ def test_bob_cannot_open_list_or_delete_alices_session(proxied_app, alice_sessio
         assert page.locator("[data-testid=stChatMessage]").count() == 0
         assert page.get_by_text("offline classical detector").count() == 0
         sidebar = open_sessions(page)
-        expect(sidebar).to_contain_text("sample study", timeout=30_000)  # his own, listed
+        expect(sidebar).to_contain_text("CT · CHEST", timeout=30_000)  # his own, listed (titled after its study)
         assert ALICE_TITLE not in sidebar.inner_text()
         # Neither an open nor a delete button for her session (their keys carry the session id).
         assert page.locator(f"[class*='st-key-open-{alice_session}']").count() == 0

@@ -23,7 +23,7 @@ from tools.findings import Finding, GaussianFit, Verification
 from tools.load_study import LoadStudyInput, load_study
 from tools.render.png import encode_png
 from tools.render_overlay import (
-    STATUS_STYLE,
+    SOURCE_COLOURS,
     RenderOverlayInput,
     annotated_figure,
     clear_text_cache,
@@ -60,9 +60,9 @@ def _fit(x: float, y: float, fwhm_major: float, fwhm_minor: float, angle: float 
 def _finding(fid: str = "F1", *, x: float = 60.0, y: float = 50.0, w: float = 16.0, h: float = 10.0,
              status: str | None = "confirmed", fit: GaussianFit | None = None, study_id: str = "st-test",
              frame: int = 0, size_px: tuple[float, float] | None = None,
-             size_mm: tuple[float, float] | None = None, confidence: float = 0.8) -> Finding:
+             size_mm: tuple[float, float] | None = None, confidence: float = 0.8, source: str = "vlm") -> Finding:
     return Finding(id=fid, study_id=study_id, label="nodule", frame=frame, center_px=(x, y),
-                   bbox_px=BoxPx.around(x, y, w, h), confidence=confidence, source="vlm",
+                   bbox_px=BoxPx.around(x, y, w, h), confidence=confidence, source=source,
                    verification=Verification(status=status) if status else None, gaussian=fit,
                    size_px=size_px, size_mm=size_mm)
 
@@ -248,19 +248,35 @@ def test_png_encoder_is_lossless_and_reads_strided_views(shape):
         encode_png(pixels.astype(np.float32))
 
 
-def test_each_verification_status_has_its_own_colour(synthetic):
+def test_each_source_has_its_own_colour_and_each_check_its_own_line(synthetic):
+    """One outline scheme (tools/render/style.py, also the viewer's): colour by source, line by check."""
     _, display, _ = synthetic
     dark = np.zeros_like(display)
-    images = {}
-    for status in ("confirmed", "adjusted", "rejected", "unverified", None):
-        finding = _finding("F1", x=128, y=128, w=60, h=40, status=status)
-        images[status] = _decode(render_annotated(dark, [finding], spacing_mm=None, orientation=None))
-    distinct = ["confirmed", "adjusted", "rejected", "unverified"]
-    for i, first in enumerate(distinct):
-        for second in distinct[i + 1:]:
-            assert not np.array_equal(images[first], images[second]), (first, second)
-        assert _near(images[first], STATUS_STYLE[first][0]) > 100, first
-    assert np.array_equal(images[None], images["unverified"])  # never checked = unverified
+
+    def drawn(source: str, status: str | None) -> np.ndarray:
+        finding = _finding("F1", x=128, y=128, w=60, h=40, status=status, source=source)
+        return _decode(render_annotated(dark, [finding], spacing_mm=None, orientation=None))
+
+    by_source = {source: drawn(source, "confirmed") for source in SOURCE_COLOURS}
+    for source, pixels in by_source.items():
+        assert _near(pixels, SOURCE_COLOURS[source]) > 100, source
+        for other in SOURCE_COLOURS:
+            if other != source:
+                assert _near(pixels, SOURCE_COLOURS[other], tolerance=20) < 20, (source, other)
+    by_status = {status: drawn("classical", status) for status in ("confirmed", "adjusted", "rejected", "unverified")}
+    assert np.array_equal(by_status["confirmed"], by_status["adjusted"])  # both borne out: solid
+    lines = [_near(by_status[s], SOURCE_COLOURS["classical"]) for s in ("confirmed", "rejected", "unverified")]
+    assert lines[0] > lines[1] > lines[2] > 0, lines  # solid, dashed, dotted: less ink each
+    assert np.array_equal(drawn("classical", None), by_status["unverified"])  # never checked = unverified
+
+
+def test_the_legend_names_the_sources_and_the_checks_drawn():
+    display = np.zeros((200, 200), dtype=np.uint8)
+    findings = [_finding("F1", x=50, y=50, source="classical"), _finding("F2", x=150, y=150, source="clinician",
+                                                                      status="rejected")]
+    figure = annotated_figure(display, findings, spacing_mm=None, orientation=None)
+    names = {t.get_text() for t in figure.texts if (t.get_gid() or "").startswith("legend-")}
+    assert names == {"detector", "clinician", "rejected"}
 
 
 def test_shapes_follow_the_fit_or_the_box():
@@ -287,8 +303,8 @@ def test_ellipse_angle_runs_down_and_right_for_positive_angles():
                                  include_self=False):
         artist.remove()  # keep only the outline and calipers
     pixels = _decode(figure_png(figure))
-    green = np.abs(pixels.astype(int) - [0x2E, 0xCC, 0x40]).max(axis=2) < 40
-    rows, cols = np.nonzero(green)
+    cyan = np.abs(pixels.astype(int) - [0x00, 0xE5, 0xFF]).max(axis=2) < 40  # a vision model's finding
+    rows, cols = np.nonzero(cyan)
     cov = np.cov(np.vstack([cols, rows]))
     major = np.linalg.eigh(cov)[1][:, -1]
     angle = math.degrees(math.atan2(major[1], major[0])) % 180
@@ -454,8 +470,8 @@ def test_tool_selects_findings_by_id(ct):
 
 
 @pytest.mark.parametrize(("ids", "message"), [
-    (["F9"], "no finding 'F9'"),
-    (["F4"], "no finding 'F4'"),  # belongs to another study
+    (["F9"], "There is no finding F9 in this session"),
+    (["F4"], "F4 is not a finding of this study: it is on"),  # named as another study's, never substituted
     (["F1", "F3"], "F3 is on frame index 4"),
 ])
 def test_tool_refuses_unknown_or_off_frame_ids(ct, ids, message):

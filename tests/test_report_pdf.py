@@ -1,5 +1,6 @@
-"""The PDF export: status on every page, sections on their own pages, extractable text, the key
-image embedded, identical bytes for equal reports, and a clear error for a bad image."""
+"""The PDF export: the Impression first and a short report on one page, status on every page,
+extractable text, the key image embedded, identical bytes for equal reports, and a clear error
+for a bad image."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from tools.report.document import (
     ReportHistory,
     StudySummary,
 )
-from tools.report.pdf import FOOTER_TEXT, report_pdf
+from tools.report.pdf import FOOTER_TEXT, SIGNED_FOOTER_TEXT, report_pdf
 
 CREATED = datetime(2025, 3, 4, 10, 30, tzinfo=UTC)
 SIGNER = "Dr Émile Durand-Åkesson"
@@ -78,25 +79,22 @@ def _reader(pdf: bytes) -> pypdf.PdfReader:
 # -- content and status --------------------------------------------------------------------------
 
 
-def test_draft_has_one_page_per_section_and_draft_status_on_each(overlay_png):
+def test_a_short_draft_is_one_page_impression_first_with_draft_status(overlay_png):
     pages = _pages(report_pdf(_report(), key_image_png=overlay_png, key_image_caption="Findings on frame 1."))
-    assert len(pages) == 3
-    for number, text in enumerate(pages, start=1):
-        assert "DRAFT — not signed" in text
-        assert "SIGNED" not in text
-        assert "Version 1" in text
-        assert FOOTER_TEXT in text
-        assert f"Page {number} of 3" in text
-    assert "Technique" in pages[0] and "CT, 512×512 px, 1 slice, 0.70 mm pixels" in pages[0]
-    assert "Findings on frame 1." in pages[0]
-    assert "Findings" in pages[1]
-    assert IMPRESSION in pages[2]
-    assert "Follow-up CT in 3 months." in pages[2]
-    assert "AI-assisted draft: requires review and sign-off by the reading physician." in pages[2]
+    assert len(pages) == 1
+    [text] = pages
+    assert "DRAFT — not signed" in text and "SIGNED" not in text and "Version 1" in text
+    assert FOOTER_TEXT in text and "Page 1 of 1" in text
+    order = [text.index(part) for part in (IMPRESSION, "Findings", "Follow-up CT in 3 months.", "Findings on frame 1.",
+                                          "Study and technique", "Limitations")]
+    assert order == sorted(order), "Impression, findings, recommendations, key image, study, limitations"
+    assert "CT, 512×512 px, 1 slice, 0.70 mm pixels" in text
+    assert "AI-assisted draft: requires review and sign-off by the reading physician." in text
+    assert [_draws_an_image(page) for page in _reader(report_pdf(_report(), key_image_png=overlay_png)).pages] == [True]
 
 
 def test_findings_table_shows_ids_sizes_and_columns():
-    findings = _pages(report_pdf(_report()))[1]
+    [findings] = _pages(report_pdf(_report()))
     for column in ("ID", "Location", "Size", "Characteristics", "Confidence", "Verification"):
         assert column in findings
     assert "F1" in findings and "13.3 × 8.1 mm" in findings
@@ -108,28 +106,30 @@ def test_clinician_size_is_marked_and_missing_values_are_dashes():
     report = _report([_finding(1, size=Measurement(major=9.5, unit="mm", source="clinician"),
                                confidence=None, characteristics=""),
                       _finding(2, size=None)])
-    findings = _pages(report_pdf(report))[1]
+    [findings] = _pages(report_pdf(report))
     assert "9.5 mm (clinician)" in findings
     assert findings.count("—") >= 3  # confidence and characteristics of F1, size of F2
 
 
 def test_signed_report_names_signer_and_date_on_every_page():
-    signed = _signed(_report())
+    signed = _signed(_report(findings=[_finding(n) for n in range(1, 30)]))
     pages = _pages(report_pdf(signed))
     when = f"{signed.created_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-    assert len(pages) == 3
+    assert len(pages) >= 2
     for text in pages:
         assert f"SIGNED by {SIGNER} on {when}" in text
         assert "DRAFT" not in text
         assert "Version 2" in text
-        assert FOOTER_TEXT in text
+        assert SIGNED_FOOTER_TEXT in text and FOOTER_TEXT not in text
+    # Reviewed and signed: the limitations say who signed and when, not that sign-off is required.
+    assert f"Signed by {SIGNER} on {when}; drafted with AI assistance (Loupe)." in pages[-1]
+    assert "requires review and sign-off" not in " ".join(pages)
 
 
 def test_no_findings_says_so():
-    pages = _pages(report_pdf(_report([])))
-    assert len(pages) == 3
-    assert NO_FINDINGS_TEXT in pages[1]
-    assert "Characteristics" not in pages[1]
+    [text] = _pages(report_pdf(_report([])))
+    assert NO_FINDINGS_TEXT in text
+    assert "Characteristics" not in text
 
 
 def test_many_findings_continue_the_table_on_further_pages():
@@ -140,36 +140,38 @@ def test_many_findings_continue_the_table_on_further_pages():
     text = " ".join(pages)
     for n in range(1, 61):
         assert f"F{n} " in text and f"{12.3 + n:.1f} × 8.1 mm" in text
-    table_pages = pages[1:-1]
-    assert all("Characteristics" in page for page in table_pages)  # the column titles repeat
-    assert all("Findings (continued)" in page for page in table_pages[1:])
+    assert IMPRESSION in pages[0]  # the Impression comes first, before the long table
+    table_pages = [page for page in pages if "F30 " in page or "F60 " in page]
+    assert table_pages and all("Characteristics" in page for page in pages[:-1])  # the column titles repeat
+    assert all("Findings (continued)" in page for page in pages[1:-1])
     for number, page in enumerate(pages, start=1):
         assert "DRAFT — not signed" in page and f"Page {number} of {len(pages)}" in page
-    assert IMPRESSION in pages[-1]
+    assert "Limitations" in pages[-1]
 
 
 def test_a_cell_taller_than_a_page_is_split_and_keeps_its_id():
     pages = _pages(report_pdf(_report([_finding(1, characteristics="lobulated " * 900)])))
-    assert len(pages) > 3
-    assert "F1 (cont.)" in " ".join(pages[2:-1])
+    assert len(pages) > 2
+    assert "F1 (cont.)" in " ".join(pages[1:])
 
 
 def test_long_texts_wrap_and_flow_onto_a_continuation_page():
     impression = " ".join(f"Sentence {n} of the impression, with a few clauses to wrap." for n in range(150))
-    pages = _pages(report_pdf(_report(impression=impression, study=StudySummary(modality="MR", technique="T2 " * 400))))
+    pages = _pages(report_pdf(_report(impression=impression, study=StudySummary(modality="MR", technique="T2 " * 1500))))
     text = " ".join(pages)
     assert all(f"Sentence {n} of the impression" in text for n in range(150))
-    assert any("Impression and recommendations (continued)" in page for page in pages)
-    assert len(pages) >= 5
+    assert any("Impression (continued)" in page for page in pages)
+    assert any("Study and technique (continued)" in page for page in pages)
+    assert len(pages) >= 4
 
 
 def test_non_ascii_and_dollar_signs_come_through_as_text():
     report = _report([_finding(1, location="région hilaire — gauche", characteristics="µ-nodules; costs $5 and $6")],
                      impression="Ñandú × 2 — São Paulo, Zürich, Øresund.")
-    pages = _pages(report_pdf(report))
-    assert "région hilaire — gauche" in pages[1]
-    assert "µ-nodules; costs $5 and $6" in pages[1]  # not parsed as mathtext
-    assert "Ñandú × 2 — São Paulo, Zürich, Øresund." in pages[2]
+    [text] = _pages(report_pdf(report))
+    assert "région hilaire — gauche" in text
+    assert "µ-nodules; costs $5 and $6" in text  # not parsed as mathtext
+    assert "Ñandú × 2 — São Paulo, Zürich, Øresund." in text
 
 
 # -- the key image -------------------------------------------------------------------------------
@@ -190,7 +192,14 @@ def test_key_image_is_embedded_on_the_first_page(overlay_png):
     assert "/XObject" in reader.pages[0]["/Resources"]
     embedded = reader.pages[0].images[0].image
     assert embedded.size == Image.open(io.BytesIO(overlay_png)).size  # embedded unresampled
-    assert [_draws_an_image(page) for page in reader.pages] == [True, False, False]
+    assert [_draws_an_image(page) for page in reader.pages] == [True]
+
+
+def test_the_key_image_goes_on_after_a_long_table(overlay_png):
+    """Too little room left beside the findings: the image is drawn readable on a later page."""
+    reader = _reader(report_pdf(_report([_finding(n) for n in range(1, 25)]), key_image_png=overlay_png))
+    drawn = [_draws_an_image(page) for page in reader.pages]
+    assert drawn.count(True) == 1 and not drawn[0]
 
 
 def test_without_an_image_the_first_page_says_so():
@@ -206,7 +215,7 @@ def test_without_an_image_the_first_page_says_so():
 ], ids=["grey-alpha", "strip", "rgba"])
 def test_odd_but_valid_pngs_are_drawn(pixels):
     reader = _reader(report_pdf(_report(), key_image_png=encode_png(pixels)))
-    assert len(reader.pages) == 3 and len(reader.pages[0].images) == 1
+    assert len(reader.pages) == 1 and len(reader.pages[0].images) == 1
 
 
 def test_sixteen_bit_png_is_drawn():

@@ -162,7 +162,7 @@ def test_clinician_may_set_a_size_and_it_is_marked_theirs(ct_slice):
                                     name="Dr B", reason="calliper measurement")
     current = reports.history(conversation).current
     assert current.findings[0].size.source == "clinician" and current.author_name == "Dr B"
-    assert "6.5 × 5.0 mm (clinician)" in output.markdown
+    assert "| 6.5 × 5.0 mm | clinician |" in output.markdown  # the table says who measured it
 
 
 def test_signing_an_old_version_is_refused(ct_slice):

@@ -289,7 +289,12 @@ def test_the_summary_is_appended_to_the_report_as_a_new_version(eval_dir):
     assert clinician_only and set(clinician_only) <= {f.finding_id for f in report.findings}
     assert history.version(1).limitations == [i for i in report.limitations if not i.startswith(ADDENDUM_PREFIX)]
     again = run_tool(ctx, "second_read_summary", {"append_to_report": True}).output
-    assert again.report_version == 3
+    # The same summary again changes nothing: no new version, and the output says so.
+    assert again.report_version == 2 and again.report_unchanged and len(history.versions) == 2
+    run_tool(ctx, "second_read_step", {"action": "jump", "step": 2})
+    run_tool(ctx, "record_assessment", {"assessment": "uncertain", "note": "recheck"})
+    changed = run_tool(ctx, "second_read_summary", {"append_to_report": True}).output
+    assert changed.report_version == 3 and not changed.report_unchanged
     assert sum(i.startswith(ADDENDUM_PREFIX) for i in history.current.limitations) == len(addendum)  # replaced
 
 

@@ -64,11 +64,13 @@ def test_offline_session_resumes_with_findings_view_and_images(store):
     assert [e["kind"] for e in stored_events].count("turn_finished") == 2
     image_ref = next(e for e in stored_events if e["kind"] == "tool_finished" and e["name"] == "render_overlay")
     assert store.image(session_id, image_ref["artifacts"][0]["sha256"]) == overlay.data
-    # The conversation goes on where it was: no new detection, and new ids continue the count.
+    # The conversation goes on where it was: no new detection; findings found again keep their
+    # names, and a new id continues the stored count.
     answer = offline(resumed, "How big is it?")
     assert "detect_anomalies" not in [e.name for e in answer if e.kind == "tool_started"]
     offline(resumed, "Analyse this scan")
-    assert max(int(f[1:]) for f in resumed.ctx.findings) > max(int(f[1:]) for f in conversation.ctx.findings)
+    assert set(resumed.ctx.findings) == set(conversation.ctx.findings)
+    assert resumed.ctx.next_finding_id() == f"F{conversation.ctx.findings_issued + 1}"
 
 
 def test_a_session_with_several_studies_reopens_all_of_them(store):

@@ -21,7 +21,7 @@ from agent.store.database import Store
 from tests.test_app import assert_healthy, data_dir, media, new_app, open_sections  # noqa: F401
 
 NODULE = (346, 361)  # native px, on the slice of z-0094.50.dcm (LIDC-IDRI-0002's annotated nodule)
-CLINICIAN = (255, 64, 255)  # agent/viewer.py SOURCE_COLOURS["clinician"]
+CLINICIAN = (255, 64, 255)  # tools/render/style.py SOURCE_COLOURS["clinician"], as the viewer draws it
 
 
 @pytest.fixture

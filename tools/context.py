@@ -89,6 +89,11 @@ class StudyView:
 
 T = TypeVar("T")
 
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
 _DERIVED_ENTRIES = 4
 
 
@@ -125,6 +130,9 @@ class ToolContext:
     #: How many finding ids (F1, F2, ...) this session has issued; stored with the session so
     #: that a reopened session never reuses one.
     findings_issued: int = 0
+    #: Ids of automatic findings a later search did not find again, with the study they were on:
+    #: a question naming one is told where it was, never answered with another finding.
+    retired_findings: dict[str, str] = field(default_factory=dict)
     #: Figures' theme: the app sets it from the page's theme before each turn; exports (the PDF) force light.
     figure_theme: Literal["light", "dark"] = "light"
     _derived: OrderedDict[tuple, object] = field(default_factory=OrderedDict, repr=False)
@@ -153,6 +161,42 @@ class ToolContext:
 
     def study_findings(self, study_id: str) -> list[Finding]:
         return [f for f in self.findings.values() if f.study_id == study_id]
+
+    def study_label(self, study_id: str) -> str:
+        """The study in words a clinician recognises, from allow-listed facts only (modality, size,
+        slices, when it was opened in the session): never a name, date, description or UID,
+        because this sentence may reach a model."""
+        view = self.views.get(study_id)
+        if view is None:
+            return "a study that is no longer open in this session"
+        safe = view.study.safe
+        modality = safe.modality or "image"
+        frames = view.study.frame_count
+        shape = (f"series of {frames} slices" if frames > 1 and safe.modality in ("CT", "MR") else
+                 f"{frames}-frame study" if frames > 1 else "image")
+        order = list(self.views).index(study_id) + 1
+        current = " (the one open now)" if study_id == self.current_study_id else ""
+        return f"the {modality} {shape} ({safe.columns}×{safe.rows} px) opened {_ordinal(order)} in this session{current}"
+
+    def finding_not_here(self, finding_id: str, study_id: str | None = None) -> str | None:
+        """Why ``finding_id`` cannot be answered on ``study_id`` (default the current study), in
+        one sentence naming the study it was on; None when it is a finding of that study."""
+        key = study_id or self.current_study_id
+        finding = self.findings.get(finding_id)
+        if finding is not None and finding.study_id == key:
+            return None
+        if finding is not None:
+            return (f"{finding_id} is not a finding of this study: it is on {self.study_label(finding.study_id)}; "
+                    "open that study to ask about it.")
+        if finding_id in self.retired_findings:
+            where = self.retired_findings[finding_id]
+            here = "this study" if where == key else self.study_label(where)
+            return (f"{finding_id} is no longer a finding: it was on {here}, and a later search did not find it "
+                    "again there; its id is not given to another finding.")
+        highest = max([self.findings_issued, *(int(f[1:]) for f in self.findings)])
+        if not highest:
+            return f"There is no finding {finding_id}: no finding has been made in this session yet."
+        return f"There is no finding {finding_id} in this session; its ids run from F1 to F{highest}."
 
     def add_study(self, study: Study) -> StudyView:
         """Make ``study`` the current one (re-opening the same content keeps one view)."""

@@ -5,10 +5,16 @@ The vision model (``ctx.vision``) sees the display image downscaled so that its 
 most ``ctx.model_image_max_side``; its boxes come back in Gemini's ``box_2d`` convention
 relative to that image and are converted with ``tools.coordinates``. Repeated samples of the
 same lesion are grouped; each group is verified once against the pixels.
+
+A finding keeps its name within a session: searched again, a finding whose new centre lies within
+an earlier automatic finding's box (or radius) on the same study and frame keeps that id and takes
+the new measurements; one not found again is dropped and its id retired (``ctx.retired_findings``),
+never given to another finding. The clinician's findings always stay.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -181,12 +187,35 @@ def _vision_drafts(ctx: ToolContext, study: Study, frame: int, window, samples: 
     return drafts
 
 
-def _to_finding(ctx: ToolContext, study: Study, draft: _Draft) -> Finding:
-    detection = draft.detection
-    return Finding(id=ctx.next_finding_id(), study_id=study.id, label=detection.label, frame=detection.frame,
-                   center_px=(round(detection.x, 2), round(detection.y, 2)), bbox_px=detection.box,
-                   confidence=round(min(max(detection.confidence, 0.0), 1.0), 4), source=draft.source,
-                   verification=draft.verification)
+def _to_findings(ctx: ToolContext, study: Study, drafts: Sequence[_Draft]) -> list[Finding]:
+    """The kept drafts as findings: one found again at the same place on the same frame keeps its
+    id (and takes the new measurements), the others get new ids, never reused."""
+    earlier = [f for f in ctx.study_findings(study.id) if f.source != "clinician"]
+    claimed: set[str] = set()
+    findings = []
+    for draft in drafts:
+        detection = draft.detection
+        same = _same_place(earlier, detection, claimed)
+        if same is not None:
+            claimed.add(same.id)
+        findings.append(Finding(
+            id=ctx.next_finding_id() if same is None else same.id, study_id=study.id, label=detection.label,
+            frame=detection.frame, center_px=(round(detection.x, 2), round(detection.y, 2)), bbox_px=detection.box,
+            confidence=round(min(max(detection.confidence, 0.0), 1.0), 4), source=draft.source,
+            verification=draft.verification))
+    return findings
+
+
+def _same_place(earlier: Sequence[Finding], detection: Detection, claimed: set[str]) -> Finding | None:
+    """The earlier finding this detection finds again: on the same frame, the new centre inside its
+    box or within its radius (the nearest, when several qualify); each id is kept at most once."""
+    def reach(finding: Finding) -> float:
+        return max(finding.bbox_px.width, finding.bbox_px.height) / 2
+
+    candidates = [f for f in earlier if f.frame == detection.frame and f.id not in claimed
+                  and (f.bbox_px.contains(detection.x, detection.y)
+                       or math.dist(f.center_px, (detection.x, detection.y)) <= reach(f))]
+    return min(candidates, key=lambda f: math.dist(f.center_px, (detection.x, detection.y)), default=None)
 
 
 def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult:
@@ -227,7 +256,7 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
                for i, d in enumerate(detections) if i not in used]
     drafts.sort(key=lambda draft: -draft.detection.confidence)
     kept = drafts[: args.max_findings]
-    findings = [_to_finding(ctx, study, draft) for draft in kept]
+    findings = _to_findings(ctx, study, kept)
     _replace_findings(ctx, study.id, searched, findings)
     for finding, draft in zip(findings, kept, strict=True):
         if len(draft.sample_centres) >= 2:
@@ -312,12 +341,17 @@ def _describe(findings: Sequence[Finding]) -> str:
 
 
 def _replace_findings(ctx: ToolContext, study_id: str, frames: Sequence[int], findings: Sequence[Finding]) -> None:
-    """A new detection replaces earlier automatic findings on those frames; the clinician's stay."""
+    """A new detection replaces earlier automatic findings on those frames (a finding found again
+    keeps its id); the clinician's stay. An id not found again is retired with its study, so that
+    a question naming it is told so instead of being answered with another finding."""
+    kept = {f.id for f in findings}
     stale = [fid for fid, f in ctx.findings.items()
              if f.study_id == study_id and f.frame in frames and f.source != "clinician"]
     for fid in stale:
         del ctx.findings[fid]
         ctx.finding_samples.pop(fid, None)
+        if fid not in kept:
+            ctx.retired_findings[fid] = study_id
     for finding in findings:
         ctx.findings[finding.id] = finding
-
+        ctx.retired_findings.pop(finding.id, None)

@@ -14,6 +14,8 @@ detector's measured sensitivity.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pydantic import BaseModel, Field
 
 from prompts import load_table
@@ -26,7 +28,7 @@ from tools.findings import Finding, FindingId
 from tools.fit_gaussian import FitGaussianInput, fit_gaussian
 from tools.report.document import (AI_LIMITATION, IMPRESSION_PENDING, ClinicalReport, ReportError, ReportFinding,
                                    ReportHistory, StudySummary, guard_normal_wording, guard_numbers, measured_size)
-from tools.report.location import location_in_words
+from tools.report.location import location_in_words, table_position_mm
 from tools.report.markdown import report_markdown
 from tools.study import Study
 
@@ -49,6 +51,7 @@ class ReportOutput(BaseModel):
     status: str
     markdown: str
     notes: list[str] = Field(default_factory=list, description="What the clinician should know about this version.")
+    changed: bool = Field(default=True, description="False when a revision changed nothing, so no version was added.")
 
 
 def draft_report(ctx: ToolContext, args: DraftReportInput) -> ToolResult:
@@ -109,16 +112,7 @@ def template_report(study: Study, findings: list[Finding], assessment: Assessmen
     worth on this kind of image, ``search_statement`` what Findings say when none is listed."""
     table = load_table("report_templates.toml")
     reported = [_report_finding(study, f, table) for f in findings]
-    modality = (study.safe.modality or "").upper()
-    if reported:
-        listing = "; ".join(table["impression"]["finding"].format(
-            id=f.finding_id, label=_label(findings, f.finding_id), location=f.location,
-            size=f", {f.size.text()}" if f.size else "") for f in reported)
-        impression = table["impression"]["findings"].format(count=len(reported), listing=listing)
-        recommendations = table["recommendations"].get(modality, table["recommendations"]["default"])
-    else:
-        impression = IMPRESSION_PENDING
-        recommendations = table["recommendations"]["none"]
+    impression, recommendations = template_narrative(study, reported, {f.id: f for f in findings})
     limitations = [AI_LIMITATION, table["limitations"]["offline"],
                    table["limitations"]["sensitivity"].format(sensitivity=assessment.sensitivity)]
     if any(f.confidence is not None for f in reported):
@@ -132,15 +126,37 @@ def template_report(study: Study, findings: list[Finding], assessment: Assessmen
                           search_statement=search_statement)
 
 
+def template_narrative(study: Study, reported: list[ReportFinding],
+                       findings: Mapping[str, Finding]) -> tuple[str, list[str]]:
+    """The template's Impression and recommendations for the findings a report lists (the
+    physician's Impression pending when it lists none); ``findings`` are the session's, for labels."""
+    table = load_table("report_templates.toml")
+    if not reported:
+        return IMPRESSION_PENDING, list(table["recommendations"]["none"])
+    listing = "; ".join(table["impression"]["finding"].format(
+        id=f.finding_id, label=_label(findings, f), location=f.location,
+        size=f", {f.size.text()}" if f.size else "") for f in reported)
+    modality = (study.safe.modality or "").upper()
+    return (table["impression"]["findings"].format(count=len(reported), listing=listing),
+            list(table["recommendations"].get(modality, table["recommendations"]["default"])))
+
+
 def study_summary(study: Study) -> StudySummary:
     safe = study.safe
     spacing = study.pixel_spacing_mm(0)
     parts = [safe.modality or "Image", f"{safe.columns}×{safe.rows} px",
              f"{study.frame_count} frame{'s' if study.frame_count != 1 else ''}"]
-    parts.append(f"pixel spacing {spacing[0]:.2f} × {spacing[1]:.2f} mm" if spacing else "no pixel spacing")
+    parts.append(f"pixel spacing {_as_coded(spacing[0])} × {_as_coded(spacing[1])} mm" if spacing
+                 else "no pixel spacing")
     if safe.slice_thickness_mm:
-        parts.append(f"slice thickness {safe.slice_thickness_mm:.2g} mm")
-    return StudySummary(modality=safe.modality, body_part=safe.body_part, technique=", ".join(parts) + ".")
+        parts.append(f"slice thickness {_as_coded(safe.slice_thickness_mm)} mm")
+    return StudySummary(modality=safe.modality, body_part=safe.body_part, technique=", ".join(parts) + ".",
+                        frames=study.frame_count)
+
+
+def _as_coded(value: float) -> str:
+    """A header value as the header writes it (1.25, not 1.2), without float noise beyond 4 decimals."""
+    return f"{round(value, 4):g}"
 
 
 def _report_finding(study: Study, finding: Finding, table: dict) -> ReportFinding:
@@ -148,9 +164,11 @@ def _report_finding(study: Study, finding: Finding, table: dict) -> ReportFindin
     cnr = finding.verification.contrast_to_noise if finding.verification else None
     wording = table["characteristics"][status].format(
         label=finding.label, cnr=f" (contrast-to-noise {cnr:.1f})" if cnr is not None else "")
+    position = table_position_mm(study, finding.frame) if study.frame_count > 1 else None
     return ReportFinding(finding_id=finding.id, location=location_in_words(study, finding),
                          size=measured_size(finding), characteristics=wording,
-                         confidence=round(finding.confidence, 2), verification=status, frame=finding.frame)
+                         confidence=round(finding.confidence, 2), verification=status, frame=finding.frame,
+                         table_position_mm=None if position is None else round(position, 2))
 
 
 def report_finding(study: Study, finding: Finding) -> ReportFinding:
@@ -158,8 +176,10 @@ def report_finding(study: Study, finding: Finding) -> ReportFinding:
     return _report_finding(study, finding, load_table("report_templates.toml"))
 
 
-def _label(findings: list[Finding], finding_id: str) -> str:
-    return next(f.label for f in findings if f.id == finding_id)
+def _label(findings: Mapping[str, Finding], reported: ReportFinding) -> str:
+    """The finding's label; for one the session no longer holds, the report's own wording of it."""
+    finding = findings.get(reported.finding_id)
+    return finding.label if finding is not None else reported.characteristics.split(";")[0] or "finding"
 
 
 def _worded(ctx: ToolContext, report: ClinicalReport) -> tuple[ClinicalReport, list[str]]:

@@ -2,8 +2,8 @@
 
 A finding has a stable id within a session (F1, F2, ...), a source (the vision model, the
 classical detector, a trained detector model, or the clinician), a confidence in [0, 1], its verification result, its
-Gaussian fit and its measurements. Coordinates follow ``tools.coordinates`` (native pixels,
-pixel-centre origin, inclusive boxes).
+Gaussian fit (a sub-pixel centre and the lesion's intensity profile) and its size, with who measured
+it. Coordinates follow ``tools.coordinates`` (native pixels, pixel-centre origin, inclusive boxes).
 """
 
 from __future__ import annotations
@@ -17,6 +17,13 @@ from tools.coordinates import BoxPx
 
 FindingSource = Literal["vlm", "classical", "model", "clinician"]
 VerificationStatus = Literal["confirmed", "adjusted", "rejected", "unverified"]
+#: How a tool measured a size: the long and short axes of the segmented lesion, or the Gaussian
+#: fit's full widths at half maximum (when the segmentation fails).
+ToolSizeMethod = Literal["segmentation", "gaussian fwhm"]
+#: Who measured a finding's size: a tool, by one of its methods, or the clinician.
+SizeMethod = Literal["segmentation", "gaussian fwhm", "clinician"]
+#: A line on the frame, ((x0, y0), (x1, y1)) in native pixels: a caliper.
+CaliperLine = tuple[tuple[float, float], tuple[float, float]]
 
 _FINDING_ID = re.compile(r"^F[1-9][0-9]*$")
 
@@ -63,6 +70,16 @@ class GaussianFit(BaseModel):
     note: str | None = Field(default=None, description="Why the fit is degenerate, if it is.")
 
 
+class SizeAxes(BaseModel):
+    """The lines a size was measured along, for drawing calipers: the long axis and the short
+    axis perpendicular to it (native pixels)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    long_axis: CaliperLine
+    short_axis: CaliperLine | None = None
+
+
 class Finding(BaseModel):
     """One candidate anomaly on one frame of one study."""
 
@@ -77,6 +94,11 @@ class Finding(BaseModel):
     verification: Verification | None = None
     gaussian: GaussianFit | None = None
     size_mm: tuple[float, float] | None = Field(
-        default=None, description="Major and minor diameter in mm (None when spacing is unknown)."
+        default=None, description="Long and short axis in mm (None when spacing is unknown)."
     )
-    size_px: tuple[float, float] | None = Field(default=None, description="Major and minor diameter in px.")
+    size_px: tuple[float, float] | None = Field(default=None, description="Long and short axis in px.")
+    size_method: SizeMethod | None = Field(
+        default=None, description=("Who measured the size: 'segmentation' (the long and short axes of the segmented "
+                                   "lesion), 'gaussian fwhm' (the Gaussian fit's widths, when the segmentation "
+                                   "failed) or 'clinician'; None for a size of unknown origin."))
+    size_axes: SizeAxes | None = Field(default=None, description="Where the size was measured, when known.")

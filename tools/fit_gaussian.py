@@ -1,9 +1,13 @@
-"""fit_gaussian: model each finding's intensity as a rotated 2-D Gaussian on a background.
+"""fit_gaussian: measure each finding as a reader would, and model its intensity as a rotated 2-D
+Gaussian on a background.
 
-The fit gives a sub-pixel centre, a size (FWHM along the major and minor axes, in px and in mm
-when the study has pixel spacing), an orientation and a goodness of fit. The fit itself is
-``tools.gaussian.fit.fit_gaussian_2d`` (on a bare array); this module is the tool that runs it on
-the session's findings.
+The size is the lesion's long axis and the short axis perpendicular to it (RECIST), from a
+segmentation of the lesion at the finding's centre (``tools.measure``), in mm when the study has
+pixel spacing. The Gaussian gives a sub-pixel centre, an orientation, a goodness of fit and the
+full widths at half maximum (kept in ``gaussian``); its widths are the size only when the
+segmentation fails (``size_method`` says which). A size the clinician set is never replaced. The
+fit itself is ``tools.gaussian.fit.fit_gaussian_2d`` (on a bare array); this module is the tool
+that runs both on the session's findings.
 
 Coordinates follow ``tools.coordinates``: native pixels, x = column, y = row, the centre of the
 top-left pixel at (0, 0), inclusive boxes. Angles are measured in those pixel coordinates, from
@@ -14,15 +18,19 @@ the right as displayed.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
 from tools.context import ToolContext, ToolResult
+from tools.detection.detector import frame_analysis
 from tools.detection.working import Polarity, expected_polarity
 from tools.errors import InvalidCoordinatesError
-from tools.findings import Finding, GaussianFit
+from tools.findings import Finding, GaussianFit, SizeAxes, SizeMethod
 from tools.gaussian.fit import fit_gaussian_2d
 from tools.gaussian.uncertainty import PositionalUncertainty, positional_uncertainty
+from tools.measure.diameters import Diameters
+from tools.measure.segmentation import measure_lesion, settings_for
 from tools.study import Study
 
 
@@ -48,11 +56,15 @@ class FindingFit(BaseModel):
     frame: int = Field(description="Frame (0-based) the finding is on.")
     gaussian: GaussianFit
     size_mm: tuple[float, float] | None = Field(
-        description="FWHM along the major and minor axes in mm; None without pixel spacing or a converged fit."
+        description="Long and short axis in mm; None without pixel spacing or a measurement."
     )
     size_px: tuple[float, float] | None = Field(
-        description="FWHM along the major and minor axes in px; None without a converged fit."
+        description="Long and short axis in px; None without a measurement."
     )
+    size_method: SizeMethod | None = Field(
+        default=None, description=("'segmentation' (the segmented lesion's axes), 'gaussian fwhm' (the fit's widths, "
+                                   "when the segmentation failed), 'clinician' (the clinician's size, kept), or None "
+                                   "when nothing was measured."))
     uncertainty: PositionalUncertainty | None = Field(
         default=None, description="Spread of the centres of repeated proposals of this finding, if several."
     )
@@ -68,13 +80,15 @@ class FitGaussianOutput(BaseModel):
 
 def fit_gaussian(ctx: ToolContext, args: FitGaussianInput, *,
                  samples: Mapping[str, Sequence[tuple[float, float]]] | None = None) -> ToolResult:
-    """Measure findings by fitting a 2-D Gaussian to each: sub-pixel centre, size (FWHM along
-    the major and minor axes, in mm when the study has pixel spacing, else px), orientation and
-    goodness of fit.
+    """Measure findings as a reader would: the long axis and the perpendicular short axis of the
+    lesion segmented at each finding's centre (in mm when the study has pixel spacing, else px),
+    and a 2-D Gaussian fit for its sub-pixel centre, orientation and goodness of fit.
 
-    Bright peaks are fitted on CT, MR and radiographs, dark dips on ultrasound. The fits are
-    stored on the findings (``gaussian``, ``size_mm``, ``size_px``); a fit that does not
-    converge is reported with its reason and leaves the sizes unchanged.
+    The Gaussian fits bright peaks on CT, MR and radiographs, dark dips on ultrasound; its full
+    widths at half maximum are kept in ``gaussian`` and are the size only where the segmentation
+    fails (``size_method`` "gaussian fwhm"). Sizes are stored on the findings (``size_mm``,
+    ``size_px``, ``size_method``, ``size_axes``); when neither measures, the sizes are left
+    unchanged and the reason is reported. A size the clinician set is kept.
 
     Parameters
     ----------
@@ -99,7 +113,7 @@ def fit_gaussian(ctx: ToolContext, args: FitGaussianInput, *,
     findings = _selected(ctx, study.id, view.frame, args.finding_ids)
     if not findings:
         reason = ("no finding ids were given" if args.finding_ids is not None
-                  else f"this study has no findings on frame {view.frame}")
+                  else f"no finding has been made on frame {view.frame + 1} of this study")
         return ToolResult(output=FitGaussianOutput(study_id=study.id, results=[],
                                                    message=f"There is nothing to fit: {reason}."))
     polarity = expected_polarity(study.modality)
@@ -116,55 +130,82 @@ def _selected(ctx: ToolContext, study_id: str, frame: int, finding_ids: list[str
         return [f for f in ctx.study_findings(study_id) if f.frame == frame]
     chosen: list[Finding] = []
     for raw in dict.fromkeys(fid.strip().upper() for fid in finding_ids):
-        finding = ctx.findings.get(raw)
-        if finding is None:
-            known = ", ".join(sorted(ctx.findings, key=_id_number))
-            listing = f"the findings are {known}." if known else "there are no findings yet."
-            raise InvalidCoordinatesError(f"There is no finding {raw}; {listing}")
-        if finding.study_id != study_id:
-            raise InvalidCoordinatesError(
-                f"Finding {raw} belongs to another open study ({finding.study_id}); pass its study_id to fit it."
-            )
+        # An id of another study (or retired) is named as such, never substituted by another finding.
+        if (elsewhere := ctx.finding_not_here(raw, study_id)) is not None:
+            raise InvalidCoordinatesError(elsewhere)
+        finding = ctx.findings[raw]
         chosen.append(finding)
     return chosen
 
 
-def _id_number(finding_id: str) -> int:
-    return int(finding_id[1:]) if finding_id[1:].isdigit() else 0
-
 
 def _fit_finding(ctx: ToolContext, finding: Finding, study: Study, polarity: Polarity,
                  centres: Sequence[tuple[float, float]] | None) -> FindingFit:
-    """Fit one finding, store the result on it, and describe it."""
+    """Fit and measure one finding, store the result on it, and describe it."""
     spacing = study.pixel_spacing_mm(finding.frame)
     try:
         values = study.physical(finding.frame)
         fit = fit_gaussian_2d(values, finding.bbox_px, polarity=polarity, spacing_mm=spacing)
     except InvalidCoordinatesError as error:
         raise InvalidCoordinatesError(f"Finding {finding.id}: {error.message}") from error
-    size_px = (fit.fwhm_major_px, fit.fwhm_minor_px) if fit.converged else None
-    size_mm = None
-    if fit.converged and fit.fwhm_major_mm is not None and fit.fwhm_minor_mm is not None:
-        size_mm = (fit.fwhm_major_mm, fit.fwhm_minor_mm)
     update: dict[str, object] = {"gaussian": fit}
-    if fit.converged:
-        update.update(size_px=size_px, size_mm=size_mm)
+    if finding.size_method == "clinician":  # the clinician's own measurement stands
+        size = _Size(finding.size_mm, finding.size_px, "clinician", finding.size_axes)
+    else:
+        work = frame_analysis(ctx, study, finding.frame).work
+        size = _measured(measure_lesion(work, finding.center_px, spacing, settings_for(study.modality)), fit)
+        if size.method is not None:
+            update.update(size_mm=size.mm, size_px=size.px, size_method=size.method, size_axes=size.axes)
     ctx.findings[finding.id] = finding.model_copy(update=update)
     uncertainty = positional_uncertainty(centres, spacing) if centres else None
-    return FindingFit(finding_id=finding.id, frame=finding.frame, gaussian=fit, size_mm=size_mm,
-                      size_px=size_px, uncertainty=uncertainty)
+    return FindingFit(finding_id=finding.id, frame=finding.frame, gaussian=fit, size_mm=size.mm,
+                      size_px=size.px, size_method=size.method, uncertainty=uncertainty)
+
+
+@dataclass(frozen=True)
+class _Size:
+    mm: tuple[float, float] | None
+    px: tuple[float, float] | None
+    method: SizeMethod | None
+    axes: SizeAxes | None = None
+
+
+def _measured(diameters: Diameters | None, fit: GaussianFit) -> _Size:
+    """The segmentation's axes; else the converged Gaussian's FWHM; else no size."""
+    if diameters is not None:
+        mm = (diameters.long, diameters.short) if diameters.unit == "mm" else None
+        axes = SizeAxes(long_axis=diameters.long_axis, short_axis=diameters.short_axis)
+        return _Size(mm, (diameters.long_px, diameters.short_px), "segmentation", axes)
+    if not fit.converged:
+        return _Size(None, None, None)
+    mm = None
+    if fit.fwhm_major_mm is not None and fit.fwhm_minor_mm is not None:
+        mm = (fit.fwhm_major_mm, fit.fwhm_minor_mm)
+    return _Size(mm, (fit.fwhm_major_px, fit.fwhm_minor_px), "gaussian fwhm")
+
+
+_MEASURED_BY = {"segmentation": "long x short axis of the segmented lesion",
+                "gaussian fwhm": "Gaussian FWHM; the lesion could not be segmented",
+                "clinician": "the clinician's measurement, kept"}
 
 
 def _summary(results: list[FindingFit]) -> str:
     parts = []
     for result in results:
         fit = result.gaussian
-        if not fit.converged:
-            parts.append(f"{result.finding_id}: no reliable fit ({fit.note})")
-        elif result.size_mm is not None:
-            parts.append(f"{result.finding_id}: {result.size_mm[0]:.1f} x {result.size_mm[1]:.1f} mm FWHM")
+        if result.size_mm is not None:
+            size = f"{result.size_mm[0]:.1f} x {result.size_mm[1]:.1f} mm"
+        elif result.size_px is not None:
+            size = f"{result.size_px[0]:.1f} x {result.size_px[1]:.1f} px"
         else:
-            parts.append(f"{result.finding_id}: {fit.fwhm_major_px:.1f} x {fit.fwhm_minor_px:.1f} px FWHM")
+            size = None
+        if size is None:
+            parts.append(f"{result.finding_id}: not measured (no lesion could be segmented at its centre, and "
+                         f"the Gaussian fit failed: {fit.note})")
+        else:
+            parts.append(f"{result.finding_id}: {size} ({_MEASURED_BY[result.size_method]})")
         if fit.converged and fit.note:
-            parts[-1] += f" ({fit.note})"
-    return f"Fitted {len(results)} finding{'s' if len(results) != 1 else ''}: " + "; ".join(parts) + "."
+            parts[-1] += f"; Gaussian fit: {fit.note}"
+        elif not fit.converged and size is not None:
+            parts[-1] += f"; no reliable Gaussian fit ({fit.note})"
+    return f"Measured {len(results)} finding{'s' if len(results) != 1 else ''}: " + "; ".join(parts) + "."

@@ -21,6 +21,7 @@ from tools import (
     load_study,
     render_overlay,
     revise_report,
+    set_finding_size,
     verify_coordinates,
 )
 from tools.context import ToolContext, ToolResult
@@ -73,6 +74,8 @@ TOOLS: dict[str, Tool] = {
         Tool("verify_coordinates", verify_coordinates.VerifyCoordinatesInput,
              verify_coordinates.VerifyCoordinatesOutput, verify_coordinates.verify_coordinates),
         Tool("fit_gaussian", fit_gaussian.FitGaussianInput, fit_gaussian.FitGaussianOutput, fit_gaussian.fit_gaussian),
+        Tool("set_finding_size", set_finding_size.SetFindingSizeInput, set_finding_size.SetFindingSizeOutput,
+             set_finding_size.set_finding_size),
         Tool("render_overlay", render_overlay.RenderOverlayInput, render_overlay.RenderOverlayOutput,
              render_overlay.render_overlay),
         Tool("draft_report", draft_report.DraftReportInput, draft_report.ReportOutput, draft_report.draft_report),

@@ -26,11 +26,13 @@ from tools.render.crops import crop_bounds, render_crop
 from tools.render.geometry import LesionShape, Spacing, lesion_masks, lesion_shape, scale_bar_mm, size_text, status_of
 from tools.render.heatmap import probability_map, render_heatmap
 from tools.render.statistics import LineProfile, line_profile, render_statistics
-from tools.render.style import DPI, STATUS_STYLE, clear_text_cache, figure_png, figure_theme
+from tools.render.style import (DPI, SOURCE_COLOUR_WORDS, SOURCE_COLOURS, SOURCE_NAMES, STATUS_LINES,
+                                clear_text_cache, figure_png, figure_theme)
 from tools.study.orientation import Orientation, direction_letters, orientation_labels
 
 __all__ = [
-    "DPI", "STATUS_STYLE", "Layer", "LesionShape", "LineProfile", "RenderOverlayInput", "RenderOverlayOutput",
+    "DPI", "SOURCE_COLOURS", "STATUS_LINES", "Layer", "LesionShape", "LineProfile", "RenderOverlayInput",
+    "RenderOverlayOutput",
     "annotated_figure", "clear_text_cache", "crop_bounds", "direction_letters", "figure_png", "lesion_masks",
     "lesion_shape", "line_profile", "orientation_labels", "probability_map", "render_annotated", "render_comparison",
     "render_crop", "render_heatmap", "render_image", "render_overlay", "render_statistics", "scale_bar_mm",
@@ -113,12 +115,12 @@ def _describe(finding: Finding, spacing_mm: Spacing) -> str:
     return f"{finding.id} ({status_of(finding)}{', ' + size if size else ''})"
 
 
-_COLOUR_WORDS = {"confirmed": "green", "adjusted": "amber", "rejected": "red dashed", "unverified": "cyan"}
-
-
 def _colour_key(findings: Sequence[Finding]) -> str:
-    present = [s for s in STATUS_STYLE if any(status_of(f) == s for f in findings)]
-    return ", ".join(f"{_COLOUR_WORDS[s]} {s}" for s in present)
+    """The outline scheme in words, for what is drawn: "yellow = detector; dashed = rejected"."""
+    sources = [s for s in SOURCE_COLOURS if any(f.source == s for f in findings)]
+    lines = [s for s in ("rejected", "unverified") if any(status_of(f) == s for f in findings)]
+    return "; ".join([*(f"{SOURCE_COLOUR_WORDS[s]} = {SOURCE_NAMES[s]}" for s in sources),
+                      *(f"{STATUS_LINES[s]} = {s}" for s in lines)])
 
 
 def _layer_image(scene: _Scene) -> list[Artifact]:
@@ -180,11 +182,11 @@ _LAYERS: dict[str, Callable[[_Scene], list[Artifact]]] = {
 
 
 def render_overlay(ctx: ToolContext, args: RenderOverlayInput) -> ToolResult:
-    """Draw the shown frame with its findings: ellipses or boxes coloured by verification
-    (green confirmed, amber adjusted, red dashed rejected, cyan unverified), id labels, calipers
-    with sizes, a scale bar and orientation letters; optionally a probability heatmap, an
-    original-vs-annotated comparison, and a zoomed crop and a statistics panel (histogram,
-    profile, Gaussian fit) per finding.
+    """Draw the shown frame with its findings: ellipses or boxes coloured by source (yellow
+    detector, cyan vision model, green trained model, magenta clinician; dashed when rejected,
+    dotted when unverified), id labels, calipers with sizes, a scale bar and orientation
+    letters; optionally a probability heatmap, an original-vs-annotated comparison, and a zoomed
+    crop and a statistics panel (histogram, profile, Gaussian fit) per finding.
 
     Only the annotated image is sent back to the model; the others are shown to the clinician.
     Findings default to all of the current study's findings on the shown frame.
@@ -196,6 +198,9 @@ def render_overlay(ctx: ToolContext, args: RenderOverlayInput) -> ToolResult:
     """
     view = ctx.view(args.study_id)
     study = view.study
+    for finding_id in args.finding_ids or ():  # an id of another study is named as such, never substituted
+        if (elsewhere := ctx.finding_not_here(finding_id, study.id)) is not None:
+            raise InvalidCoordinatesError(elsewhere)
     findings = _select_findings(ctx.study_findings(study.id), view.frame, args.finding_ids)
     rendered = study.render(view.frame, view.window)
     name = study.modality or "image"

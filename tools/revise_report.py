@@ -15,11 +15,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from tools.context import ToolContext, ToolResult
-from tools.draft_report import ReportOutput, report_finding
+from tools.draft_report import ReportOutput, report_finding, template_narrative
 from tools.errors import ModelUnavailableError
-from tools.report.document import (AddFinding, AddRecommendation, Author, ClinicalReport, EditFinding, RemoveFinding,
-                                   ReorderFindings, ReportError, ReportHistory, SetSection, apply_edits,
-                                   guard_normal_wording, guard_numbers)
+from tools.report.document import (IMPRESSION_PENDING, AddFinding, AddRecommendation, Author, ClinicalReport,
+                                   EditFinding, RemoveFinding, ReorderFindings, ReportError, ReportHistory, SetSection,
+                                   apply_edits, guard_normal_wording, guard_numbers)
 from tools.report.markdown import report_markdown
 
 
@@ -57,9 +57,11 @@ def revise_report(ctx: ToolContext, args: ReviseReportInput) -> ToolResult:
 
 def revise(ctx: ToolContext, edits: list, *, author: Author, reason: str, study_id: str | None = None,
            author_name: str | None = None) -> ReportOutput:
-    """Apply ``edits`` to the current version and store the result as the next version."""
+    """Apply ``edits`` to the current version and store the result as the next version; edits
+    that change nothing add no version and say so."""
     study = ctx.view(study_id).study
     history = history_of(ctx, study_id)
+    _check_ids(ctx, edits, study.id)
     report = history.current
     for index, edit in enumerate(edits, start=1):
         try:
@@ -68,12 +70,50 @@ def revise(ctx: ToolContext, edits: list, *, author: Author, reason: str, study_
                                   describe=lambda finding: report_finding(study, finding)))
         except ReportError as error:
             raise ReportError(f"Edit {index} ({edit.op}) was not applied, so nothing changed: {error}") from error
+    report = _narrative_follows_findings(ctx, study, history.current, report, edits)
     report.check_findings_exist(ctx.findings)
-    notes = [] if history.current.status == "draft" else [
-        f"Version {history.current.version} is signed and stays as it is; this revision is a new draft."]
+    current = history.current
+    if report.same_content(current):
+        return ReportOutput(study_id=study.id, version=current.version, status=current.status,
+                            markdown=report_markdown(current), changed=False,
+                            notes=[f"Nothing changed: the edits leave version {current.version} as it is, "
+                                   "so no new version was made."])
+    notes = [] if current.status == "draft" else [
+        f"Version {current.version} is signed and stays as it is; this revision is a new draft."]
     version = history.add(report, author=author, author_name=author_name, reason=reason)
     return ReportOutput(study_id=study.id, version=version.version, status=version.status,
                         markdown=report_markdown(version), notes=notes)
+
+
+def _check_ids(ctx: ToolContext, edits: list, study_id: str) -> None:
+    """A finding id of another study (or one a later search retired) is refused with where it was,
+    never taken for a finding of this study."""
+    for edit in edits:
+        finding_id = getattr(edit, "finding_id", None)
+        if isinstance(edit, AddFinding) and finding_id is not None:
+            problem = ctx.finding_not_here(finding_id, study_id)
+            if problem is not None:
+                raise ReportError(f"Nothing changed: {problem}")
+
+
+def _narrative_follows_findings(ctx: ToolContext, study, before: ClinicalReport, after: ClinicalReport,
+                                edits: list) -> ClinicalReport:
+    """When the findings listed change and the Impression is still the template's (or pending), the
+    template's Impression and recommendations are written again for the new list, so the report
+    never says nothing was found beside a finding; an Impression the reader or a model wrote,
+    or one set in the same revision, stays as it is."""
+    if {f.finding_id for f in before.findings} == {f.finding_id for f in after.findings}:
+        return after  # the same findings (perhaps reordered): the Impression's wording stays
+    if any(isinstance(e, SetSection) and e.section == "impression" for e in edits):
+        return after
+    old_impression, old_recommendations = template_narrative(study, before.findings, ctx.findings)
+    if after.impression.strip() not in ("", IMPRESSION_PENDING, old_impression):
+        return after
+    impression, recommendations = template_narrative(study, after.findings, ctx.findings)
+    update: dict = {"impression": impression}
+    if after.recommendations == old_recommendations:
+        update["recommendations"] = recommendations
+    return after.model_copy(update=update)
 
 
 def _restyled(ctx: ToolContext, report: ClinicalReport, style: str) -> ClinicalReport:

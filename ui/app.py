@@ -21,7 +21,7 @@ if str(_ROOT) not in sys.path:
 
 from agent.settings import LoupeSettings  # noqa: E402
 from agent.store.database import Store  # noqa: E402
-from agent.workspace import backend_for, follow_theme, open_session  # noqa: E402
+from agent.workspace import backend_for, catch_up, follow_theme, open_session  # noqa: E402
 from tools.errors import LoupeError  # noqa: E402
 from ui.chat import chat_panel  # noqa: E402
 from ui.report_panel import report_panel  # noqa: E402
@@ -34,7 +34,21 @@ st.set_page_config(page_title="Loupe", layout="wide")
 # inside its column instead of running under the panel beside it.
 st.html("<style>[data-testid=stMarkdownContainer] table {display: block; overflow-x: auto;}"
         # Less of Streamlit's page margin: at 1280×800 the viewer's slice fits above the fold.
-        "[data-testid=stMainBlockContainer] {padding: 3.5rem 2rem 2rem;}</style>")
+        "[data-testid=stMainBlockContainer] {padding: 3.5rem 2rem 2rem;}"
+        # A button's label wraps onto a second line instead of being cut to "Analy…" (Streamlit
+        # keeps labels on one line); the suggestions take their label's width and wrap as a row.
+        ".stMain [data-testid=stButton] [data-testid=stMarkdownContainer],"
+        " .stMain [data-testid=stButton] [data-testid=stMarkdownContainer] p"
+        " {white-space: normal; overflow: visible; text-overflow: clip;}"
+        "[data-testid=stColumn]:has(> [data-testid=stVerticalBlock] > [class*=st-key-suggest])"
+        " {flex: 1 1 auto !important; width: auto !important; min-width: fit-content;}"
+        # The chat box grows to its placeholder while empty: one row high, it showed half of it.
+        "[data-testid=stChatInputTextArea]:placeholder-shown {field-sizing: content; height: auto !important;}"
+        # The study column stays in view while the chat scrolls (Streamlit scrolls .stMain); the
+        # report under the viewer scrolls inside the column. Columns stack below 640 px.
+        "@media (min-width: 640px) {[data-testid=stColumn]:has(.st-key-viewer) {position: sticky;"
+        " top: 3.5rem; align-self: flex-start; max-height: calc(100dvh - 4.5rem); overflow-y: auto;}}"
+        "</style>")
 
 
 @st.cache_resource
@@ -74,8 +88,9 @@ def _session(settings: LoupeSettings, store: Store, owner: str):
         state.pop("backend", None)
     if st.query_params.get("chat") != conversation.session_id:
         st.query_params["chat"] = conversation.session_id
-    # Another tab or server may have answered or signed since: show (and build on) what is stored.
-    conversation.refresh_if_stale()
+    # Another tab or server may have answered or signed since: show (and build on) what is stored;
+    # while an answer is written in the background, this copy keeps the clinician's view instead.
+    catch_up(conversation)
     follow_theme(conversation, getattr(st.context.theme, "type", None))  # figures on a dark page are dark
     if "backend" not in state:
         try:

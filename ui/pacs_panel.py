@@ -1,5 +1,6 @@
 """The sidebar's "Open from PACS": search the hospital's PACS, pick a study (and, if wanted, one of
-its series) and open it in the conversation as a local folder would be.
+its series) and open it as a local folder would be (in a new conversation once this one has
+talked about another study: ui/opened.py).
 
 The search results carry the patient's name and id so the clinician can tell studies apart;
 they stay in this browser session's state (``pacs_results``) and on the screen, and nothing
@@ -8,6 +9,7 @@ here logs them or hands them to the conversation.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import streamlit as st
@@ -16,9 +18,13 @@ from agent.conversation import Conversation
 from agent.pacs.search import StudyQuery
 from agent.pacs_studies import open_from_pacs, search, series
 from tools.errors import LoupeError
+from ui.opened import show_opened
 from ui.sections import drawn_when_open
 
 _MODALITIES = ["(any)", "CT", "MR", "CR", "DX", "US", "MG", "PT", "NM", "XA"]
+_MARKDOWN = re.compile(r"[\\`*_\[\]<>~$|]")
+#: Results listed in full; more scroll inside a box of this height.
+_LIST_UNSCROLLED, _LIST_HEIGHT_PX = 4, 360
 #: The query fields and the pickers: kept while the section is closed (ui/sections.py).
 _KEEP = ("pacs_patient_id", "pacs_patient_name", "pacs_accession", "pacs_modality", "pacs_date", "pacs_description",
          "pacs_study", "pacs_series_choice")
@@ -70,10 +76,7 @@ def _results(conversation: Conversation) -> None:
     if not rows:
         st.info("No study on the PACS matches.")
         return
-    st.dataframe([_table_row(number, row) for number, row in enumerate(rows, start=1)], hide_index=True,
-                 width="stretch")
-    labels = {row["study_uid"]: f"{number}. {_study_label(row)}" for number, row in enumerate(rows, start=1)}
-    study_uid = st.selectbox("Study", list(labels), format_func=labels.get, key="pacs_study")
+    study_uid = _study_list(rows)
     left, right = st.columns(2)
     if left.button("Open study", key="pacs_open_study", help="Opens the study's largest image series"):
         _open(conversation, study_uid)
@@ -82,16 +85,34 @@ def _results(conversation: Conversation) -> None:
     _series_picker(conversation, study_uid)
 
 
-def _table_row(number: int, row: dict[str, Any]) -> dict[str, Any]:
-    # The patient first: it is what a clinician checks first, and the sidebar shows few columns.
-    return {"#": number, "patient": row["patient_name"], "patient id": row["patient_id"],
-            "date": _date(row["study_date"]), "modalities": ", ".join(row["modalities"]),
-            "description": row["description"], "series / images": f"{row['series']} / {row['instances']}"}
+def _study_list(rows: list[dict[str, Any]]) -> str:
+    """The results as a list to pick from: the patient on the first line, date, modalities,
+    description, series and images under it. The sidebar is too narrow for a table of seven
+    columns (only #, patient and id were in sight); here every field shows, wrapped."""
+    by_uid = {row["study_uid"]: row for row in rows}
+    st.caption(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'} found, newest first.")
+    with st.container(height=_LIST_HEIGHT_PX if len(rows) > _LIST_UNSCROLLED else "content", key="pacs_results_list"):
+        return st.radio("Study", list(by_uid), format_func=lambda uid: _patient_line(by_uid[uid]),
+                        captions=[_study_line(row) for row in rows], key="pacs_study", label_visibility="collapsed")
 
 
-def _study_label(row: dict[str, Any]) -> str:
-    return " · ".join(part for part in (row["patient_name"], _date(row["study_date"]), ", ".join(row["modalities"]),
-                                        row["description"]) if part)
+def _patient_line(row: dict[str, Any]) -> str:
+    # The patient first: it is what a clinician checks first.
+    patient = _plain(row["patient_name"] or "(no name)")
+    return f"{patient} · {_plain(row['patient_id'])}" if row["patient_id"] else patient
+
+
+def _study_line(row: dict[str, Any]) -> str:
+    images = f"{row['series']} series, {row['instances']} image{'' if row['instances'] == 1 else 's'}"
+    accession = f"acc. {row['accession']}" if row.get("accession") else ""
+    return _plain(" · ".join(part for part in (_date(row["study_date"]), ", ".join(row["modalities"]),
+                                               row["description"] or "(no description)", images, accession) if part))
+
+
+def _plain(text: str) -> str:
+    """``text`` shown as typed: radio labels and captions are Markdown, and a PACS's names and
+    descriptions may hold * _ ` [ ] < > ~ $ |."""
+    return _MARKDOWN.sub(r"\\\g<0>", text)
 
 
 def _date(yyyymmdd: str) -> str:
@@ -130,7 +151,7 @@ def _open(conversation: Conversation, study_uid: str, series_uid: str | None = N
         bar.progress(done / total, text=f"Retrieving image {done}/{total}")
 
     try:
-        retrieved = open_from_pacs(conversation, study_uid, series_uid, progress=progress)
+        retrieved, opened = open_from_pacs(conversation, study_uid, series_uid, progress=progress)
     except LoupeError as error:
         st.error(error.message)  # the study that was open stays open
         return
@@ -143,4 +164,5 @@ def _open(conversation: Conversation, study_uid: str, series_uid: str | None = N
     if retrieved.other_image_series:
         note += (f" The study has {retrieved.other_image_series} other image series: "
                  "use List series to open another.")
-    st.session_state.pacs_note = (conversation.ctx.current_study_id, note)
+    st.session_state.pacs_note = (opened.ctx.current_study_id, note)
+    show_opened(conversation, opened)  # a new conversation when this one was about another study

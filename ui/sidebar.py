@@ -4,16 +4,22 @@ sessions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from agent.conversation import Conversation
 from agent.samples import SAMPLES
 from agent.store.database import Store
-from agent.workspace import (MODALITY_CHOICES, modality_choice, name_modality, open_sample, open_uploads,
-                             owned_sessions, privacy_status, study_facts)
+from agent.workspace import (MODALITY_CHOICES, confirm_images, modality_choice, name_modality, open_sample_to_read,
+                             open_uploads_to_read, owned_sessions, privacy_status, study_facts)
 from tools.errors import LoupeError
+from ui.opened import opened_note, show_opened
 from ui.pacs_panel import pacs_panel
 from ui.sections import drawn_when_open
+
+_OPENS_WHERE = ("Once this conversation has talked about its study, another study opens in a new "
+                "conversation; this one stays under Sessions.")
 
 
 def sidebar(conversation: Conversation, store: Store, owner: str) -> None:
@@ -46,22 +52,27 @@ def _open_study(conversation: Conversation) -> None:
         uploads = st.file_uploader("DICOM files of one series, a .zip, a PNG or a JPEG", accept_multiple_files=True,
                                    key="sidebar_upload")
         modality = st.selectbox("Modality of a PNG/JPEG", ["(Loupe guesses)", "CT", "MR", "DX", "US"], key="modality")
-        if uploads and st.button("Open", key="open_uploads"):
-            try:
-                open_uploads(conversation, [(u.name, u.getvalue()) for u in uploads],
-                             modality=None if modality.startswith("(") else modality)
-            except LoupeError as error:
-                st.error(error.message)
+        if uploads and st.button("Open", key="open_uploads", help=_OPENS_WHERE):
+            files = [(u.name, u.getvalue()) for u in uploads]
+            _open(conversation, lambda: open_uploads_to_read(conversation, files,
+                                                              modality=None if modality.startswith("(") else modality))
         sample = st.selectbox("…or a sample study", list(SAMPLES), format_func=lambda name: SAMPLES[name][1],
                               key="sample")
-        if st.button("Open sample", key="open_sample"):
-            try:
-                open_sample(conversation, sample)
-            except LoupeError as error:
-                st.error(error.message)
+        if st.button("Open sample", key="open_sample", help=_OPENS_WHERE):
+            _open(conversation, lambda: open_sample_to_read(conversation, sample))
+
+
+def _open(conversation: Conversation, opening: Callable[[], Conversation]) -> None:
+    try:
+        opened = opening()
+    except LoupeError as error:  # the study that was open stays open
+        st.error(error.message)
+        return
+    show_opened(conversation, opened)
 
 
 def _study(conversation: Conversation) -> None:
+    opened_note(conversation)
     facts = study_facts(conversation)
     if not facts:
         st.info("No study is open.")
@@ -97,8 +108,8 @@ def _privacy(conversation: Conversation) -> None:
     st.warning(f"The image is {status} for the model: {reason}.")
     if st.button("I checked: no identifying text on the image", key="confirm_release"):
         try:
-            conversation.confirm_no_burned_in_text()
-        except LoupeError as error:  # the session is busy or changed in another tab
+            confirm_images(conversation)
+        except LoupeError as error:  # an answer is being written, or the session changed in another tab
             st.error(error.message)
             return
         st.rerun()

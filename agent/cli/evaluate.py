@@ -1,7 +1,8 @@
 """``loupe eval MANIFEST.csv [--json OUT] [--simulate-proposals SIGMA_PCT [--seed N] [--repeats K]] [--cv K]``:
-localisation scores on a manifest of lesion boxes, beside the centre-guess baseline; with
-``--cv K`` also K-fold cross-validated (the detector's rules and calibration chosen without
-the images they are scored on)."""
+localisation scores on a manifest of lesion boxes, beside the centre-guess baseline, and the
+marked lesions' sizes against the readers' boxes; with ``--cv K`` also K-fold cross-validated
+(the detector's rules and calibration, and the segmentation's settings, chosen without the
+images they are scored on)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from agent.settings import LoupeSettings
 
 
 def add_parser(commands) -> None:
-    evaluate = commands.add_parser("eval", help="Score localisation on a manifest of lesion boxes.")
+    evaluate = commands.add_parser("eval", help="Score localisation and lesion sizes on a manifest of lesion boxes.")
     evaluate.add_argument("manifest", type=Path, metavar="MANIFEST.csv")
     evaluate.add_argument("--backend", choices=["offline", "gemini"], default="offline")
     evaluate.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="Also write the scores as JSON.")
@@ -24,7 +25,8 @@ def add_parser(commands) -> None:
     evaluate.add_argument("--repeats", type=int, default=1, metavar="K",
                           help="Simulated proposals per image, from seeds SEED … SEED+K-1 (default 1).")
     evaluate.add_argument("--cv", type=int, metavar="K",
-                          help="Also score the detector's tuned rules and calibration by K-fold cross-validation.")
+                          help=("Also score the detector's tuned rules and calibration, and the size "
+                                "segmentation's settings, by K-fold cross-validation."))
     evaluate.set_defaults(run=run)
 
 

@@ -1,5 +1,6 @@
 """The benchmark behind ``loupe eval``: run the offline detector (and the verifier on simulated
-proposals) over a manifest and tabulate the scores beside the centre-guess baseline."""
+proposals) over a manifest and tabulate the scores beside the centre-guess baseline, and measure
+the marked lesions' sizes against the readers' boxes (``agent.evaluation.sizes``)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from agent.evaluation.performance import format_performance, performance_by_kind
 from agent.evaluation.scoring import Prediction, centre_guess, failure_line, format_scores, score
 from agent.evaluation.simulation import (SIMULATION_SEED, SimulatedProposal, format_simulation, score_simulation,
                                          simulate_proposals)
+from agent.evaluation.sizes import (SETTINGS_GRID, cross_validate_sizes, format_sizes, measure_sizes,
+                                    shipped_scores)
 from tools.detection.detector import ClassicalDetector, Detector, analyse_frame
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import LoupeError
@@ -68,6 +71,35 @@ def _simulate(images, sigma_pct: float, limits: StudyLimits, seeds: Sequence[int
     return results, problems
 
 
+#: What the size tables compare, for their titles.
+_SIZES = "Lesion sizes: Loupe's long axis over the reader box's long side, measured from the reader's centre"
+
+
+def _sizes(images, limits: StudyLimits) -> tuple[str, dict[str, Any], list[str]]:
+    """The size table with the shipped segmentation settings."""
+    cases, problems = measure_sizes(images, limits)
+    scores = shipped_scores(cases)
+    return (format_sizes(f"{_SIZES} (shipped settings)", scores),
+            {"in_sample": [s.model_dump() for s in scores], "seed": "reader's centre"}, problems)
+
+
+def _sizes_cross_validated(images, limits: StudyLimits, k: int) -> tuple[str, dict[str, Any], list[str]]:
+    """The size tables in-sample and ``k``-fold cross-validated, and the settings the folds chose."""
+    cases, problems = measure_sizes(images, limits, SETTINGS_GRID)
+    result = cross_validate_sizes(cases, images, k)
+    choices = "\n".join(f"- {family}: " + "\n  ".join(["", *lines]).rstrip()
+                         for family, lines in result.choices.items())
+    text = "\n\n".join([
+        format_sizes(f"{_SIZES}, in-sample (shipped settings)", result.in_sample),
+        format_sizes(f"{_SIZES}, {k}-fold cross-validated (settings chosen on the other {k - 1} folds)",
+                     result.cross_validated),
+        "Segmentation settings per modality (chosen on each fold's training lesions):\n" + choices])
+    data = {"in_sample": [s.model_dump() for s in result.in_sample],
+            "cross_validated": [s.model_dump() for s in result.cross_validated],
+            "choices": result.choices, "seed": "reader's centre"}
+    return text, data, problems
+
+
 def _cross_validation(images, limits: StudyLimits, k: int) -> tuple[str, dict[str, Any], list[str]]:
     runs, problems = analyse(images, limits)
     result = cross_validate(runs, k)
@@ -105,6 +137,9 @@ def run_eval(manifest: Path, *, limits: StudyLimits, simulate_sigma_pct: float |
     (4.9 % of the diagonal at σ = 8 %) was a percent below five seeds' (5.9 %). With ``cv``,
     the detector's tuned rules and calibration are also scored by ``cv``-fold cross-validation
     (``agent.evaluation.crossval``). ``detector`` replaces the classical one (a trained model).
+    Except when simulating, the marked lesions' sizes are measured too (from the readers'
+    centres, so independently of the detector), and with ``cv`` the segmentation's settings are
+    cross-validated on the same folds (``agent.evaluation.sizes``).
     """
     if not manifest.is_file():
         raise LoupeError(f"The manifest '{manifest}' does not exist.")
@@ -122,6 +157,9 @@ def run_eval(manifest: Path, *, limits: StudyLimits, simulate_sigma_pct: float |
                 "unreadable": problems}
     elif cv is not None:
         text, data, problems = _cross_validation(images, limits, cv)
+        sizes_text, data["sizes"], size_problems = _sizes_cross_validated(images, limits, cv)
+        text += "\n\n" + sizes_text
+        problems += [p for p in size_problems if p not in problems]
     else:
         detector = detector or ClassicalDetector()
         predictions, problems = _detect(images, limits, detector)
@@ -132,6 +170,9 @@ def run_eval(manifest: Path, *, limits: StudyLimits, simulate_sigma_pct: float |
                             format_scores("Centre-guess baseline (same run)", baseline)])
         data = {"detector": [s.model_dump() for s in scores], "baseline": [s.model_dump() for s in baseline],
                 "anomaly_threshold": ANOMALY_THRESHOLD, "unreadable": problems}
+        sizes_text, data["sizes"], size_problems = _sizes(images, limits)
+        text += "\n\n" + sizes_text
+        problems += [p for p in size_problems if p not in problems]
     if problems:
         text += "\n\nImages that could not be analysed (scored as misses):\n" + "\n".join(f"- {p}" for p in problems)
     elapsed = time.perf_counter() - started

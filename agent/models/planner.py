@@ -20,7 +20,7 @@ from prompts import load_table
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.detection.working import COMPETENCE
 from tools.findings import Finding
-from tools.report.location import location_in_words
+from tools.report.location import location_in_words, slice_words
 
 #: Intents in the order their tools run and their answers are written.
 INTENT_ORDER = ("window", "frame", "analyse", "where", "size", "heatmap", "crops", "statistics",
@@ -34,8 +34,25 @@ _MARK = re.compile(r"\[\s*(-?\d+(?:\.\d+)?(?:\s*,\s*-?\d+(?:\.\d+)?)*)\s*\]")
 _NOTE_TRIM = " ,.;:-–—!"
 
 
+#: "F26 is 20 × 12 mm", "F3 measures 14 x 9 mm", "F2 = 8 by 6": the clinician's own size of a finding.
+_CLINICIAN_SIZE = re.compile(r"\b(F[1-9]\d*)\s+(?:is|measures|measured|=|:)\s*(\d+(?:[.,]\d+)?)\s*(?:mm)?"
+                             r"(?:\s*(?:[x×*]|by)\s*(\d+(?:[.,]\d+)?))?\s*mm\b", re.IGNORECASE)
+
+
+def clinician_size(message: str) -> tuple[str, float, float | None] | None:
+    """(finding id, long axis, short axis or None) of a size the clinician states in mm."""
+    found = _CLINICIAN_SIZE.search(message)
+    if found is None:
+        return None
+    long_axis, short_axis = (None if v is None else float(v.replace(",", ".")) for v in found.group(2, 3))
+    return found.group(1).upper(), long_axis, short_axis
+
+
 def classify(message: str) -> list[str]:
-    """The intents a message expresses, in ``INTENT_ORDER``."""
+    """The intents a message expresses, in ``INTENT_ORDER``; a size the clinician states
+    ("F26 is 20 × 12 mm") is that alone."""
+    if clinician_size(message) is not None:
+        return ["clinician_size"]
     text = f" {message.lower()} "
     keywords = load_table("planner.toml")["intents"]
     intents = [intent for intent in INTENT_ORDER if any(k in text for k in keywords.get(intent, ()))]
@@ -121,19 +138,55 @@ class _Plan:
         return outcome
 
     def _findings(self, *, fresh: bool = False) -> Generator[Event, None, list[Finding]]:
-        """Findings on the shown frame (detecting and measuring them first when needed)."""
+        """Findings on the shown frame, or of the whole series when it was searched (detecting and
+        measuring them first when needed). A CT or MR series is searched slice by slice, as
+        ``loupe analyze`` does, and the view moves to the slice of the strongest finding."""
         view = self.ctx.view()
         existing = [f for f in self.ctx.study_findings(view.study.id) if f.frame == view.frame]
         if existing and not fresh:
             return existing
-        detected = yield from self._run("detect_anomalies", {"use_vision_model": False})
+        volume = self._whole_series()
+        args: dict[str, Any] = {"use_vision_model": False, **({"all_frames": True} if volume else {})}
+        detected = yield from self._run("detect_anomalies", args)
         if not detected.ok:
             return []
         self.detected = detected.output
-        findings = self._reported(self.ctx.study_findings(view.study.id))
-        if findings:
-            yield from self._run("fit_gaussian", {"finding_ids": [f.id for f in findings]})
+        found = [self.ctx.findings[f["id"]] for f in detected.output["findings"] if f["id"] in self.ctx.findings]
+        if volume and found and found[0].frame != view.frame:  # findings come strongest first
+            yield from self._run("load_study", {"frame": found[0].frame})
+        reported = self._reported(found if volume else self.ctx.study_findings(view.study.id))
+        if reported:
+            yield from self._run("fit_gaussian", {"finding_ids": [f.id for f in reported]})
+        if volume:
+            return [self.ctx.findings[f.id] for f in found if f.id in self.ctx.findings]
         return [f for f in self.ctx.study_findings(view.study.id) if f.frame == view.frame]
+
+    def _whole_series(self) -> bool:
+        """Search every slice: on a CT or MR series always, on any multi-frame study when asked."""
+        study = self.ctx.view().study
+        if study.frame_count <= 1:
+            return False
+        asked = any(k in self.turn.message.lower() for k in load_table("planner.toml")["whole_series"]["words"])
+        return asked or (study.safe.modality or "").upper() in ("CT", "MR")
+
+    def _named_ids(self) -> list[str]:
+        """Finding ids the message names (F1, f12, ...), in order, once each."""
+        return list(dict.fromkeys(m.upper() for m in re.findall(r"\b[Ff]([1-9]\d*)\b", self.turn.message)))
+
+    def _asked_findings(self) -> Generator[Event, None, list[Finding]]:
+        """The findings the message names — each id not on this study is answered with where it
+        was, never with another finding — or, when it names none, the findings worth stating."""
+        named = [f"F{number}" for number in self._named_ids()]
+        if not named:
+            return self._reported((yield from self._findings()))
+        found = []
+        for finding_id in named:
+            problem = self.ctx.finding_not_here(finding_id)
+            if problem is None:
+                found.append(self.ctx.findings[finding_id])
+            elif problem not in self.lines:
+                self.lines.append(problem)
+        return found
 
     @staticmethod
     def _reported(findings: list[Finding]) -> list[Finding]:
@@ -173,7 +226,9 @@ class _Plan:
         t = _templates()
         findings = yield from self._findings(fresh=True)
         view = self.ctx.view()
-        searched = f"frame {view.frame + 1} of {view.study.frame_count}" if view.study.frame_count > 1 else "the image"
+        frames = len(self.detected.get("frames_searched", ())) or 1
+        searched = (f"all {frames} slices of the series" if frames > 1 else
+                    f"frame {view.frame + 1} of {view.study.frame_count}" if view.study.frame_count > 1 else "the image")
         self.lines.append(t["analysed"].format(where_searched=searched))
         reported = self._reported(findings)
         called = [f for f in reported if f.confidence >= ANOMALY_THRESHOLD]
@@ -192,28 +247,41 @@ class _Plan:
         yield from self._annotated()
 
     def _where(self) -> Generator[Event, None, None]:
-        findings = self._reported((yield from self._findings()))
+        findings = yield from self._asked_findings()
         for finding in findings:
-            frame_text = f" on frame {finding.frame + 1}" if self.ctx.view().study.frame_count > 1 else ""
             self.lines.append(_templates()["where_line"].format(
                 id=finding.id, location=self.location(finding), x=finding.center_px[0], y=finding.center_px[1],
-                frame_text=frame_text, verification=_verification_words(finding)))
-        yield from self._annotated()
+                frame_text=self._slice_text(finding), verification=_verification_words(finding)))
+        if findings:
+            yield from self._annotated()
 
     def _size(self) -> Generator[Event, None, None]:
         t = _templates()
-        findings = self._reported((yield from self._findings()))
+        findings = yield from self._asked_findings()
         unfitted = [f.id for f in findings if f.gaussian is None]
         if unfitted:
             yield from self._run("fit_gaussian", {"finding_ids": unfitted})
             findings = [self.ctx.findings[f.id] for f in findings]
         for finding in findings:
             fit = finding.gaussian
-            if fit is None or not fit.converged:
-                reason = fit.note if fit is not None and fit.note else "the fit did not converge"
+            if finding.size_mm is None and finding.size_px is None:
+                reason = fit.note if fit is not None and fit.note else "neither a segmentation nor a fit held"
                 self.lines.append(t["size_unfitted"].format(id=finding.id, reason=reason))
             else:
-                self.lines.append(t["size_line"].format(id=finding.id, size_text=_size_text(finding), r2=fit.r_squared))
+                how = t["size_how"][finding.size_method or "gaussian fwhm"].format(
+                    r2=fit.r_squared if fit is not None else float("nan"))
+                self.lines.append(t["size_line"].format(id=finding.id, size_text=_size_text(finding), how=how))
+
+    def _clinician_size(self) -> Generator[Event, None, None]:
+        """The clinician's own size of a finding, in words: it becomes the finding's size."""
+        finding_id, long_axis, short_axis = clinician_size(self.turn.message)
+        if short_axis is None:  # a reader's size of a lesion is bidimensional (long and short axis)
+            self.lines.append(_templates()["clinician_size_one_axis"].format(id=finding_id, size=f"{long_axis:g}"))
+            return
+        outcome = yield from self._run("set_finding_size", {"finding_id": finding_id, "long_axis_mm": long_axis,
+                                                            "short_axis_mm": short_axis})
+        if outcome.ok:
+            self.lines.append(outcome.output["message"])
 
     def _annotated(self) -> Generator[Event, None, None]:
         if not self.drew_annotated:
@@ -221,9 +289,17 @@ class _Plan:
             yield from self._draw(["annotated"])
 
     def _figure(self, layer: str) -> Generator[Event, None, None]:
-        """A figure layer of the findings (heatmap, crops, statistics): the intent is its name."""
-        yield from self._findings()
-        yield from self._draw([layer])
+        """A figure layer of the findings (heatmap, crops, statistics): the intent is its name; of
+        the findings the message names, when it names some."""
+        if not self._named_ids():
+            yield from self._findings()
+            yield from self._draw([layer])
+            return
+        findings = yield from self._asked_findings()
+        if not findings:
+            return
+        outcome = yield from self._run("render_overlay", {"layers": [layer], "finding_ids": [f.id for f in findings]})
+        self.drew_figures = self.drew_figures or outcome.ok
 
     _heatmap = partialmethod(_figure, "heatmap")
     _crops = partialmethod(_figure, "crops")
@@ -256,7 +332,9 @@ class _Plan:
             self.lines.append(_templates()["revise_needs_model"])
             return
         outcome = yield from self._run("revise_report", {"edits": edits, "reason": text.strip()[:200]})
-        if outcome.ok:
+        if outcome.ok and not outcome.output.get("changed", True):
+            self.lines.append(_templates()["report_unchanged"].format(version=outcome.output["version"]))
+        elif outcome.ok:
             self.lines.append(_templates()["report_revised"].format(
                 version=outcome.output["version"], status=outcome.output["status"], change=change))
 
@@ -318,6 +396,8 @@ class _Plan:
         if added:
             self.lines.append(t["second_read_finding"].format(id=added["finding_id"], label=added["label"],
                                                               verification=added["verification"]))
+        if assessment == "disagree" and (note or added):  # the reader's word belongs in the report
+            self.lines.append(t["second_read_offer_report"])
         if recorded["next"] is not None:
             self._show_position(recorded["next"])
 
@@ -329,7 +409,8 @@ class _Plan:
             return
         self.lines.append(outcome.output["text"])
         if outcome.output["report_version"] is not None:
-            self.lines.append(_templates()["second_read_appended"].format(version=outcome.output["report_version"]))
+            key = "second_read_already_in_report" if outcome.output.get("report_unchanged") else "second_read_appended"
+            self.lines.append(_templates()[key].format(version=outcome.output["report_version"]))
         self.drew_figures = self.drew_figures or bool(outcome.output["summary"]["disagreements"])
 
     def _show_position(self, position: dict[str, Any]) -> None:
@@ -362,11 +443,17 @@ class _Plan:
     def _finding_line(self, finding: Finding) -> str:
         size = f", {_size_text(finding)}" if finding.gaussian is not None and finding.gaussian.converged else ""
         return _templates()["finding_line"].format(id=finding.id, label=finding.label, location=self.location(finding),
-                                                   size=size, confidence=finding.confidence,
+                                                   slice_text=self._slice_text(finding), size=size,
+                                                   confidence=finding.confidence,
                                                    verification=_verification_words(finding))
 
     def location(self, finding: Finding) -> str:
-        return location_in_words(self.ctx.view().study, finding)
+        return location_in_words(self.ctx.view(finding.study_id).study, finding)
+
+    def _slice_text(self, finding: Finding) -> str:
+        """' on slice 6 of 10, table position -191.5 mm' on a series; '' on a single image."""
+        words = slice_words(self.ctx.view(finding.study_id).study, finding.frame)
+        return f" on {words}" if words else ""
 
 
 def _note_and_mark(message: str, assessment: str) -> tuple[str, dict[str, list[float]] | None]:

@@ -213,6 +213,7 @@ def tool_state(ctx: ToolContext) -> dict[str, Any]:
         "views": {sid: {"frame": v.frame, "window": None if v.window is None else v.window.model_dump(mode="json")}
                   for sid, v in ctx.views.items()},
         "finding_counter": ctx.findings_issued,
+        "retired_findings": dict(ctx.retired_findings),
         "finding_samples": {fid: [list(c) for c in centres] for fid, centres in ctx.finding_samples.items()},
     }
 
@@ -235,6 +236,7 @@ def restore_tool_state(ctx: ToolContext, store: Store, session_id: str, state: d
     for row in store.report_versions(session_id):
         ctx.reports.setdefault(row.study_id, ReportHistory()).versions.append(ClinicalReport.model_validate(row.data))
     ctx.findings_issued = int(state.get("finding_counter", len(ctx.findings)))
+    ctx.retired_findings = dict(state.get("retired_findings", {}))
     ctx.finding_samples = {fid: tuple(tuple(c) for c in centres)
                            for fid, centres in state.get("finding_samples", {}).items()}
 

@@ -1,13 +1,16 @@
 """The ``image`` and ``annotated`` layers.
 
 Each finding is drawn as an ellipse (its Gaussian fit's FWHM axes and angle) or, without a fit,
-its box; the id label kept inside the image; a colour per verification status (confirmed green,
-adjusted amber, rejected red dashed, unverified cyan); calipers along the major axis with the
-size (mm, or px without spacing); a scale bar when spacing is known; orientation letters at the
+its box; the id label kept inside the image; the outline scheme of ``style.py`` (a colour per
+source — detector yellow, vision model cyan, trained model green, clinician magenta — solid when
+verified, dashed when rejected, dotted when unchecked); calipers on the measured long and short
+axes (along the ellipse's major axis for a size measured without them) with the size (mm, or px
+without spacing); a scale bar when spacing is known; orientation letters at the
 four edges when ImageOrientationPatient is known."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,11 +19,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Ellipse, Rectangle
 
-from tools.findings import Finding
+from tools.findings import CaliperLine, Finding
 from tools.render.geometry import (
     LesionShape,
     Spacing,
-    caliper_px,
+    caliper_lines,
     clamp,
     length_label,
     lesion_shape,
@@ -35,12 +38,16 @@ from tools.render.style import (
     LABEL_BOX,
     LABEL_PAD_PX,
     LABEL_PT,
-    STATUS_STYLE,
+    SOURCE_COLOURS,
+    SOURCE_NAMES,
+    STATUS_LINES,
     figure_png,
     figure_px,
     figure_text,
     fit_px,
     new_figure,
+    outline_colour,
+    palette,
     suptitle,
 )
 from tools.study.orientation import Orientation, orientation_labels
@@ -58,12 +65,16 @@ def _draw_outline(panel: Panel, finding: Finding, shape: LesionShape, colour: st
                             gid=f"outline-{finding.id}", **common))
 
 
-def _draw_calipers(panel: Panel, finding: Finding, shape: LesionShape, length_px: float, colour: str) -> None:
-    """A line along the major axis with perpendicular end ticks, on a dark underlay."""
-    c, s = shape.direction
-    half, tick = length_px / 2.0, 7.0 / panel.view.scale
-    ends = [(shape.x - half * c, shape.y - half * s), (shape.x + half * c, shape.y + half * s)]
-    segments = [ends] + [[(x + tick * s, y - tick * c), (x - tick * s, y + tick * c)] for x, y in ends]
+def _draw_calipers(panel: Panel, finding: Finding, lines: Sequence[CaliperLine], colour: str) -> None:
+    """Each measured line (the long axis, and the short axis where it was measured) with
+    perpendicular end ticks, on a dark underlay."""
+    tick = 7.0 / panel.view.scale
+    segments = []
+    for (x0, y0), (x1, y1) in lines:
+        length = max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+        c, s = (x1 - x0) / length, (y1 - y0) / length
+        ends = [(x0, y0), (x1, y1)]
+        segments += [ends] + [[(x + tick * s, y - tick * c), (x - tick * s, y + tick * c)] for x, y in ends]
     # The underlay keeps the calipers visible where they cross a bright lesion.
     gid = f"calipers-{finding.id}"
     panel.add(LineCollection(segments, colors="black", linewidths=3.2, alpha=0.7, gid=gid))
@@ -125,12 +136,12 @@ def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float,
 
 
 def _draw_finding(panel: Panel, finding: Finding, spacing_mm: Spacing) -> None:
-    colour, style = STATUS_STYLE[status_of(finding)]
+    colour, style = outline_colour(finding.source), STATUS_LINES[status_of(finding)]
     shape = lesion_shape(finding)
     _draw_outline(panel, finding, shape, colour, style)
-    caliper = caliper_px(finding, shape, spacing_mm)
-    if caliper is not None:
-        _draw_calipers(panel, finding, shape, caliper, colour)
+    lines = caliper_lines(finding, shape, spacing_mm)
+    if lines:
+        _draw_calipers(panel, finding, lines, colour)
     size = size_text(finding, spacing_mm)
     place_label(panel, f"{finding.id}  {size}" if size else finding.id, shape, colour,
                  gid=f"label-{finding.id}")
@@ -176,25 +187,36 @@ def annotate(panel: Panel, findings: Sequence[Finding], spacing_mm: Spacing, ori
 
 
 def status_legend(figure: Figure, findings: Sequence[Finding]) -> None:
-    """One line per status present (its colour and dash) and its name, centred at the bottom.
+    """The outline key, centred at the bottom: one line per source present (its colour) and per
+    check that is not drawn solid (its dash, in the text colour), each with its name.
 
     Drawn by hand, as a Legend would (handle 2.5 em, 0.8 em to the text, 2 em between
-    entries), without a Legend's boxes and packing.
+    entries), without a Legend's boxes and packing. Colour handles lie on a dark rim: yellow
+    and cyan alone hardly show on a light figure.
     """
-    statuses = [s for s in STATUS_STYLE if any(status_of(f) == s for f in findings)]
-    if not statuses:
+    entries = [(SOURCE_NAMES[s], SOURCE_COLOURS[s], "solid", True) for s in SOURCE_COLOURS
+               if any(f.source == s for f in findings)]
+    entries += [(status, palette().foreground, STATUS_LINES[status], False) for status in ("rejected", "unverified")
+                if any(status_of(f) == status for f in findings)]
+    if not entries:
         return
     em = 10 * DPI / 72.0
     handle, to_text, between, y = 2.5 * em, 0.8 * em, 2.0 * em, 21.0
     renderer = figure.canvas.get_renderer()
-    texts = [figure_text(figure, 0, y, s, fontsize=10, ha="left", va="center", gid=f"legend-{s}")
-             for s in statuses]
+    texts = [figure_text(figure, 0, y, name, fontsize=10, ha="left", va="center", gid=f"legend-{name}")
+             for name, *_ in entries]
     widths = [t.get_window_extent(renderer).width for t in texts]
-    x = (figure.bbox.width - sum(widths) - len(texts) * (handle + to_text) - (len(texts) - 1) * between) / 2
-    for status, text, width in zip(statuses, texts, widths):
-        colour, style = STATUS_STYLE[status]
+    # Four sources and two checks are wider than a figure: the gaps shrink before the names do.
+    gaps = len(texts) * (handle + to_text) + (len(texts) - 1) * between
+    fit = min(1.0, max(0.4, (figure.bbox.width - 20 - sum(widths)) / gaps))
+    handle, to_text, between = handle * fit, to_text * fit, between * fit
+    x = (figure.bbox.width - sum(widths) - gaps * fit) / 2
+    for (name, colour, style, rimmed), text, width in zip(entries, texts, widths, strict=True):
+        if rimmed:
+            figure.add_artist(Line2D([x, x + handle], [y, y], color="black", linewidth=4.5, alpha=0.7,
+                                     transform=figure_px(figure), gid=f"legend-{name}"))
         figure.add_artist(Line2D([x, x + handle], [y, y], color=colour, linestyle=style, linewidth=2.5,
-                                 transform=figure_px(figure), gid=f"legend-{status}"))
+                                 transform=figure_px(figure), gid=f"legend-{name}"))
         text.set_x(x + handle + to_text)
         x += handle + to_text + width + between
 
@@ -226,7 +248,8 @@ def render_annotated(display: np.ndarray, findings: Sequence[Finding], *, spacin
         uint8 display image, (H, W) greyscale or (H, W, 3) RGB, at native resolution.
     findings:
         Findings on this frame; each is drawn as its Gaussian FWHM ellipse or its box, coloured
-        by verification status, with its id label and (when it has a size) calipers.
+        by source and dashed by verification status (``style.py``), with its id label and (when it
+        has a size) calipers.
     spacing_mm:
         (row, column) pixel spacing in mm, or None (no scale bar; sizes in px).
     orientation:

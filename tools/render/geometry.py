@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.findings import Finding, GaussianFit
+from tools.findings import CaliperLine, Finding, GaussianFit
 from tools.gaussian.measurement import mm_per_px
 
 Spacing = tuple[float, float] | None  # (row, column) mm
@@ -94,6 +94,21 @@ def caliper_px(finding: Finding, shape: LesionShape, spacing_mm: Spacing) -> flo
     if finding.size_mm is not None and spacing_mm is not None:
         return finding.size_mm[0] / mm_per_px(shape.angle_deg, spacing_mm)
     return shape.major_px if finding.size_mm is not None else None
+
+
+def caliper_lines(finding: Finding, shape: LesionShape, spacing_mm: Spacing) -> list[CaliperLine]:
+    """The lines the calipers are drawn on: where the size was measured (the long axis, then the
+    short axis) when the finding says; else the measured major diameter along the shape's major
+    axis, through its centre; none for a finding without a size."""
+    if finding.size_axes is not None:
+        axes = finding.size_axes
+        return [axes.long_axis] + ([axes.short_axis] if axes.short_axis is not None else [])
+    length = caliper_px(finding, shape, spacing_mm)
+    if length is None:
+        return []
+    c, s = shape.direction
+    half = length / 2.0
+    return [((shape.x - half * c, shape.y - half * s), (shape.x + half * c, shape.y + half * s))]
 
 
 def scale_bar_mm(view_width_px: float, column_spacing_mm: float) -> float:

@@ -12,7 +12,7 @@ Figures follow the page's theme: ``figure_theme("dark")`` (a context manager ove
 ``ContextVar``, so concurrent sessions never see each other's theme) picks the ``DARK`` palette
 for the figures made inside it; ``palette()`` is the current one. Only what surrounds the image
 changes (background, titles, legends, axes, ticks, colour-bar frame); the study's pixels, the
-heatmap's colours and the status colours are the same in both.
+heatmap's colours and the outline colours (``SOURCE_COLOURS``) are the same in both.
 """
 
 from __future__ import annotations
@@ -39,16 +39,40 @@ from tools.render.png import encode_png
 DPI = 100
 LABEL_PT = 11
 TITLE_PT = 12
-
-# colour, line style
-STATUS_STYLE: dict[str, tuple[str, str]] = {
-    "confirmed": ("#2ecc40", "solid"),
-    "adjusted": ("#ffb000", "solid"),
-    "rejected": ("#ff3030", "dashed"),
-    "unverified": ("#00e5ff", "solid"),
-}
 LABEL_BOX = {"boxstyle": "round,pad=0.25", "facecolor": "black", "edgecolor": "none", "alpha": 0.6}
 LABEL_PAD_PX = 0.25 * LABEL_PT * DPI / 72.0 + 1.0
+
+# == outlines ===================================================================================
+# One scheme wherever a finding is outlined (the viewer, agent/viewer.py, and every figure): the
+# colour says where the finding came from, the line how its check went. The outlines lie on the
+# study's pixels, which are the same in both themes, so they do not change with the theme.
+#: Outline colour by finding source.
+SOURCE_COLOURS: dict[str, str] = {
+    "classical": "#ffc800",  # Loupe's detector
+    "vlm": "#00e5ff",  # a vision model's proposal
+    "model": "#2ecc40",  # a trained detector model
+    "clinician": "#ff40ff",  # the clinician's own mark
+}
+#: What each colour is called in a caption, and whose finding it marks, in a legend.
+SOURCE_COLOUR_WORDS = {"classical": "yellow", "vlm": "cyan", "model": "green", "clinician": "magenta"}
+SOURCE_NAMES = {"classical": "detector", "vlm": "vision model", "model": "trained model", "clinician": "clinician"}
+#: Line style by verification status: solid when the pixels bear the finding out, dashed when
+#: they do not, dotted when it was never checked.
+STATUS_LINES: dict[str, str] = {"confirmed": "solid", "adjusted": "solid", "rejected": "dashed",
+                                "unverified": "dotted"}
+#: On and off lengths of a dash and a dot, in line widths (matplotlib's own proportions).
+DASH_PATTERNS: dict[str, tuple[float, float]] = {"dashed": (3.7, 1.6), "dotted": (1.0, 1.65)}
+
+
+def outline_colour(source: str) -> str:
+    """The outline colour of a finding from ``source`` (white for a source not in the scheme)."""
+    return SOURCE_COLOURS.get(source, "#ffffff")
+
+
+def outline_rgb(source: str) -> tuple[int, int, int]:
+    """``outline_colour`` as an RGB triple, for drawing with Pillow."""
+    colour = outline_colour(source)
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
 # == theme ======================================================================================

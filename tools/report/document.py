@@ -20,12 +20,18 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tools.errors import LoupeError
-from tools.findings import Finding, FindingId
+from tools.findings import Finding, FindingId, ToolSizeMethod
 from tools.normal_wording import normal_study_phrases
 
 Author = Literal["clinician", "model", "loupe"]
 ReportStatus = Literal["draft", "signed"]
 AI_LIMITATION = "AI-assisted draft: requires review and sign-off by the reading physician."
+#: What a signed version shows in AI_LIMITATION's place: the stored versions all keep AI_LIMITATION
+#: (a signed version is a copy of a draft), but once signed it has been reviewed and signed off.
+SIGNED_LIMITATION = "Signed by {name} on {date}; drafted with AI assistance (Loupe)."
+#: Fields that say which version a report is, not what it says (a revision that changes none of
+#: the rest changes nothing).
+VERSION_FIELDS = frozenset({"version", "author", "author_name", "reason", "created_at", "status", "signed_by"})
 #: The Impression of a draft that lists no finding: Loupe's search cannot show a study is normal,
 #: so the reading physician writes it (and must, before signing).
 IMPRESSION_PENDING = "To be completed by the reading physician."
@@ -40,15 +46,31 @@ class ReportError(LoupeError):
     measurement, ...); the message says why."""
 
 
+#: Who measured a size, as the report says it, by ``Measurement.method``.
+_MEASURED_BY = {"segmentation": "Loupe (segmentation)", "gaussian fwhm": "Loupe (Gaussian)"}
+
+
 class Measurement(BaseModel):
-    """A size with its unit; ``source`` says who produced the numbers."""
+    """A size with its unit; ``source`` says who produced the numbers and, for a tool, ``method``
+    how: the long and short axes of the segmented lesion, or a Gaussian fit's widths at half
+    maximum (which are not diameters: a reader's measure is about twice as long)."""
 
     model_config = ConfigDict(frozen=True)
 
-    major: float = Field(gt=0)
-    minor: float | None = Field(default=None, gt=0)
+    major: float = Field(gt=0, description="The long axis.")
+    minor: float | None = Field(default=None, gt=0, description="The short axis, perpendicular to the long one.")
     unit: Literal["mm", "px"]
     source: Literal["tool", "clinician"] = "tool"
+    method: ToolSizeMethod | None = Field(
+        default=None, description="How the tool measured; None for the clinician's size (or a report saved before).")
+
+    @property
+    def measured_by(self) -> str:
+        """'Loupe (segmentation)', 'Loupe (Gaussian)', 'clinician', or 'Loupe' for a tool's size of
+        unknown method (a report saved before sizes said how)."""
+        if self.source == "clinician":
+            return "clinician"
+        return _MEASURED_BY.get(self.method or "", "Loupe")
 
     def text(self) -> str:
         digits = 1 if self.unit == "mm" else 0
@@ -69,6 +91,8 @@ class ReportFinding(BaseModel):
     confidence: float | None = Field(default=None, ge=0, le=1)
     verification: str = Field(default="unverified", description="The verification status from the tools.")
     frame: int = Field(default=0, ge=0)
+    table_position_mm: float | None = Field(
+        default=None, description="The slice's position along the series' normal, in mm, when the header says.")
 
 
 class StudySummary(BaseModel):
@@ -79,6 +103,7 @@ class StudySummary(BaseModel):
     modality: str | None
     body_part: str | None = None
     technique: str = Field(description="Acquisition in words, e.g. 'CT, 512×512 px, 1 slice, 0.70 mm pixels'.")
+    frames: int = Field(default=1, ge=1, description="Frames or slices of the study (a series lists each finding's slice).")
 
 
 class ClinicalReport(BaseModel):
@@ -112,6 +137,19 @@ class ClinicalReport(BaseModel):
         if (self.status == "signed") != (self.signed_by is not None):
             raise ValueError("a signed report names its signer, and only a signed one does")
         return self
+
+    @property
+    def shown_limitations(self) -> list[str]:
+        """The limitations as the exports show them: a signed version says who signed it and when
+        instead of asking for sign-off."""
+        if self.status != "signed":
+            return list(self.limitations)
+        signed = SIGNED_LIMITATION.format(name=self.signed_by, date=f"{self.created_at:%Y-%m-%d %H:%M} UTC")
+        return [signed if item == AI_LIMITATION else item for item in self.limitations]
+
+    def same_content(self, other: ClinicalReport) -> bool:
+        """True when ``other`` says exactly what this version says (version metadata aside)."""
+        return self.model_dump(exclude=VERSION_FIELDS) == other.model_dump(exclude=VERSION_FIELDS)
 
     @property
     def findings_statement(self) -> str:
@@ -261,13 +299,16 @@ def _checked_size(edit: EditFinding, author: Author, findings: Mapping[str, Find
 
 
 def measured_size(finding: Finding | None) -> Measurement | None:
-    """The tools' current measurement of a finding (mm where the study has spacing)."""
+    """The finding's current size (mm where the study has spacing), with who measured it: a tool
+    and its method, or the clinician."""
     if finding is None:
         return None
+    by_clinician = finding.size_method == "clinician"
+    who = {"source": "clinician"} if by_clinician else {"source": "tool", "method": finding.size_method}
     if finding.size_mm is not None:
-        return Measurement(major=finding.size_mm[0], minor=finding.size_mm[1], unit="mm")
+        return Measurement(major=finding.size_mm[0], minor=finding.size_mm[1], unit="mm", **who)
     if finding.size_px is not None:
-        return Measurement(major=finding.size_px[0], minor=finding.size_px[1], unit="px")
+        return Measurement(major=finding.size_px[0], minor=finding.size_px[1], unit="px", **who)
     return None
 
 

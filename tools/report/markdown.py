@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tools.report.document import ClinicalReport
+from tools.report.document import ClinicalReport, ReportFinding
 
 
 def report_markdown(report: ClinicalReport) -> str:
@@ -13,20 +13,37 @@ def report_markdown(report: ClinicalReport) -> str:
              f"*Version {report.version}, {_author(report)}{': ' + report.reason if report.reason else ''}.*", "",
              "## Technique", "", report.study.technique, "", "## Findings", ""]
     if report.findings:
-        lines += ["| id | location | size | characteristics | confidence | verification |",
-                  "|---|---|---|---|---:|---|"]
-        for f in report.findings:
-            size = f.size.text() + (" (clinician)" if f.size and f.size.source == "clinician" else "") if f.size else "—"
-            confidence = "—" if f.confidence is None else f"{f.confidence:.2f}"
-            lines.append(f"| {f.finding_id} | {_cell(f.location)} | {size} | {_cell(f.characteristics) or '—'} | "
-                         f"{confidence} | {f.verification} |")
+        lines += _findings_table(report)
     else:
         lines.append(report.findings_statement)
     lines += ["", "## Impression", "", report.impression, ""]
     if report.recommendations:
         lines += ["## Recommendations", "", *[f"- {r}" for r in report.recommendations], ""]
-    lines += ["## Limitations", "", *[f"- {item}" for item in report.limitations], ""]
+    lines += ["## Limitations", "", *[f"- {item}" for item in report.shown_limitations], ""]
     return "\n".join(lines)
+
+
+def _findings_table(report: ClinicalReport) -> list[str]:
+    """The findings as a table; on a series, with each finding's slice and table position."""
+    series = report.study.frames > 1
+    slice_head, slice_rule = ("slice | table position | ", "---:|---:|") if series else ("", "")
+    lines = [f"| id | {slice_head}location | size | measured by | characteristics | confidence | verification |",
+             f"|---|{slice_rule}---|---|---|---|---:|---|"]
+    for f in report.findings:
+        size, who = (f.size.text(), f.size.measured_by) if f.size else ("—", "—")
+        confidence = "—" if f.confidence is None else f"{f.confidence:.2f}"
+        slice_cells = f"{slice_number(report, f)} | {table_position(f)} | " if series else ""
+        lines.append(f"| {f.finding_id} | {slice_cells}{_cell(f.location)} | {size} | {who} | "
+                     f"{_cell(f.characteristics) or '—'} | {confidence} | {f.verification} |")
+    return lines
+
+
+def slice_number(report: ClinicalReport, finding: ReportFinding) -> str:
+    return f"{finding.frame + 1} of {report.study.frames}"
+
+
+def table_position(finding: ReportFinding) -> str:
+    return "—" if finding.table_position_mm is None else f"{finding.table_position_mm:.1f} mm"
 
 
 def _author(report: ClinicalReport) -> str:

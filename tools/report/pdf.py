@@ -1,17 +1,19 @@
-"""A report version as PDF: A4 portrait pages, one section per page, real (extractable) text.
+"""A report version as PDF: A4 portrait, one continuous flow, real (extractable) text.
 
-Pages
------
-1. Title, version and authorship, study and technique, and the key overlay image scaled to fit
-   with its caption (or a line saying that there is no image).
-2. Findings: a table (id, location, size with unit, characteristics, confidence, verification);
-   long cells wrap, and rows continue on further pages with the column titles repeated.
-3. Impression, recommendations, limitations.
+Order, as a reader looks for it: title with version and authorship; the **Impression** first;
+the findings table (id, on a series slice and table position, location, size with unit and who
+measured it, characteristics, confidence, verification); recommendations; the key overlay image
+with its caption (or a line saying that there is none); study and technique; limitations. A
+report with a finding or two fits on one page: the key image takes the room the text leaves,
+down to ``MIN_IMAGE_ROOM`` (below that it starts a page of its own). Longer sections flow on to
+further pages: a table broken across pages repeats its column titles under "Findings
+(continued)", long cells wrap and a cell taller than a page continues in a "(cont.)" row.
 
 Every page carries a header with the status ("DRAFT — not signed" until signed, then "SIGNED by
 <name> on <date>") and "Version N", and a footer "AI-assisted report — requires physician review"
-with "Page x of y". A section longer than a page continues on the next one, marked
-"(continued)"; the pages are therefore planned (as blocks of known height) before any is drawn.
+(once signed: drafted with AI assistance, reviewed and signed by the reading physician)
+with "Page x of y"; the pages are therefore planned (as blocks of known height) before any is
+drawn.
 
 Drawing uses matplotlib's object API (``Figure`` on a PDF canvas, ``PdfPages``) in points from a
 page's bottom-left corner, and only the DejaVu Sans files bundled with matplotlib. Lines are
@@ -43,10 +45,13 @@ from matplotlib.transforms import Affine2D
 from PIL import Image
 
 from tools.report.document import ClinicalReport, ReportError, ReportFinding
+from tools.report.markdown import slice_number, table_position
 
-__all__ = ["FOOTER_TEXT", "report_pdf", "status_text"]
+__all__ = ["FOOTER_TEXT", "SIGNED_FOOTER_TEXT", "report_pdf", "status_text"]
 
 FOOTER_TEXT = "AI-assisted report — requires physician review"
+#: A signed report has had that review: its footer says so instead.
+SIGNED_FOOTER_TEXT = "Drafted with AI assistance (Loupe) — reviewed and signed by the reading physician"
 NO_IMAGE_TEXT = "No image (no key overlay image was attached to this report)."
 
 PAGE_WIDTH, PAGE_HEIGHT = 595.28, 841.89  # A4 in points
@@ -55,7 +60,7 @@ CONTENT_WIDTH = PAGE_WIDTH - 2 * MARGIN
 CONTENT_TOP = PAGE_HEIGHT - 74.0
 CONTENT_BOTTOM = 62.0
 ROOM = CONTENT_TOP - CONTENT_BOTTOM  # usable height of a page
-MIN_IMAGE_ROOM = 220.0  # less than this left on page 1: the key image starts a page of its own
+MIN_IMAGE_ROOM = 200.0  # less room than this (heading and caption included): the image goes further on
 MIN_IMAGE_HEIGHT = 120.0  # even under a very long caption (which then flows to the next page)
 MAX_IMAGE_SIDE = 2048  # px; ~300 dpi across the text width, larger images only bloat the file
 IMAGE_GAP = 6.0
@@ -94,8 +99,14 @@ HEADER = _Style(9.5, "bold")
 
 # Findings table: title, width (pt, summing to CONTENT_WIDTH), alignment.
 COLUMNS: tuple[tuple[str, float, str], ...] = (
-    ("ID", 32.0, "left"), ("Location", 104.0, "left"), ("Size", 78.0, "left"),
-    ("Characteristics", 133.28, "left"), ("Confidence", 64.0, "right"), ("Verification", 72.0, "left"),
+    ("ID", 32.0, "left"), ("Location", 104.0, "left"), ("Size", 100.0, "left"),
+    ("Characteristics", 111.28, "left"), ("Confidence", 64.0, "right"), ("Verification", 72.0, "left"),
+)
+#: On a series, each finding's slice and table position too (the same total width).
+SERIES_COLUMNS: tuple[tuple[str, float, str], ...] = (
+    ("ID", 30.0, "left"), ("Slice", 36.0, "right"), ("Table position", 50.0, "right"), ("Location", 94.0, "left"),
+    ("Size", 72.0, "left"), ("Characteristics", 101.28, "left"), ("Confidence", 50.0, "right"),
+    ("Verification", 50.0, "left"),
 )
 
 
@@ -174,6 +185,9 @@ class _Block:
     height: float
     draw: Callable[[_Page, float], None]  # draws the block with its top edge at the given y
     keep_with_next: bool = False  # a heading is never left alone at the foot of a page
+    #: What opens a new page when one breaks right before this block (a table row: the
+    #: "Findings (continued)" heading and the column titles).
+    resume: tuple[_Block, ...] = ()
 
 
 def _line_block(line: str, style: _Style, *, x: float = MARGIN, space_before: float = 0.0,
@@ -196,8 +210,8 @@ def _text_blocks(text: str, style: _Style, *, bullet: bool = False, space_before
             for i, line in enumerate(lines)]
 
 
-def _bullets(items: Sequence[str]) -> list[_Block]:
-    return [block for item in items for block in _text_blocks(item, BODY, bullet=True, space_before=2.0)]
+def _bullets(items: Sequence[str], style: _Style = BODY) -> list[_Block]:
+    return [block for item in items for block in _text_blocks(item, style, bullet=True, space_before=2.0)]
 
 
 def _heading(text: str, *, space_before: float = 16.0) -> list[_Block]:
@@ -207,21 +221,22 @@ def _heading(text: str, *, space_before: float = 16.0) -> list[_Block]:
     return [_Block(space_before + HEADING.leading + 3.0, draw, keep_with_next=True)]
 
 
-def _paginate(blocks: Sequence[_Block], continuation: Sequence[_Block] = ()) -> list[list[_Block]]:
-    """Blocks split into pages of at most ``ROOM`` pt; ``continuation`` opens every further page."""
+def _paginate(blocks: Sequence[_Block]) -> list[list[_Block]]:
+    """Blocks split into pages of at most ``ROOM`` pt; a page that breaks before a block opens
+    with that block's ``resume`` blocks."""
     pages: list[list[_Block]] = [[]]
     used = 0.0
     for index, block in enumerate(blocks):
         follower = blocks[index + 1].height if block.keep_with_next and index + 1 < len(blocks) else 0.0
         if pages[-1] and used + block.height + follower > ROOM + 0.01:
-            pages.append(list(continuation))
-            used = sum(b.height for b in continuation)
+            pages.append(list(block.resume))
+            used = sum(b.height for b in block.resume)
         pages[-1].append(block)
         used += block.height
     return pages
 
 
-# == page 1: study and key image ================================================================
+# == title, study and key image =================================================================
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
@@ -246,17 +261,18 @@ def _authorship(report: ClinicalReport) -> str:
     return f"Version {report.version}, {who}{reason} · {_when(report)}."
 
 
-def _overview_blocks(report: ClinicalReport) -> list[_Block]:
-    study = report.study
-
+def _title_blocks(report: ClinicalReport) -> list[_Block]:
     def title(page: _Page, top: float) -> None:
-        page.text(MARGIN, top - TITLE.size, f"{study.modality or 'Imaging'} report", TITLE)
+        page.text(MARGIN, top - TITLE.size, f"{report.study.modality or 'Imaging'} report", TITLE)
 
-    blocks = [_Block(TITLE.leading + 2.0, title), *_text_blocks(_authorship(report), SMALL)]
-    blocks += _heading("Study") + _text_blocks(f"Modality: {study.modality or 'not stated'}", BODY)
-    if study.body_part:
-        blocks += _text_blocks(f"Body part: {study.body_part}", BODY)
-    return blocks + _heading("Technique") + _text_blocks(study.technique, BODY)
+    return [_Block(TITLE.leading + 2.0, title), *_text_blocks(_authorship(report), SMALL)]
+
+
+def _study_blocks(report: ClinicalReport) -> list[_Block]:
+    study = report.study
+    examined = f"Modality: {study.modality or 'not stated'}" + (f"; body part: {study.body_part}" if study.body_part
+                                                                 else "")
+    return _heading("Study and technique") + _text_blocks(f"{examined}. {study.technique}", BODY)
 
 
 def _image_block(pixels: np.ndarray, max_height: float) -> _Block:
@@ -271,6 +287,7 @@ def _image_block(pixels: np.ndarray, max_height: float) -> _Block:
 
 
 def _key_image_blocks(pixels: np.ndarray | None, caption: str, room: float) -> list[_Block]:
+    """The key image at most ``room`` pt tall with its heading and caption included."""
     heading = _heading("Key image")
     if pixels is None:
         return heading + _text_blocks(NO_IMAGE_TEXT, BODY)
@@ -279,32 +296,28 @@ def _key_image_blocks(pixels: np.ndarray | None, caption: str, room: float) -> l
     return heading + [_image_block(pixels, room - fixed)] + captions
 
 
-def _overview_pages(report: ClinicalReport, pixels: np.ndarray | None, caption: str) -> list[list[_Block]]:
-    text = _overview_blocks(report)
-    left = ROOM - sum(b.height for b in _paginate(text)[-1])
-    room = left if left >= MIN_IMAGE_ROOM else ROOM
-    return _paginate(text + _key_image_blocks(pixels, caption, room),
-                     continuation=_heading("Study and key image (continued)", space_before=0.0))
+# == findings table ============================================================================
+def _columns(report: ClinicalReport) -> tuple[tuple[str, float, str], ...]:
+    return SERIES_COLUMNS if report.study.frames > 1 else COLUMNS
 
 
-# == page 2: findings table =====================================================================
-def _cells(finding: ReportFinding) -> list[str]:
-    size = "—"
-    if finding.size is not None:
-        size = finding.size.text() + (" (clinician)" if finding.size.source == "clinician" else "")
+def _cells(report: ClinicalReport, finding: ReportFinding) -> list[str]:
+    size = "—" if finding.size is None else f"{finding.size.text()} ({finding.size.measured_by})"
     confidence = "—" if finding.confidence is None else f"{finding.confidence:.2f}"
-    return [finding.finding_id, finding.location or "—", size, finding.characteristics or "—", confidence,
+    where = [slice_number(report, finding), table_position(finding)] if report.study.frames > 1 else []
+    return [finding.finding_id, *where, finding.location or "—", size, finding.characteristics or "—", confidence,
             finding.verification]
 
 
-def _row_block(cell_lines: Sequence[Sequence[str]], style: _Style, shaded: bool = False) -> _Block:
+def _row_block(cell_lines: Sequence[Sequence[str]], style: _Style, columns: Sequence[tuple[str, float, str]],
+               shaded: bool = False) -> _Block:
     height = max(len(lines) for lines in cell_lines) * style.leading + 2 * CELL_PAD
 
     def draw(page: _Page, top: float) -> None:
         if shaded:
             page.fill(MARGIN, top - height, CONTENT_WIDTH, height, "#e8edf3")
         x = MARGIN
-        for (_, width, align), lines in zip(COLUMNS, cell_lines):
+        for (_, width, align), lines in zip(columns, cell_lines):
             anchor = x + width - CELL_PAD if align == "right" else x + CELL_PAD
             for index, line in enumerate(lines):
                 page.text(anchor, top - CELL_PAD - style.size - index * style.leading, line, style, align)
@@ -314,41 +327,60 @@ def _row_block(cell_lines: Sequence[Sequence[str]], style: _Style, shaded: bool 
     return _Block(height, draw)
 
 
-def _finding_rows(finding: ReportFinding, max_lines: int) -> list[_Block]:
+def _finding_rows(report: ClinicalReport, finding: ReportFinding, max_lines: int) -> list[_Block]:
     """One row, or several when its longest cell would not fit on a page."""
-    wrapped = [_wrap(cell, width - 2 * CELL_PAD, TABLE) for cell, (_, width, _) in zip(_cells(finding), COLUMNS)]
+    columns = _columns(report)
+    wrapped = [_wrap(cell, width - 2 * CELL_PAD, TABLE) for cell, (_, width, _) in zip(_cells(report, finding), columns)]
     tallest = max(len(lines) for lines in wrapped)
     rows = []
     for start in range(0, tallest, max_lines):
         chunk = [lines[start:start + max_lines] or [""] for lines in wrapped]
         if start:
             chunk[0] = [finding.finding_id, "(cont.)"]  # the reader must know whose text goes on
-        rows.append(_row_block(chunk, TABLE))
+        rows.append(_row_block(chunk, TABLE, columns))
     return rows
 
 
-def _findings_pages(report: ClinicalReport) -> list[list[_Block]]:
-    title = _heading("Findings", space_before=0.0)
+def _findings_blocks(report: ClinicalReport) -> list[_Block]:
+    title = _heading("Findings")
     if not report.findings:
-        return _paginate(title + _text_blocks(report.findings_statement, BODY))
-    header = _row_block([_wrap(name, width - 2 * CELL_PAD, TABLE_HEAD) for name, width, _ in COLUMNS],
-                        TABLE_HEAD, shaded=True)
+        return title + _text_blocks(report.findings_statement, BODY)
+    columns = _columns(report)
+    header = _row_block([_wrap(name, width - 2 * CELL_PAD, TABLE_HEAD) for name, width, _ in columns],
+                        TABLE_HEAD, columns, shaded=True)
     header = _Block(header.height, header.draw, keep_with_next=True)
-    continuation = _heading("Findings (continued)", space_before=0.0) + [header]
-    max_lines = int((ROOM - sum(b.height for b in continuation) - 2 * CELL_PAD) / TABLE.leading)
-    rows = [row for finding in report.findings for row in _finding_rows(finding, max_lines)]
-    return _paginate(title + [header] + rows, continuation=continuation)
+    resume = (*_heading("Findings (continued)", space_before=0.0), header)
+    max_lines = int((ROOM - sum(b.height for b in resume) - 2 * CELL_PAD) / TABLE.leading)
+    rows = [_Block(row.height, row.draw, resume=resume)
+            for finding in report.findings for row in _finding_rows(report, finding, max_lines)]
+    return title + [header] + rows
 
 
-# == page 3: impression, recommendations, limitations ===========================================
-def _closing_pages(report: ClinicalReport) -> list[list[_Block]]:
-    blocks = _heading("Impression", space_before=0.0) + _text_blocks(report.impression, BODY)
-    blocks += _heading("Recommendations") + (_bullets(report.recommendations) or _text_blocks("None.", BODY))
-    blocks += _heading("Limitations") + _bullets(report.limitations)
-    return _paginate(blocks, continuation=_heading("Impression and recommendations (continued)", space_before=0.0))
+# == the flow ===================================================================================
+def _continued(blocks: list[_Block], section: str) -> list[_Block]:
+    """``blocks`` of a text section that reopen a broken page with "<section> (continued)"."""
+    resume = tuple(_heading(f"{section} (continued)", space_before=0.0))
+    return [b if b.keep_with_next else _Block(b.height, b.draw, resume=resume) for b in blocks]
 
 
-# == the document ===============================================================================
+def _document_blocks(report: ClinicalReport, pixels: np.ndarray | None, caption: str) -> list[_Block]:
+    """The whole report in reading order, the key image sized to what the text leaves on its page."""
+    impression = _continued(_heading("Impression") + _text_blocks(report.impression, BODY), "Impression")
+    recommendations = _continued(_heading("Recommendations")
+                                 + (_bullets(report.recommendations) or _text_blocks("None.", BODY)),
+                                 "Recommendations")
+    after = _continued(_study_blocks(report), "Study and technique") + _continued(
+        _heading("Limitations") + _bullets(report.shown_limitations, SMALL), "Limitations")
+    before = _title_blocks(report) + impression + _findings_blocks(report) + recommendations
+    # The image takes the room the text before and after it leaves on one page, if that is
+    # enough to read it; else the rest of the page after the findings (the study and limitations
+    # then go on to the next); else a page of its own.
+    left = ROOM - sum(b.height for b in _paginate(before)[-1])
+    beside_all = left - sum(b.height for b in after)
+    room = next(r for r in (beside_all, left, ROOM) if r >= MIN_IMAGE_ROOM)
+    return before + _key_image_blocks(pixels, caption, room) + after
+
+
 def _draw_frame(page: _Page, report: ClinicalReport, number: int, total: int) -> None:
     """Header (status, version) and footer (AI notice, page x of y)."""
     version = f"Version {report.version}"
@@ -360,7 +392,7 @@ def _draw_frame(page: _Page, report: ClinicalReport, number: int, total: int) ->
     page.text(PAGE_WIDTH - MARGIN, PAGE_HEIGHT - 40.0, version, HEADER, "right")
     page.rule(PAGE_HEIGHT - 48.0 - (len(status) - 1) * HEADER.leading, colour="#555555", width=0.8)
     page.rule(CONTENT_BOTTOM - 12.0)
-    page.text(MARGIN, CONTENT_BOTTOM - 26.0, FOOTER_TEXT, SMALL)
+    page.text(MARGIN, CONTENT_BOTTOM - 26.0, SIGNED_FOOTER_TEXT if report.status == "signed" else FOOTER_TEXT, SMALL)
     page.text(PAGE_WIDTH - MARGIN, CONTENT_BOTTOM - 26.0, f"Page {number} of {total}", SMALL, "right")
 
 
@@ -409,8 +441,9 @@ def _decode_png(data: bytes) -> np.ndarray:
 
 
 def report_pdf(report: ClinicalReport, *, key_image_png: bytes | None = None, key_image_caption: str = "") -> bytes:
-    """The report as PDF bytes: A4 pages for the study with its key image, the findings and the
-    impression, with the status and version in every page's header.
+    """The report as PDF bytes: the impression first, the findings, recommendations, the key image,
+    the study and limitations on as few A4 pages as they fit, with the status and version in every
+    page's header.
 
     Parameters
     ----------
@@ -428,7 +461,7 @@ def report_pdf(report: ClinicalReport, *, key_image_png: bytes | None = None, ke
         ``key_image_png`` is not a readable PNG.
     """
     pixels = None if key_image_png is None else _decode_png(key_image_png)
-    pages = [*_overview_pages(report, pixels, key_image_caption), *_findings_pages(report), *_closing_pages(report)]
+    pages = _paginate(_document_blocks(report, pixels, key_image_caption))
     output = io.BytesIO()
     with matplotlib.rc_context(_PDF_RC), PdfPages(output, metadata=_metadata(report)) as pdf:
         for number, blocks in enumerate(pages, start=1):

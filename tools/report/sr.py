@@ -226,13 +226,16 @@ def procedure_reported(modality: str | None) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept.from_code(_PROCEDURES.get(modality or "", DEFAULT_PROCEDURE))
 
 
-def algorithm_identification(finding: Finding) -> hd.sr.AlgorithmIdentification | None:
-    """Loupe as the algorithm, with which of its detectors proposed the finding; none for
-    findings the clinician placed."""
+def algorithm_identification(finding: Finding,
+                             size: Measurement | None = None) -> hd.sr.AlgorithmIdentification | None:
+    """Loupe as the algorithm, with which of its detectors proposed the finding and how it was
+    measured; none for findings the clinician placed."""
     if finding.source == "clinician":
         return None
-    return hd.sr.AlgorithmIdentification(name=LOUPE, version=loupe_version(),
-                                         parameters=[f"finding source: {finding.source}"])
+    parameters = [f"finding source: {finding.source}"]
+    if size is not None and size.source == "tool" and size.method is not None:
+        parameters.append(f"size: {size.measured_by}")
+    return hd.sr.AlgorithmIdentification(name=LOUPE, version=loupe_version(), parameters=parameters)
 
 
 # -- measurements --------------------------------------------------------------------------------
@@ -254,7 +257,7 @@ def _measurements(size: Measurement | None, algorithm: hd.sr.AlgorithmIdentifica
 
 def _roi_group(listed: ReportFinding, finding: Finding, image: SourceImage,
                report: ClinicalReport) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    algorithm = algorithm_identification(finding)
+    algorithm = algorithm_identification(finding, listed.size)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=finding.id),
         referenced_region=_image_region(finding, image),
@@ -307,11 +310,15 @@ def _document_flags(report: ClinicalReport, organisation: str) -> dict:
 # -- narrative -----------------------------------------------------------------------------------
 
 
-def finding_sentence(listed: ReportFinding) -> str:
-    """One finding as the narrative states it."""
+def finding_sentence(listed: ReportFinding, frames: int = 1) -> str:
+    """One finding as the narrative states it; on a series (``frames`` > 1) with its slice and
+    table position."""
     parts = [listed.location]
+    if frames > 1:
+        position = "" if listed.table_position_mm is None else f", table position {listed.table_position_mm:.1f} mm"
+        parts.insert(0, f"slice {listed.frame + 1} of {frames}{position}")
     if listed.size is not None:
-        parts.append(f"size {listed.size.text()}" + (" (clinician)" if listed.size.source == "clinician" else ""))
+        parts.append(f"size {listed.size.text()}, measured by {listed.size.measured_by}")
     if listed.characteristics:
         parts.append(listed.characteristics)
     if listed.confidence is not None:
@@ -332,14 +339,14 @@ def _section(heading: Code, items: Sequence[hd.sr.TextContentItem]) -> hd.sr.Con
 
 def narrative_content(report: ClinicalReport, observation: hd.sr.ObservationContext) -> hd.sr.ContainerContentItem:
     """TID 2000 (Basic Diagnostic Imaging Report) layout: sections of text items."""
-    findings = [finding_sentence(f) for f in report.findings] or [report.findings_statement]
+    findings = [finding_sentence(f, report.study.frames) for f in report.findings] or [report.findings_statement]
     technique = _text(codes.DCM.ProcedureDescription, report.study.technique)
     sections = [
         _section(codes.LN.CurrentProcedureDescriptions, [technique]),
         _section(codes.LN.Findings, [_text(codes.DCM.Finding, text) for text in findings]),
         # Limitations have no heading of their own in CID 7001; they qualify the impression.
         _section(codes.LN.Impressions, [_text(codes.DCM.Impression, report.impression),
-                                        *(_text(codes.DCM.Comment, text) for text in report.limitations)]),
+                                        *(_text(codes.DCM.Comment, text) for text in report.shown_limitations)]),
     ]
     if report.recommendations:
         sections.append(_section(codes.LN.Recommendations,

@@ -20,6 +20,7 @@ steps were answered, so it is predictable. Then:
 from __future__ import annotations
 
 import math
+import re
 
 from pydantic import BaseModel, Field
 
@@ -43,6 +44,7 @@ from tools.second_read.steps import (
 from tools.study import Study
 
 ADDENDUM_PREFIX = "Second-read addendum"
+_FINDING_ID = re.compile(r"\b[Ff]([1-9]\d*)\b")
 #: Two marks are the same lesion when their centres lie within either lesion's half size (and
 #: at least this many px apart never separates them: clicks are not pixel-exact).
 MIN_MATCH_PX = 8.0
@@ -207,12 +209,19 @@ def summary_text(summary: Concordance) -> str:
     lines.append("- Disagreements: " + ("; ".join(
         f"step {d.step_number} {d.title}" + (f" — \"{d.note}\"" if d.note else "") for d in summary.disagreements)
         or "none"))
-    lines.append(f"- Unchecked steps: {', '.join(summary.unchecked) or 'none'}")
+    lines.append(f"- Unchecked steps: {_titles(summary, summary.unchecked) or 'none'}")
     return "\n".join(lines)
 
 
 def _ids(ids: list[str]) -> str:
     return ", ".join(ids) or "none"
+
+
+def _titles(summary: Concordance, step_ids: list[str]) -> str:
+    """The steps as the clinician saw them ("step 5 Lungs: lower zones, right against left"), not
+    their checklist ids ("lower_zones"); "; " between them, as titles hold commas."""
+    steps = {step.step_id: step for step in summary.steps}
+    return "; ".join(f"step {steps[i].number} {steps[i].title}" if i in steps else i for i in step_ids)
 
 
 def addendum_lines(summary: Concordance) -> list[str]:
@@ -226,7 +235,7 @@ def addendum_lines(summary: Concordance) -> list[str]:
     lines += [f"{ADDENDUM_PREFIX}: disagreement on {d.title.lower()}" + (f": {_one_line(d.note)}" if d.note else "") + "."
               for d in summary.disagreements]
     if summary.unchecked:
-        lines.append(f"{ADDENDUM_PREFIX}: not checked — {', '.join(summary.unchecked)}.")
+        lines.append(f"{ADDENDUM_PREFIX}: not checked — {_titles(summary, summary.unchecked)}.")
     return lines
 
 
@@ -234,17 +243,36 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _findings_named_in_disagreements(ctx: ToolContext, study: Study, summary: Concordance,
+                                     listed: set[str]) -> list[AddFinding]:
+    """A finding of this study that a disagreement's note names ("F3 is a real nodule") and the
+    report does not list: added with the reader's words, so their disagreement reaches the Findings."""
+    edits = []
+    for item in summary.disagreements:
+        for number in dict.fromkeys(_FINDING_ID.findall(item.note)):
+            finding = ctx.findings.get(f"F{number}")
+            if finding is None or finding.study_id != study.id or finding.id in listed:
+                continue
+            listed.add(finding.id)
+            edits.append(AddFinding(finding_id=finding.id,
+                                    characteristics=f"{finding.label}; the reader at second read: {_one_line(item.note)}"))
+    return edits
+
+
 def append_to_report(ctx: ToolContext, study: Study, summary: Concordance, *, author_name: str | None = None) -> int:
     """Add the summary to the study's report as a clinician's addendum: a new version with the
     clinician-only findings added to the findings and the addendum lines at the end of the
-    limitations (replacing an earlier second-read addendum). Drafts a report first if there is
-    none. Returns the new version number."""
+    limitations (replacing an earlier second-read addendum); a finding a disagreement's note names
+    is added too, with the note. Drafts a report first if there is none. Returns the version
+    number (the current one when nothing changed)."""
     if not ctx.reports.get(study.id) or not ctx.reports[study.id].versions:
         draft_report(ctx, DraftReportInput(study_id=study.id))
     current = ctx.reports[study.id].current
     listed = {f.finding_id for f in current.findings}
     edits: list = [AddFinding(finding_id=c.finding_id, characteristics=f"{c.label}; marked by the clinician at second read")
                    for c in summary.clinician_only if c.finding_id not in listed]
+    listed |= {c.finding_id for c in summary.clinician_only}
+    edits += _findings_named_in_disagreements(ctx, study, summary, listed)
     kept = [item for item in current.limitations if not item.startswith(ADDENDUM_PREFIX)]
     edits.append(SetSection(section="limitations", text="\n".join([*kept, *addendum_lines(summary)])))
     output = revise(ctx, edits, author="clinician", reason="second-read addendum", study_id=study.id,

@@ -152,6 +152,7 @@ class SecondReadSummaryOutput(BaseModel):
     summary: Concordance
     text: str
     report_version: int | None = None
+    report_unchanged: bool = Field(default=False, description="The report already held this summary: no new version.")
 
 
 # == the tools ==================================================================================
@@ -236,11 +237,14 @@ def second_read_summary(ctx: ToolContext, args: SecondReadSummaryInput) -> ToolR
     _end_visit(state.steps[min(state.current, len(state.steps) - 1)], _now())
     summary, artifacts = concordance(ctx, study, state)
     state.summarised_at = _now()
-    version = None
+    version, unchanged = None, False
     if args.append_to_report:
+        history = ctx.reports.get(study.id)
+        before = history.current.version if history and history.versions else None
         version = append_to_report(ctx, study, summary, author_name=args.author_name)
-    return ToolResult(output=SecondReadSummaryOutput(summary=summary, text=summary_text(summary),
-                                                     report_version=version), artifacts=artifacts)
+        unchanged = version == before
+    return ToolResult(output=SecondReadSummaryOutput(summary=summary, text=summary_text(summary), report_version=version,
+                                                     report_unchanged=unchanged), artifacts=artifacts)
 
 
 # == state handling =============================================================================
