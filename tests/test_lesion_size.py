@@ -29,7 +29,8 @@ from tools.findings import Finding
 from tools.fit_gaussian import FitGaussianInput, fit_gaussian
 from tools.load_study import LoadStudyInput, load_study
 from tools.measure.diameters import lesion_diameters
-from tools.measure.segmentation import SHIPPED, SegmentationSettings, measure_lesion, segment_lesion
+from tools.measure.segmentation import (MAX_MARGIN_PX, SHIPPED, SegmentationSettings, measure_lesion, region_diameters,
+                                        segment_lesion)
 from tools.registry import TOOLS, model_declarations
 from tools.report.document import Measurement, measured_size
 from tools.set_finding_size import SetFindingSizeInput, set_finding_size
@@ -112,6 +113,19 @@ def test_the_opening_cuts_a_vessel_off_the_lesion():
     cut = measure_lesion(working(image), (80, 110), None, SegmentationSettings(opening=0.3))
     assert cut.long_px == pytest.approx(29, rel=0.1)
     assert bridged.long_px > cut.long_px + 2  # without the opening, the vessel's stub counts
+
+
+def test_the_margin_moves_the_outline_to_the_edges_outer_foot():
+    image = noisy((200, 200), 0.2, seed=3)
+    rows, columns = disk((100, 100), 15)
+    image[rows, columns] = 0.7
+    crest = measure_lesion(working(image), (100, 100), None, SegmentationSettings(margin_px=0.0))
+    foot = measure_lesion(working(image), (100, 100), None, SegmentationSettings(margin_px=2.0))
+    assert foot.long_px == pytest.approx(crest.long_px + 4, abs=1)  # two px on either side
+    region = segment_lesion(working(image), (100, 100))
+    assert region_diameters(region.grown(2.0), None) == foot  # as loupe eval measures each margin
+    with pytest.raises(ValueError, match="margin_px"):
+        SegmentationSettings(margin_px=MAX_MARGIN_PX + 1)
 
 
 def test_no_segmentation_on_a_flat_region_off_the_image_or_outside_competence():

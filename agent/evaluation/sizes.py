@@ -30,7 +30,7 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel
 
@@ -41,7 +41,8 @@ from tools.coordinates import BoxPx
 from tools.detection.scoring import modality_family
 from tools.detection.working import expected_polarity, prepare_study_frame
 from tools.gaussian.fit import fit_gaussian_2d
-from tools.measure.segmentation import SHIPPED, SegmentationSettings, measure_lesion, settings_for
+from tools.measure.segmentation import (SHIPPED, SegmentationSettings, region_diameters, segment_lesion,
+                                        settings_for)
 from tools.study import StudyLimits, open_study
 
 #: A click marks a box of this many native px around its point (as ``agent.viewer.POINT_BOX_PX``).
@@ -50,8 +51,8 @@ POINT_BOX_PX = 24
 TOLERANCE = 0.25
 #: The settings the cross-validation chooses among, for every modality family.
 SETTINGS_GRID: tuple[SegmentationSettings, ...] = tuple(
-    SegmentationSettings(opening=opening, edge_fraction=edge_fraction)
-    for edge_fraction, opening in itertools.product((1.0, 0.8), (0.0, 0.15, 0.3)))
+    SegmentationSettings(opening=opening, edge_fraction=edge_fraction, margin_px=margin)
+    for edge_fraction, opening, margin in itertools.product((1.0, 0.8), (0.0, 0.15, 0.3), (0.0, 1.0, 2.0)))
 
 
 @dataclass
@@ -129,14 +130,24 @@ def _measure_image(image: EvalImage, lesions: Sequence[Lesion], limits: StudyLim
         click = fit_gaussian_2d(values, BoxPx.around(*lesion.center, POINT_BOX_PX, POINT_BOX_PX),
                                 polarity=polarity, spacing_mm=spacing)
         segmented = {}
-        for settings in tried:
-            diameters = measure_lesion(work, lesion.center, spacing, settings)
-            segmented[settings] = None if diameters is None else diameters.long
+        for base, margins in _by_segmentation(tried).items():  # one watershed, then each margin
+            region = segment_lesion(work, lesion.center, base)
+            for settings in margins:
+                diameters = None if region is None else region_diameters(region.grown(settings.margin_px), spacing)
+                segmented[settings] = None if diameters is None else diameters.long
         cases.append(SizeCase(image=image, lesion=lesion, family=modality_family(image.modality),
                               unit="mm" if spacing is not None else "px", reader_long=reader_long,
                               gaussian_long=_fwhm_long(fitted, spacing is not None),
                               fallback_long=_fwhm_long(click, spacing is not None), segmented=segmented))
     return cases
+
+
+def _by_segmentation(tried: Sequence[SegmentationSettings]) -> dict[SegmentationSettings, list[SegmentationSettings]]:
+    """``tried`` grouped by the segmentation before its margin (the margin alone is cheap)."""
+    groups: dict[SegmentationSettings, list[SegmentationSettings]] = defaultdict(list)
+    for settings in tried:
+        groups[replace(settings, margin_px=0.0)].append(settings)
+    return groups
 
 
 def _fwhm_long(fit, in_mm: bool) -> float | None:
@@ -196,9 +207,9 @@ def _quality(cases: Sequence[SizeCase], settings: SegmentationSettings) -> tuple
     return within, -abs(math.log(median)) if median > 0 else -math.inf
 
 
-def _simplicity(settings: SegmentationSettings) -> tuple[float, float]:
-    """Higher is simpler: the strongest edge alone, the least opening."""
-    return settings.edge_fraction, -settings.opening
+def _simplicity(settings: SegmentationSettings) -> tuple[float, float, float]:
+    """Higher is simpler: the strongest edge alone, the least opening, the least margin."""
+    return settings.edge_fraction, -settings.opening, -settings.margin_px
 
 
 def choose_settings(cases: Sequence[SizeCase], grid: Sequence[SegmentationSettings] = SETTINGS_GRID
