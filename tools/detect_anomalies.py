@@ -231,7 +231,7 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
     notes: tuple[str, ...] = ()
     analysis = frame_analysis(ctx, study, frame)
     if args.all_frames and study.frame_count > 1:
-        detections = detect_volume(study, limit=args.max_findings)
+        detections = detect_volume(study, limit=args.max_findings, analysed={frame: analysis})
         searched = list(range(study.frame_count))
     else:
         detections, notes = _listed_detections(analysis, args.max_findings), analysis.work.notes

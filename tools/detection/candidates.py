@@ -57,17 +57,23 @@ def _max3x3(layer: np.ndarray) -> np.ndarray:
 
 
 def _level_peaks(space: ScaleSpace, level: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ys, xs) of this level's spatial maxima that are also maxima across neighbouring scales."""
-    stack = space.stack
+    """(ys, xs) of this level's spatial maxima that are also maxima across neighbouring scales.
+
+    Looked for within the search mask's window only (``ScaleSpace.search_window``): it holds
+    every pixel of the mask and its neighbours, or ends where the image does, so each maximum
+    is the one the whole image gives, and the peaks come in the same (row-major) order.
+    """
+    rows, cols = space.search_window
+    stack = space.stack[:, rows, cols]
     layer = stack[level]
-    peaks = (layer == _max3x3(layer)) & space.work.search & (layer > 0)
+    peaks = (layer == _max3x3(layer)) & space.work.search[rows, cols] & (layer > 0)
     if level > 0:
         peaks &= layer >= stack[level - 1]
     if level < len(space.sigmas) - 1:
         peaks &= layer >= stack[level + 1]
     ys, xs = np.nonzero(peaks)
     order = np.argsort(layer[ys, xs])[::-1][:PEAKS_PER_LEVEL]
-    return ys[order], xs[order]
+    return ys[order] + rows.start, xs[order] + cols.start
 
 
 def find_candidates(space: ScaleSpace) -> list[Candidate]:

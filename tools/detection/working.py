@@ -13,8 +13,9 @@ statistics, and filled from the tissue around them so that their edges are not t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Literal
 
 import numpy as np
@@ -99,6 +100,27 @@ class HeadExtent:
         return (y - self.top) / max(self.bottom - self.top, 1)
 
 
+class ComputedWhenRead:
+    """A field of a dataclass that may be given as a function of no arguments instead of its
+    value: the function is called when the field is first read, and its value kept. A dataclass
+    reads the descriptor on its class to find a default; there is none (``AttributeError``), so
+    the field stays a required one."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}_value"
+
+    def __get__(self, instance: object, owner: type | None = None) -> np.ndarray:
+        if instance is None:
+            raise AttributeError(self._slot)
+        value = instance.__dict__[self._slot]
+        if callable(value):
+            value = instance.__dict__[self._slot] = value()
+        return value
+
+    def __set__(self, instance: object, value: np.ndarray | Callable[[], np.ndarray]) -> None:
+        instance.__dict__[self._slot] = value
+
+
 @dataclass
 class WorkingImage:
     """A frame prepared for detection: image, masks, and the scale back to native pixels."""
@@ -107,7 +129,9 @@ class WorkingImage:
     scale: float  # working px per native px
     modality: str | None
     polarity: Polarity
-    body: np.ndarray  # bool, the imaged body / sector
+    #: bool, the imaged body / sector; may be given as a function computing it (``prepare`` does
+    #: so on chest CT, where searching the lung fields does not need it), called when first read.
+    body: np.ndarray = ComputedWhenRead()  # type: ignore[assignment]
     search: np.ndarray  # bool, where lesions are looked for (organ mask, or body)
     organ: str  # what ``search`` is: "lungs", "brain", "sector", "body"
     native_shape: tuple[int, int]
@@ -253,11 +277,16 @@ def prepare(values: np.ndarray, modality: str | None, body_part: str | None = No
     modality = (modality or "").upper() or None
     not_tissue = None if coloured is None else _not_tissue(coloured, scale)
     notes = () if coloured is None else (_colour_note(coloured),)
+    body: np.ndarray | Callable[[], np.ndarray]
     if modality == "CT":
         hu = _resize(values, scale)
         image = _normalise(hu, modality)
-        body = masks.foreground_mask(image)
         search, organ = masks.ct_lung_mask(hu), "lungs"
+        # Searching the lung fields does not need the body's outline (about a sixth of a slice's
+        # search): computed when first read, unless colour is left out or the lungs were not found.
+        body = partial(masks.foreground_mask, image)
+        if not_tissue is not None or search.sum() < 0.01 * search.size:
+            body = body()
     else:
         image = _normalise(_resize(values, scale), modality, None if not_tissue is None else ~not_tissue)
         if not_tissue is not None:
@@ -279,7 +308,8 @@ def prepare(values: np.ndarray, modality: str | None, body_part: str | None = No
     if search.sum() < 0.01 * search.size:  # the organ mask failed: fall back to the body
         search, organ = body, "body"
     view = lung_view(image, search) if modality == "CT" and organ == "lungs" else None
-    outside = outside_competence(modality, body_part, organ, body)
+    # A body still to be computed is a chest CT's whose lung fields were found: within competence.
+    outside = outside_competence(modality, body_part, organ, body) if isinstance(body, np.ndarray) else None
     if outside is not None:
         notes += (f"the offline detector is built for {COMPETENCE}, not for {outside}: "
                   "a region for review, not an anomaly",)
