@@ -64,6 +64,27 @@ class LoupeSettings(BaseSettings):
         default=3, ge=1, le=10, description="Tries per PACS request on 5xx answers and connection errors (never 4xx).")
     dicomweb_retry_initial_s: float = Field(default=0.5, ge=0, description="First PACS backoff delay; doubles.")
 
+    broker_url: str | None = Field(
+        default=None, description="Celery broker for pre-read jobs (redis://host:6379/0); without it `loupe preread` "
+                                  "runs the jobs in a local process pool.")
+    preread_stable_s: float = Field(
+        default=60.0, ge=0, description="A study counts as arrived on the PACS once its number of instances has not "
+                                        "changed for this long (pre-read).")
+    preread_sweep_days: int = Field(
+        default=3, ge=0, le=365, description="`loupe preread watch` looks this many Study Dates back on each poll "
+                                            "(a study sent late carries its acquisition date).")
+    preread_stat_modalities: str = Field(
+        default="", description="Comma-separated modalities whose studies are pre-read as STAT (e.g. CT,CR).")
+    preread_stat_pattern: str | None = Field(
+        default=None, description="A regular expression on the Study Description that makes a study STAT "
+                                  "(e.g. '(?i)stroke|trauma|emergenc').")
+    preread_send: str = Field(
+        default="", description="What a pre-read stores back in the study on the PACS: 'sr', 'pdf' or 'sr,pdf' "
+                                "(marked as a preliminary automated result); empty stores nothing.")
+    preread_lease_s: float = Field(
+        default=600.0, gt=0, description="A running pre-read job's lease: a job not renewed for this long (its "
+                                         "worker was killed) is taken up again.")
+
     gemini_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("LOUPE_GEMINI_API_KEY", "GOOGLE_API_KEY", "GEMINI_API_KEY"),

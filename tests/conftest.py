@@ -173,6 +173,20 @@ def postgres():
         yield server
 
 
+@pytest.fixture
+def redis():
+    """A real Redis (installed by .ci/run) as the Celery broker, a fresh one per test; its
+    ``url`` is what LOUPE_BROKER_URL takes and ``restart(empty=True)`` loses every queue."""
+    from tests.redis_service import RedisServer, redis_installed
+
+    if not redis_installed():
+        if os.environ.get("CI"):
+            pytest.fail("Redis is not installed (apt-get install redis-server)")
+        pytest.skip("Redis is not installed (apt-get install redis-server)")
+    with RedisServer() as server:
+        yield server
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request) -> str | None:
     """The session database of a store test: the default SQLite file (None), or a new empty

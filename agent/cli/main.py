@@ -25,6 +25,12 @@ Commands (a contract other issues and checks rely on):
 - ``loupe deid IN OUT [--map FILE] [--json]`` — a PS3.15 basic-profile de-identified copy.
 - ``loupe audit OUT.jsonl [--session ID]`` — the audit trail as JSON lines.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
+- ``loupe preread study pacs:STUDY_UID [--priority stat|routine] [--force]``, ``loupe preread run --date
+  YYYYMMDD[-YYYYMMDD] [--modality M]``, ``loupe preread status [--json]`` — pre-read studies on the PACS
+  (JSON rows with at least ``study_uid, state, priority, findings, anomaly_found, top_finding, queued_at,
+  started_at, finished_at, error``).
+- ``loupe worker [--queues stat,routine] [--concurrency N]`` — a Celery worker of pre-read jobs
+  (``LOUPE_BROKER_URL``), with the sweeper that re-submits jobs a lost worker or broker left.
 
 Each command is one module of this package (``add_parser`` and ``run``); this one only builds
 the parser and dispatches. Any error: exit code 2 and one line ``error: <message>`` on stderr,
@@ -38,14 +44,15 @@ import os
 import sys
 from collections.abc import Sequence
 
-from agent.cli import (analyze, ask, audit, chat, deid, evaluate, info, pacs, report, second_read, serve, sessions,
-                       verify, view)
+from agent.cli import (analyze, ask, audit, chat, deid, evaluate, info, pacs, preread, report, second_read, serve,
+                       sessions, verify, view, worker)
 from agent.cli.parsing import Parser, fail
 from agent.settings import LoupeSettings
 from tools.errors import LoupeError
 
 #: In the order ``loupe --help`` lists them.
-COMMANDS = (info, view, analyze, verify, evaluate, ask, chat, sessions, report, second_read, pacs, deid, audit, serve)
+COMMANDS = (info, view, analyze, verify, evaluate, ask, chat, sessions, report, second_read, pacs, preread, deid, audit,
+            serve, worker)
 
 
 def build_parser() -> argparse.ArgumentParser:

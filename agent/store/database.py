@@ -6,7 +6,7 @@ data directory — never a patient's name or a source path in a column); the mod
 exactly as the model needs it (google-genai contents as JSON, thought signatures included);
 every event, the images they carried (by hash), tool calls with arguments, results and
 durations; findings; report versions and second-read records; and, outside any session, the
-append-only audit trail.
+append-only audit trail; and the pre-read job ledger (``PrereadJobRow``, ``agent.preread.ledger``).
 
 Each write is one transaction. The conversation commits a model step (the model's function
 calls together with their responses) in one go, so a process killed mid-turn leaves at most
@@ -36,8 +36,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine,
-                        delete, event, func, inspect, select, text, update)
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text,
+                        UniqueConstraint, create_engine, delete, event, func, inspect, select, text, update)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -46,7 +46,7 @@ from tools.errors import LoupeError
 
 #: Kept beside Alembic's revision so that a Loupe from before Alembic (which reads only this)
 #: refuses a database written by a newer one instead of misreading it.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: How long a turn's lock lasts without renewal (a running turn's heartbeat renews it every 15 s).
 LOCK_LEASE = timedelta(seconds=60)
 
@@ -192,6 +192,34 @@ class AuditRow(Base):
     session_id: Mapped[str | None] = mapped_column(String(64), index=True)  # no FK: outlives deleted sessions
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class PrereadJobRow(Base):
+    """One pre-read job (``agent.preread.ledger``): a study at one instance count and analysis
+    version, analysed once; a forced re-run reuses the row (``run`` counts them)."""
+
+    __tablename__ = "preread_jobs"
+    __table_args__ = (UniqueConstraint("study_uid", "instances", "version", name="uq_preread_job_key"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    instances: Mapped[int] = mapped_column(Integer)
+    version: Mapped[str] = mapped_column(String(64))
+    priority: Mapped[str] = mapped_column(String(16), default="routine")
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | done | failed
+    run: Mapped[int] = mapped_column(Integer, default=1)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    session_id: Mapped[str | None] = mapped_column(String(64))  # no FK: the session is replaced by a re-run
+    findings: Mapped[int | None] = mapped_column(Integer)
+    anomaly_found: Mapped[bool | None] = mapped_column(Boolean)
+    top_finding: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 _AUDIT_TRIGGERS = {

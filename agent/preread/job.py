@@ -1,0 +1,265 @@
+"""One pre-read job: the study's largest image series analysed into a pre-read session.
+
+``run_job`` claims the job in the ledger (``"skipped"`` when it cannot: done, running elsewhere,
+gone), retrieves the series from the PACS (``agent.pacs.retrieve.retrieve_series``: the largest
+image series, Loupe's own SR / PDF series never among them), and records one turn of a session
+owned by ``loupe-preread`` in the session store — the same events, tool calls, images, findings
+and report versions a clinician's session has, so the app restores it with nothing recomputed
+(``Conversation.resume``, ``workspace.replay``) and a clinician asking "what did you find?"
+is answered from the stored findings.
+
+The turn runs the steps of ``agent.analysis.analyse_current`` (every slice of a CT/MR series
+searched, the view moved to the strongest finding, the findings worth a closer look fitted,
+the figures rendered) as recorded tool calls, then ``draft_report``. The tools keep every rule
+a clinician's draft obeys: no normal-study wording, ``inconclusive`` where the detector's
+measured sensitivity for that kind of image is low.
+
+Sessions: each attempt writes ``preread-<job>-<run>-<attempt>``; the sessions of earlier
+attempts (a worker killed mid-job) are removed before it starts, and the previous run's session
+once a forced re-run is done, so a study has one pre-read session however often it was tried.
+
+With ``LOUPE_PREREAD_SEND=sr,pdf`` the draft is stored in the study as a preliminary automated
+result (``agent.preread.results``: UIDs derived from the job key, so a retry stores the same
+instances). Failures are one sentence in the ledger: a PACS that cannot be reached (or answers 5xx) is
+retried until the job's attempts reach ``MAX_ATTEMPTS``, then the job is ``failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import requests
+
+from agent.analysis import FIGURE_LAYERS, PER_FINDING_LAYERS, measured_ids
+from agent.conversation import Conversation, Turn
+from agent.events import AssistantText, Event, ToolStarted, TurnError
+from agent.pacs.client import PacsConnection, PacsError, PacsNotFoundError
+from agent.pacs.retrieve import retrieve_series
+from agent.pacs.search import check_uid, series_of, study
+from agent.preread.ledger import MAX_ATTEMPTS, JobKey, PrereadError, PrereadLedger
+from agent.preread.results import kinds_to_send, send_preread
+from agent.samples import session_title
+from agent.settings import LoupeSettings
+from agent.store.database import Store
+from agent.tool_calls import ToolOutcome, execute
+from tools.detect_anomalies import DetectAnomaliesOutput
+from tools.errors import LoupeError
+
+log = logging.getLogger(__name__)
+
+#: The owner of every pre-read session: no clinician's.
+PREREAD_OWNER = "loupe-preread"
+#: The pre-read turn's message, as the session's chat shows it.
+PREREAD_MESSAGE = "Pre-read: analyse this study and draft a report."
+INTERNAL_ERROR = "Loupe hit an internal error while pre-reading this study; it was not finished."
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def session_id_for(job: dict[str, Any]) -> str:
+    return f"preread-{job['job_id']}-{job['run']}-{job['attempts']}"
+
+
+def run_job(settings: LoupeSettings, job_id: int, worker: str) -> str:
+    """Claim, run and finish job ``job_id``; the state it ends in (``done``, ``failed``,
+    ``queued`` when it will be retried), or ``skipped`` when it could not be claimed."""
+    ledger = PrereadLedger(settings)
+    try:
+        lease_s = settings.preread_lease_s
+        if not ledger.claim(job_id, worker, lease_s):
+            return "skipped"
+        job = ledger.job(job_id)
+        stop = threading.Event()
+        threading.Thread(target=_renew, args=(ledger, job_id, worker, lease_s, stop), daemon=True,
+                         name=f"preread-lease-{job_id}").start()
+        try:
+            return _run_claimed(settings, ledger, job, worker)
+        finally:
+            stop.set()
+    finally:
+        ledger.close()
+
+
+def _renew(ledger: PrereadLedger, job_id: int, worker: str, lease_s: float, stop: threading.Event) -> None:
+    while not stop.wait(max(lease_s / 3, 0.5)):
+        try:
+            ledger.renew(job_id, worker, lease_s)
+        except Exception:  # retried at the next beat; the lease is long
+            log.warning("could not renew the lease of pre-read job %s", job_id, exc_info=True)
+
+
+def _run_claimed(settings: LoupeSettings, ledger: PrereadLedger, job: dict[str, Any], worker: str) -> str:
+    job_id, store = job["job_id"], ledger.store
+    for attempt in range(1, job["attempts"]):  # earlier attempts of this run that did not finish
+        _remove_session(store, session_id_for(job | {"attempts": attempt}), "an earlier attempt did not finish")
+    session_id = session_id_for(job)
+    _remove_session(store, session_id, "an earlier attempt did not finish")
+    try:
+        result = _analyse(settings, store, job, session_id)
+    except LoupeError as error:
+        transient = _transient(error)
+        retry = transient and job["attempts"] < MAX_ATTEMPTS
+        _remove_session(store, session_id, "the pre-read did not finish")
+        ledger.fail(job_id, worker, _one_sentence(error.message, job, transient, retry), retry=retry)
+        return ledger.job(job_id)["state"]
+    except Exception:
+        log.exception("pre-read job %s failed unexpectedly", job_id)
+        _remove_session(store, session_id, "the pre-read did not finish")
+        ledger.fail(job_id, worker, INTERNAL_ERROR, retry=False)
+        return ledger.job(job_id)["state"]
+    if not ledger.finish(job_id, worker, session_id=session_id, **result):
+        _remove_session(store, session_id, "another worker took the job over")
+        return "skipped"
+    previous = job.get("session_id")
+    if previous and previous != session_id:
+        _remove_session(store, previous, "a newer pre-read of the study replaced it")
+    return "done"
+
+
+def _one_sentence(message: str, job: dict[str, Any], transient: bool, retry: bool) -> str:
+    """The error's sentence, saying which attempt it was when the PACS is worth another try."""
+    if not transient:
+        return message
+    said = message.rstrip().rstrip(".")
+    if retry:
+        return f"{said} (attempt {job['attempts']} of {MAX_ATTEMPTS}; it will be tried again)."
+    return f"{said} (tried {job['attempts']} times)."
+
+
+def _transient(error: LoupeError) -> bool:
+    """The PACS could not be reached, did not answer in time or answered 5xx: worth another try."""
+    if not isinstance(error, PacsError) or isinstance(error, PacsNotFoundError):
+        return False
+    cause = error.__cause__
+    if isinstance(cause, (requests.ConnectionError, requests.Timeout)):
+        return True
+    response = getattr(cause, "response", None)
+    return response is not None and response.status_code >= 500
+
+
+def _remove_session(store: Store, session_id: str, reason: str) -> None:
+    if store.exists(session_id, PREREAD_OWNER):
+        store.delete(session_id, PREREAD_OWNER)
+        store.audit(PREREAD_OWNER, "session_deleted", {"reason": reason}, session_id=session_id)
+
+
+def _analyse(settings: LoupeSettings, store: Store, job: dict[str, Any], session_id: str) -> dict[str, Any]:
+    """Retrieve, open, analyse and draft into session ``session_id``, and store the draft in the
+    study when ``LOUPE_PREREAD_SEND`` says so; what ``ledger.finish`` records."""
+    kinds = kinds_to_send(settings.preread_send)  # a wrong setting fails before the work, not after
+    study_uid = job["study_uid"]
+    retrieved = retrieve_series(PacsConnection(settings), settings, study_uid)
+    conversation = Conversation.start(settings, store=store, owner=PREREAD_OWNER, session_id=session_id,
+                                      title="Pre-read")
+    try:
+        conversation.open_study(retrieved.folder)
+        opened = conversation.ctx.view().study
+        store.rename(session_id, PREREAD_OWNER, f"Pre-read · {session_title(opened)}"[:200])
+        conversation.recorder.audit("study_retrieved_from_pacs", {
+            "instances": retrieved.instances, "fetched": retrieved.fetched,
+            "series_chosen_by": "largest image series", "by": "pre-read"})
+        backend = PrereadBackend()
+        events = list(conversation.ask(PREREAD_MESSAGE, backend))
+        failed = next((e for e in events if isinstance(e, TurnError)), None)
+        if backend.error or failed is not None:
+            raise LoupeError(backend.error or failed.message)
+        findings = sorted(conversation.ctx.study_findings(opened.id), key=lambda f: -f.confidence)
+        detected = backend.detected
+        called = [f for f in findings if f.confidence >= detected.threshold]
+        top = findings[0] if findings else None
+        notes = [f"assessment: {detected.assessment}"]
+        if retrieved.other_image_series:
+            notes.append(f"{retrieved.other_image_series} other image series of the study not analysed")
+        if kinds:
+            key = JobKey(study_uid, job["instances"], job["version"])
+            stored = send_preread(conversation, key, job["run"], kinds)
+            notes.append("stored in the study as a preliminary result: " + ", ".join(s.description for s in stored))
+        return {"findings": len(called), "anomaly_found": detected.anomaly_found,
+                "top_finding": None if top is None else {"id": top.id, "label": top.label,
+                                                         "confidence": round(top.confidence, 4),
+                                                         "slice": top.frame + 1},
+                "note": "; ".join(notes)}
+    finally:
+        conversation.ctx.close()
+
+
+class PrereadBackend:
+    """The pre-read's one turn: ``analyse_current``'s steps as recorded tool calls, then the
+    draft, then a short answer in the template's words (checked like every answer)."""
+
+    name = "preread"
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.detected: DetectAnomaliesOutput | None = None
+        self._calls = 0
+
+    def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
+        answer = yield from self._steps(conversation, turn)
+        conversation.note_exchange(turn.message, answer)
+        yield AssistantText(text=answer)
+
+    def _run(self, conversation: Conversation, turn: Turn, name: str, args: dict[str, Any]
+             ) -> Generator[Event, None, ToolOutcome]:
+        self._calls += 1
+        call_id = f"preread-{turn.id}-{self._calls}"
+        yield ToolStarted(call_id=call_id, name=name, args=args)
+        outcome = execute(conversation.ctx, name, args)
+        yield outcome.event(call_id)
+        return outcome
+
+    def _steps(self, conversation: Conversation, turn: Turn) -> Generator[Event, None, str]:
+        ctx = conversation.ctx
+        summary = ctx.view().study.safe
+        volume = summary.frames > 1 and summary.modality in ("CT", "MR")
+        outcome = yield from self._run(conversation, turn, "detect_anomalies", {"all_frames": volume})
+        if not outcome.ok:
+            self.error = outcome.error or "The search for findings failed."
+            return f"The pre-read could not search this study: {self.error}"
+        detected = self.detected = DetectAnomaliesOutput.model_validate(outcome.output)
+        frame = ctx.view().frame
+        if detected.findings and detected.findings[0].frame != frame:  # strongest first: show its slice
+            yield from self._run(conversation, turn, "load_study", {"frame": detected.findings[0].frame})
+            frame = ctx.view().frame
+        measured = measured_ids(detected, frame)
+        if measured:
+            yield from self._run(conversation, turn, "fit_gaussian", {"finding_ids": measured})
+        yield from self._run(conversation, turn, "render_overlay", {"layers": FIGURE_LAYERS})
+        ranked = [f for f in detected.findings if f.frame == frame]
+        closer = [f.id for f in ranked if f.confidence >= detected.threshold] or [f.id for f in ranked[:1]]
+        if closer:
+            yield from self._run(conversation, turn, "render_overlay",
+                                 {"layers": PER_FINDING_LAYERS, "finding_ids": closer})
+        drafted = yield from self._run(conversation, turn, "draft_report", {})
+        if not drafted.ok:
+            self.error = drafted.error or "The report could not be drafted."
+            return f"The pre-read searched the study but could not draft its report: {self.error}"
+        searched = len(detected.frames_searched)
+        where = f"all {searched} slices of the series" if searched > 1 else "the image"
+        lines = [f"Loupe's automated pre-read searched {where}: {detected.summary}",
+                 detected.assessment_reason,
+                 f"Report draft version {drafted.output['version']} ({drafted.output['status']}) is ready for "
+                 "review; it is a preliminary automated result until a physician signs it."]
+        return "\n".join(line for line in lines if line)
+
+
+def job_key_for(connection: PacsConnection, study_uid: str) -> JobKey:
+    """The ledger key of the study as the PACS has it now: its image instances counted over its
+    image series (Loupe's own SR and Encapsulated PDF series, like any SR / DOC series, are not
+    image series, so a result stored back into the study never makes a new job)."""
+    check_uid(study_uid)
+    listed = series_of(connection, study_uid)
+    if not listed:
+        study(connection, study_uid)  # "the PACS has no study ..." when it has none
+    instances = sum(s.instances for s in listed if s.is_image)
+    if instances < 1:
+        kinds = ", ".join(sorted({s.modality or "?" for s in listed})) or "no series"
+        raise PrereadError(f"Study {study_uid} on the PACS holds no images to pre-read (only {kinds}).")
+    return JobKey(study_uid, instances)

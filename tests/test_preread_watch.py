@@ -1,0 +1,164 @@
+"""When a study counts as arrived: its instance count unchanged for the quiet time."""
+
+from __future__ import annotations
+
+from agent.preread.arrivals import ArrivalTracker
+
+
+def test_a_study_arriving_in_two_halves_is_handed_on_once_after_it_is_whole():
+    tracker = ArrivalTracker(stable_s=60)
+    assert not tracker.observe("1.2.3", 50, now=0)  # first seen: how long it has been quiet is unknown
+    assert not tracker.observe("1.2.3", 50, now=30)  # not quiet long enough
+    assert not tracker.observe("1.2.3", 100, now=59)  # the second half: the wait starts again
+    assert not tracker.observe("1.2.3", 100, now=100)
+    assert tracker.waiting() == ["1.2.3"]
+    assert tracker.observe("1.2.3", 100, now=119)
+    tracker.handed_on("1.2.3", 100)
+    assert not tracker.observe("1.2.3", 100, now=500)  # handed on at this count: not again
+    assert tracker.waiting() == []
+
+
+def test_a_new_series_makes_the_study_wait_again_and_be_handed_on_at_its_new_count():
+    tracker = ArrivalTracker(stable_s=10)
+    tracker.observe("9", 3, now=0)
+    assert tracker.observe("9", 3, now=10)
+    tracker.handed_on("9", 3)
+    assert not tracker.observe("9", 4, now=11)  # Loupe's SR, or a late series
+    assert tracker.observe("9", 4, now=21)
+
+
+def test_without_a_quiet_time_a_study_is_handed_on_when_first_seen():
+    tracker = ArrivalTracker(stable_s=0)
+    assert tracker.observe("7", 2, now=0)
+
+
+# -- following a real Orthanc ---------------------------------------------------------------------
+import os  # noqa: E402
+from datetime import date  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pydicom  # noqa: E402
+import pytest  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+
+from agent.preread.ledger import PrereadLedger  # noqa: E402
+from agent.preread.runner import LocalDispatcher  # noqa: E402
+from agent.preread.watch import PacsWatch, Watermark, priority_of  # noqa: E402
+from agent.settings import LoupeSettings  # noqa: E402
+from tests.conftest import pydicom_file, run_cli  # noqa: E402
+
+SAMPLE = Path(__file__).parents[1] / "agent" / "sample_data" / "lidc-idri-0003"
+SLICES = sorted(SAMPLE.glob("*.dcm"))
+#: A day after the sample's Study Date (20000101): the polls of that day sweep it.
+ACQUIRED = date(2000, 1, 2)
+
+
+@pytest.fixture
+def own_pacs(monkeypatch, tmp_path):
+    """An Orthanc of this test's own (studies arrive in it while the test watches)."""
+    from tests.orthanc import OrthancServer, orthanc_installed
+
+    if not orthanc_installed():
+        if os.environ.get("CI"):
+            pytest.fail("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.skip("Orthanc is not installed")
+    with OrthancServer() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("LOUPE_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("LOUPE_DICOMWEB_RETRY_INITIAL_S", "0")
+        monkeypatch.delenv("LOUPE_BROKER_URL", raising=False)
+        yield server
+
+
+def loupe_sr_in(study_file: Path, tmp_path: Path) -> Path:
+    """An SR stored into the study, as Loupe stores its report."""
+    sr = pydicom.dcmread(pydicom_file("test-SR.dcm"))
+    study = pydicom.dcmread(study_file, stop_before_pixels=True)
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "StudyDate", "StudyID", "AccessionNumber"):
+        if keyword in study:
+            setattr(sr, keyword, getattr(study, keyword))
+    sr.SeriesInstanceUID, sr.SOPInstanceUID = generate_uid(), generate_uid()
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    path = tmp_path / "loupe-sr.dcm"
+    sr.save_as(path)
+    return path
+
+
+def test_a_study_arriving_in_two_halves_is_preread_once_after_it_is_whole_and_its_sr_makes_no_job(
+        own_pacs, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOUPE_PREREAD_STABLE_S", "60")
+    monkeypatch.setenv("LOUPE_PREREAD_STAT_MODALITIES", "CT")
+    settings = LoupeSettings()
+    ledger = PrereadLedger(settings)
+    try:
+        watcher = PacsWatch(settings, ledger, LocalDispatcher(settings))
+        own_pacs.seed(SLICES[:5])
+        assert watcher.poll(now=0, today=ACQUIRED) == []
+        own_pacs.seed(SLICES[5:])  # the second half, within the quiet time
+        assert watcher.poll(now=30, today=ACQUIRED) == []
+        assert ledger.status() == []
+        [handed] = watcher.poll(now=100, today=ACQUIRED)  # quiet for 70 s: arrived, whole
+        assert handed.priority == "stat" and handed.enqueued.created
+        [job] = ledger.status()
+        assert (job["instances"], job["state"], job["priority"]) == (len(SLICES), "done", "stat")
+
+        own_pacs.seed([loupe_sr_in(SLICES[0], tmp_path)])  # Loupe's own report stored into the study
+        assert watcher.poll(now=200, today=ACQUIRED) == []
+        [again] = watcher.poll(now=300, today=ACQUIRED)  # stable again (as Orthanc would say), but the same job key
+        assert not again.enqueued.created and again.enqueued.message.startswith("already done")
+        assert len(ledger.status()) == 1 and ledger.job(job["job_id"])["run"] == 1
+    finally:
+        ledger.close()
+
+
+def test_the_watermark_is_kept_and_moves_on_never_back(own_pacs):
+    settings = LoupeSettings()
+    mark = Watermark(settings)
+    assert mark.range_for(date(2026, 12, 6)) == "20261203-"  # three days back by default
+    mark.advance(date(2026, 12, 6))
+    later = Watermark(settings)  # a restart reads it back
+    assert later.since == date(2026, 12, 3)
+    later.advance(date(2026, 12, 1))
+    assert Watermark(settings).since == date(2026, 12, 3)
+    later.advance(date(2026, 12, 20), waiting=[date(2026, 12, 10)])  # a study still arriving holds it back
+    assert Watermark(settings).since == date(2026, 12, 10)
+
+
+def test_stat_by_description_pattern_and_a_bad_pattern_is_one_sentence(monkeypatch):
+    from agent.pacs.search import StudyMatch
+    from tools.errors import LoupeError
+
+    match = StudyMatch(study_uid="1.2", study_date="20261206", modalities=["MR"], description="Stroke protocol",
+                       series=1, instances=20, accession="", patient_name="", patient_id="")
+    monkeypatch.setenv("LOUPE_PREREAD_STAT_PATTERN", "(?i)stroke|trauma")
+    assert priority_of(LoupeSettings(), match) == "stat"
+    monkeypatch.setenv("LOUPE_PREREAD_STAT_PATTERN", "(?i)trauma")
+    assert priority_of(LoupeSettings(), match) == "routine"
+    monkeypatch.setenv("LOUPE_PREREAD_STAT_PATTERN", "(unclosed")
+    with pytest.raises(LoupeError, match="not a regular expression"):
+        priority_of(LoupeSettings(), match)
+
+
+def sr_only_study(tmp_path: Path) -> Path:
+    """A study holding only an SR, with a Study Date (pydicom's has none)."""
+    sr = pydicom.dcmread(pydicom_file("test-SR.dcm"))
+    sr.StudyDate = "20000102"
+    path = tmp_path / "sr-only.dcm"
+    sr.save_as(path)
+    return path
+
+
+def test_loupe_preread_watch_once_prereads_what_has_arrived(own_pacs, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("LOUPE_PREREAD_STABLE_S", "0")
+    own_pacs.seed(SLICES + [sr_only_study(tmp_path)])
+    code, out, err = run_cli(capsys, "preread", "watch", "--once", "--since", "19900101", "--interval", "0.2")
+    assert code == 0, err
+    assert "arrived (routine): queued" in out and "not queued:" in out and "holds no images" in out
+    code, out, err = run_cli(capsys, "preread", "status", "--json")
+    import json
+
+    [row] = json.loads(out)
+    assert row["state"] == "done" and row["instances"] == len(SLICES)
+    code, out, err = run_cli(capsys, "preread", "watch", "--once", "--interval", "0.2")  # the watermark was kept
+    assert code == 0 and "arrived" not in out
