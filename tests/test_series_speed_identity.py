@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from tools.detection import masks
 from tools.detection.candidates import _level_peaks, _max3x3
-from tools.detection.detector import (Detection, FrameAnalysis, _slice_reach, _slices, analyse_frame, detect_frame,
+from tools.detection.detector import (Detection, FrameAnalysis, merged_across_slices, _slices, analyse_frame, detect_frame,
                                       detect_on_work, detect_volume, recentred)
 from tools.detection.evidence import ScaleSpace
 from tools.detection.working import WorkingImage, prepare_study_frame
@@ -129,16 +129,7 @@ def _volume_frame_by_frame(study: Study, limit: int) -> list[Detection]:
     (``detect_frame``), the same lesion on neighbouring slices merged, and the kept detections
     centred on slices prepared again."""
     everything = [d for frame in _slices(study) for d in detect_frame(study, frame, limit, refine=0)]
-    everything.sort(key=lambda d: -d.score)
-    kept: list[Detection] = []
-    for detection in everything:
-        if any(np.hypot(k.x - detection.x, k.y - detection.y) < max(k.radius_px, detection.radius_px)
-               and abs(k.frame - detection.frame) <= _slice_reach(study, max(k.radius_px, detection.radius_px))
-               for k in kept):
-            continue
-        kept.append(detection)
-        if len(kept) >= limit:
-            break
+    kept = merged_across_slices(everything, study, limit)
     return [recentred(d, prepare_study_frame(study, d.frame)) for d in kept]
 
 

@@ -217,10 +217,14 @@ def detect_volume(study: Study, limit: int = 10,
         works[frame] = prepare_study_frame(study, frame) if known is None else known.work
         space = ScaleSpace(works[frame], workers=1) if known is None else known.space
         everything += detect_on_work(works[frame], frame, limit, space, refine=0)
-    everything.sort(key=lambda d: -d.score)
+    return [recentred(d, works[d.frame]) for d in merged_across_slices(everything, study, limit)]
+
+
+def merged_across_slices(everything: list[Detection], study: Study, limit: int) -> list[Detection]:
+    """The strongest ``limit`` detections of a series, one per lesion: the same lesion on another
+    slice sits at about the same (x, y), within its own extent, and is kept once."""
     kept: list[Detection] = []
-    for detection in everything:
-        # The same lesion on another slice sits at about the same (x, y), within its own extent.
+    for detection in sorted(everything, key=lambda d: -d.score):
         if any(np.hypot(k.x - detection.x, k.y - detection.y) < max(k.radius_px, detection.radius_px)
                and abs(k.frame - detection.frame) <= _slice_reach(study, max(k.radius_px, detection.radius_px))
                for k in kept):
@@ -228,4 +232,4 @@ def detect_volume(study: Study, limit: int = 10,
         kept.append(detection)
         if len(kept) >= limit:
             break
-    return [recentred(d, works[d.frame]) for d in kept]
+    return kept
