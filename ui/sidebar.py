@@ -17,6 +17,7 @@ from tools.errors import LoupeError
 from ui.opened import opened_note, show_opened
 from ui.pacs_panel import pacs_panel
 from ui.sections import drawn_when_open
+from ui.worklist_panel import worklist_panel
 
 _OPENS_WHERE = ("Once this conversation has talked about its study, another study opens in a new "
                 "conversation; this one stays under Sessions.")
@@ -28,6 +29,7 @@ def sidebar(conversation: Conversation, store: Store, owner: str) -> None:
         _backend()
         _open_study(conversation)
         pacs_panel(conversation)
+        worklist_panel(conversation, store, owner)
         _study(conversation)
         _privacy(conversation)
         _sessions(conversation, store, owner)

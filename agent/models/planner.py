@@ -23,7 +23,7 @@ from tools.findings import Finding
 from tools.report.location import location_in_words, slice_words
 
 #: Intents in the order their tools run and their answers are written.
-INTENT_ORDER = ("window", "frame", "analyse", "where", "size", "heatmap", "crops", "statistics",
+INTENT_ORDER = ("window", "frame", "recap", "analyse", "where", "size", "heatmap", "crops", "statistics",
                 "revise", "report", "second_read", "differential")
 
 
@@ -56,6 +56,8 @@ def classify(message: str) -> list[str]:
     text = f" {message.lower()} "
     keywords = load_table("planner.toml")["intents"]
     intents = [intent for intent in INTENT_ORDER if any(k in text for k in keywords.get(intent, ()))]
+    if "recap" in intents and "analyse" in intents:
+        intents.remove("analyse")  # "what did you find?" asks for the search made, not a new one
     if "revise" in intents and "report" in intents:
         intents.remove("report")  # "remove F2 from the report" revises the report; it is not a new draft
     if not intents and any(k in text for k in keywords["subject"]):
@@ -245,6 +247,29 @@ class _Plan:
         if reported and detected.get("confidence_meaning"):  # a confidence was named: say what it means here
             self.lines.append(t["confidence_meaning"].format(meaning=detected["confidence_meaning"]))
         yield from self._annotated()
+
+    def _recap(self) -> Generator[Event, None, None]:
+        """What the search already made of this study found (a pre-read's, an earlier turn's),
+        from the stored findings, with nothing run again; a study not searched yet is searched."""
+        t = _templates()
+        study_id = self.ctx.current_study_id
+        stored = [f for f in self.ctx.study_findings(study_id) if f.source != "clinician"]
+        if not stored:
+            yield from self._analyse()
+            return
+        self.lines.append(t["recap"])
+        reported = self._reported(stored)
+        called = [f for f in reported if f.confidence >= ANOMALY_THRESHOLD]
+        if called:
+            self.lines.append(t["anomalies"].format(count=len(called), threshold=ANOMALY_THRESHOLD))
+            self.lines += [self._finding_line(f) for f in called]
+        else:
+            self.lines.append(t["recap_nothing_called"].format(threshold=ANOMALY_THRESHOLD,
+                                                               top=_describe_brief(reported[0])))
+        history = self.ctx.reports.get(study_id)
+        if history is not None and history.versions:
+            current = history.current
+            self.lines.append(t["recap_report"].format(version=current.version, status=current.status))
 
     def _where(self) -> Generator[Event, None, None]:
         findings = yield from self._asked_findings()

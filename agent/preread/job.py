@@ -243,8 +243,9 @@ class PrereadBackend:
             return f"The pre-read searched the study but could not draft its report: {self.error}"
         searched = len(detected.frames_searched)
         where = f"all {searched} slices of the series" if searched > 1 else "the image"
+        reason = "" if detected.assessment_reason in detected.summary else detected.assessment_reason
         lines = [f"Loupe's automated pre-read searched {where}: {detected.summary}",
-                 detected.assessment_reason,
+                 reason,
                  f"Report draft version {drafted.output['version']} ({drafted.output['status']}) is ready for "
                  "review; it is a preliminary automated result until a physician signs it."]
         return "\n".join(line for line in lines if line)

@@ -407,6 +407,54 @@ class Store:
             db.execute(delete(SessionRow).where(SessionRow.id == session_id))
         shutil.rmtree(self.session_folder(session_id), ignore_errors=True)
 
+    def copy_session(self, source_id: str, source_owner: str, new_id: str, new_owner: str, title: str) -> str:
+        """A copy of session ``source_id`` (``source_owner``'s) under ``new_id``, owned by
+        ``new_owner``: its state, history, events, images, tool calls, findings, report versions
+        and second reads, in one transaction, and its stored study bytes under the new session's
+        folder (hard links where the file system allows, else copies: deleting either session
+        never takes the other's bytes). The source is not changed; the copy is audited."""
+        source = self.session_row(source_id, source_owner)
+        if self.taken(new_id):
+            raise StoreError(f"A session '{new_id}' exists already.")
+        studies = self.studies(source_id)
+        moved: dict[str, str] = {}
+        if self.session_folder(new_id).exists():  # another copy under the same id is being made
+            raise StoreError(f"A session '{new_id}' is being made already.")
+        try:
+            for study in studies:
+                relative = Path("sessions") / new_id / "studies" / study.study_id
+                _link_tree(self.data_dir / study.storage, self.data_dir / relative)
+                moved[study.study_id] = str(relative)
+            with self.transaction() as db:
+                db.add(SessionRow(id=new_id, owner=new_owner, title=title, state=dict(source.state), version=0))
+                db.flush()
+                for table in (HistoryRow, EventRow, ImageRow, ToolCallRow, FindingRow, ReportVersionRow,
+                              SecondReadRow, StudyRow):
+                    columns = table.__table__.columns
+                    serial = [c.name for c in columns if c.primary_key and c.autoincrement is True]
+                    order = [columns[name] for name in serial] or list(table.__table__.primary_key.columns)
+                    rows = db.execute(select(table.__table__).where(columns["session_id"] == source_id)
+                                      .order_by(*order)).mappings().all()
+                    copies = []
+                    for row in rows:
+                        copy = {k: v for k, v in row.items() if k not in serial}
+                        copy["session_id"] = new_id
+                        if table is StudyRow:
+                            copy["storage"] = moved[row["study_id"]]
+                        copies.append(copy)
+                    if copies:
+                        db.execute(table.__table__.insert(), copies)
+                db.add(AuditRow(actor=new_owner, action="session_copied", session_id=new_id,
+                                detail={"source_session": source_id, "source_owner": source_owner,
+                                        "studies": len(studies)}))
+        except Exception as error:
+            if not self.taken(new_id):  # nothing of a copy that did not happen is left
+                shutil.rmtree(self.session_folder(new_id), ignore_errors=True)
+            if isinstance(error, IntegrityError):  # made meanwhile under the same id
+                raise StoreError(f"A session '{new_id}' exists already.") from error
+            raise
+        return new_id
+
     def session_folder(self, session_id: str) -> Path:
         return self.data_dir / "sessions" / session_id
 
@@ -473,6 +521,20 @@ class Store:
             if actor is not None:
                 query = query.where(AuditRow.actor == actor)
             return list(db.scalars(query))
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """The files of folder ``source`` under ``target``: hard links, else copies."""
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    for path in files:
+        placed = target / (path.relative_to(source) if source.is_dir() else path.name)
+        placed.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, placed)
+        except FileExistsError:
+            raise
+        except OSError:  # another file system, or no hard links there
+            shutil.copyfile(path, placed)
 
 
 def _host_key() -> str:
