@@ -160,6 +160,20 @@ def pacs_env(orthanc, monkeypatch):
     return orthanc
 
 
+def preread_settings(monkeypatch, data_dir: Path) -> None:
+    """Pre-read jobs run in this process (no broker), in ``data_dir``, without PACS back-off waits."""
+    monkeypatch.setenv("LOUPE_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("LOUPE_DICOMWEB_RETRY_INITIAL_S", "0")
+    monkeypatch.delenv("LOUPE_BROKER_URL", raising=False)
+
+
+@pytest.fixture
+def preread_env(pacs_env, monkeypatch, tmp_path):
+    """The test Orthanc, with pre-read jobs run here (``preread_settings``)."""
+    preread_settings(monkeypatch, tmp_path / "data")
+    return pacs_env
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A real PostgreSQL (installed by .ci/run), one throwaway cluster for the test run."""

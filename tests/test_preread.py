@@ -195,14 +195,6 @@ def test_an_older_database_is_upgraded_with_the_ledger(tmp_path):
 # -- the job and the command, against a real Orthanc -----------------------------------------------
 
 
-@pytest.fixture
-def preread_env(pacs_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("LOUPE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("LOUPE_DICOMWEB_RETRY_INITIAL_S", "0")
-    monkeypatch.delenv("LOUPE_BROKER_URL", raising=False)
-    return pacs_env
-
-
 def one_sentence(text: str) -> bool:
     return "\n" not in text and text.endswith(".") and not re.search(r"[.;!?]\s+[A-Z]", text)
 

@@ -4,6 +4,7 @@ forced re-run a newer instance of the same series — never a second set."""
 from __future__ import annotations
 
 import pydicom
+import pytest
 import requests
 
 from sqlalchemy import update
@@ -17,6 +18,7 @@ from agent.settings import LoupeSettings
 from tests.conftest import run_cli
 from tests.orthanc import PASSWORD, USER
 from tests.test_preread_watch import SLICES, own_pacs  # noqa: F401  (the fixture)
+from tools.errors import LoupeError
 
 
 def loupe_series(pacs) -> dict[str, dict]:
@@ -77,9 +79,5 @@ def test_the_draft_is_stored_once_and_a_forced_rerun_is_a_newer_instance(own_pac
 
 def test_the_send_setting_takes_sr_and_pdf_only():
     assert kinds_to_send("") == [] and kinds_to_send("pdf, SR") == ["sr", "pdf"]
-    import pytest
-
-    from tools.errors import LoupeError
-
     with pytest.raises(LoupeError, match="takes sr and pdf, not png"):
         kinds_to_send("sr,png")

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+from datetime import date
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
 from agent.preread.arrivals import ArrivalTracker
+from agent.preread.ledger import PrereadLedger
+from agent.preread.runner import LocalDispatcher
+from agent.preread.watch import PacsWatch, Watermark, priority_of
+from agent.settings import LoupeSettings
+from tests.conftest import preread_settings, pydicom_file, run_cli
 
 
 def test_a_study_arriving_in_two_halves_is_handed_on_once_after_it_is_whole():
@@ -33,19 +47,8 @@ def test_without_a_quiet_time_a_study_is_handed_on_when_first_seen():
 
 
 # -- following a real Orthanc ---------------------------------------------------------------------
-import os  # noqa: E402
-from datetime import date  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-import pydicom  # noqa: E402
-import pytest  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
 
-from agent.preread.ledger import PrereadLedger  # noqa: E402
-from agent.preread.runner import LocalDispatcher  # noqa: E402
-from agent.preread.watch import PacsWatch, Watermark, priority_of  # noqa: E402
-from agent.settings import LoupeSettings  # noqa: E402
-from tests.conftest import pydicom_file, run_cli  # noqa: E402
 
 SAMPLE = Path(__file__).parents[1] / "agent" / "sample_data" / "lidc-idri-0003"
 SLICES = sorted(SAMPLE.glob("*.dcm"))
@@ -65,9 +68,7 @@ def own_pacs(monkeypatch, tmp_path):
     with OrthancServer() as server:
         for name, value in server.env().items():
             monkeypatch.setenv(name, value)
-        monkeypatch.setenv("LOUPE_DATA_DIR", str(tmp_path / "data"))
-        monkeypatch.setenv("LOUPE_DICOMWEB_RETRY_INITIAL_S", "0")
-        monkeypatch.delenv("LOUPE_BROKER_URL", raising=False)
+        preread_settings(monkeypatch, tmp_path / "data")
         yield server
 
 
@@ -156,8 +157,6 @@ def test_loupe_preread_watch_once_prereads_what_has_arrived(own_pacs, capsys, mo
     assert code == 0, err
     assert "arrived (routine): queued" in out and "not queued:" in out and "holds no images" in out
     code, out, err = run_cli(capsys, "preread", "status", "--json")
-    import json
-
     [row] = json.loads(out)
     assert row["state"] == "done" and row["instances"] == len(SLICES)
     code, out, err = run_cli(capsys, "preread", "watch", "--once", "--interval", "0.2")  # the watermark was kept

@@ -71,14 +71,6 @@ def test_order_is_stat_then_strength_then_arrival_and_filters(tmp_path):
 # -- against a real Orthanc and the real pre-read ---------------------------------------------------
 
 
-@pytest.fixture
-def preread_env(pacs_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("LOUPE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("LOUPE_DICOMWEB_RETRY_INITIAL_S", "0")
-    monkeypatch.delenv("LOUPE_BROKER_URL", raising=False)
-    return pacs_env
-
-
 def preread(capsys, uid: str, *extra: str) -> None:
     code, out, err = run_cli(capsys, "preread", "study", f"pacs:{uid}", *extra)
     assert code == 0 and "done" in out, (out, err)
