@@ -242,3 +242,31 @@ def test_what_did_you_find_searches_a_study_not_searched_yet(tmp_path):
     assert not any(e.kind == "tool_started" for e in again)
     assert "nothing was run again" in next(e.text for e in again if e.kind == "assistant_text")
     conversation.ctx.close()
+
+
+def test_twenty_clinicians_opening_pre_reads_at_once_on_one_app_store(preread_env, capsys):
+    """The app serves every browser session from one process and one store: opening pre-reads
+    from many threads at once must work (a ledger opened per call migrated the database each
+    time, and Alembic's module state is not thread-safe: bench/bench_preread.py's burst)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.store.database import Store
+
+    preread(capsys, CT_SMALL)
+    settings = LoupeSettings()
+    [row] = worklist(settings)
+    store = Store.for_data_dir(settings.data_dir)
+
+    def open_as(index: int) -> int:
+        opened = open_preread(settings, store, row.job_id, f"dr-{index}")
+        try:
+            return len(opened.ctx.findings)
+        finally:
+            opened.ctx.close()
+
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            found = list(pool.map(open_as, range(20)))
+    finally:
+        store.close()
+    assert len(found) == 20 and all(count == found[0] for count in found) and found[0] > 0

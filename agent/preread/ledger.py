@@ -68,13 +68,17 @@ class PrereadLedger:
     """The ``preread_jobs`` table of the session database (``LOUPE_DB_URL``, else the SQLite file
     under ``LOUPE_DATA_DIR``), migrated like the rest of it when it opens."""
 
-    def __init__(self, settings: LoupeSettings):
+    def __init__(self, settings: LoupeSettings, store: Store | None = None):
+        """``store``: the session database already open (the app's, shared by its threads), kept
+        open by its owner; else the ledger opens its own (and migrates it) and ``close`` closes it."""
         self.settings = settings
-        self.store = Store.for_data_dir(settings.data_dir, settings.db_url)
+        self._owns_store = store is None
+        self.store = store or Store.for_data_dir(settings.data_dir, settings.db_url)
         self.engine = self.store.engine
 
     def close(self) -> None:
-        self.store.close()
+        if self._owns_store:
+            self.store.close()
 
     # -- asking for a job -------------------------------------------------------------------------
 

@@ -142,11 +142,7 @@ def open_preread(settings: LoupeSettings, store: Store, job_id: int, owner: str,
     sentence when the job is not done or its session is gone."""
     if owner == PREREAD_OWNER:
         raise PrereadError("Pre-read sessions are opened by clinicians, not by the pre-read itself.")
-    ledger = PrereadLedger(settings)
-    try:
-        job = ledger.job(job_id)
-    finally:
-        ledger.close()
+    job = PrereadLedger(settings, store).job(job_id)  # on the open store: no migration check per call
     source = job["session_id"]
     if job["state"] != "done" or not source:
         raise PrereadError(f"The pre-read of this study is {job['state']}, not done: there is nothing to open yet.")

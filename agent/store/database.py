@@ -47,6 +47,8 @@ from tools.errors import LoupeError
 #: Kept beside Alembic's revision so that a Loupe from before Alembic (which reads only this)
 #: refuses a database written by a newer one instead of misreading it.
 SCHEMA_VERSION = 3
+#: A copy's folder with no session row, untouched this long, was left by a process that died.
+ABANDONED_COPY = timedelta(minutes=5)
 #: How long a turn's lock lasts without renewal (a running turn's heartbeat renews it every 15 s).
 LOCK_LEASE = timedelta(seconds=60)
 
@@ -418,8 +420,7 @@ class Store:
             raise StoreError(f"A session '{new_id}' exists already.")
         studies = self.studies(source_id)
         moved: dict[str, str] = {}
-        if self.session_folder(new_id).exists():  # another copy under the same id is being made
-            raise StoreError(f"A session '{new_id}' is being made already.")
+        self._claim_folder(new_id)
         try:
             for study in studies:
                 relative = Path("sessions") / new_id / "studies" / study.study_id
@@ -454,6 +455,22 @@ class Store:
                 raise StoreError(f"A session '{new_id}' exists already.") from error
             raise
         return new_id
+
+    def _claim_folder(self, new_id: str) -> None:
+        """Make the new session's folder, or refuse: another copy under the same id (a second tab)
+        is being made in it. Creating a folder is atomic, so of two racing copies one makes it and
+        the other never touches it; a folder left by a copy whose process died (no session row,
+        untouched for ``ABANDONED_COPY``) is cleared first."""
+        folder = self.session_folder(new_id)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if folder.exists() and not self.taken(new_id):
+            age = datetime.now().timestamp() - folder.stat().st_mtime
+            if age > ABANDONED_COPY.total_seconds():
+                shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            raise StoreError(f"A session '{new_id}' is being made already.") from None
 
     def session_folder(self, session_id: str) -> Path:
         return self.data_dir / "sessions" / session_id
