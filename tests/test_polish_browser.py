@@ -150,6 +150,8 @@ def test_pacs_results_show_every_field_in_the_sidebar(browser_available, orthanc
         page.goto(url)
         wait_idle(page)
         search_pacs(page, "Patient name (* and ? as wildcards)", "compressed*")
+        # The list is drawn again by each rerun (a busy machine can catch one between two): wait for it.
+        page.wait_for_function(f"({_LISTED})().length >= 2", timeout=30_000)
         listed = page.evaluate(_LISTED)
         screenshot(page, "polish-pacs-results")
         assert len(listed) >= 2, listed

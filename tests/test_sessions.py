@@ -306,3 +306,21 @@ def test_a_series_folder_with_other_files_reopens(store, eval_dir):
     offline(conversation, "Analyse this scan")
     resumed = Conversation.resume(settings, store, conversation.session_id, "dr-a")
     assert resumed.ctx.view().study.frame_count == 8 and resumed.ctx.findings.keys() == conversation.ctx.findings.keys()
+
+
+def test_stores_opened_from_many_threads_at_once(tmp_path):
+    """Two browser sessions of one app process may open the database at the same moment; the
+    migration check is run by one thread at a time (Alembic's proxies are module globals)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from agent.store.database import Store
+
+    (tmp_path / "data").mkdir()
+    Store.for_data_dir(tmp_path / "data").close()  # the database exists; each open checks it
+
+    def open_and_close(_: int) -> bool:
+        Store.for_data_dir(tmp_path / "data").close()
+        return True
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        assert all(pool.map(open_and_close, range(24)))

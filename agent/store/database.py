@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -587,9 +588,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Alembic keeps its ``context`` and ``op`` proxies in module globals: two threads of one process
+#: opening a store at once (two browser sessions) must not run its commands together.
+_ALEMBIC_LOCK = threading.Lock()
+
+
 def _alembic_upgrade(connection: Connection, tables: set[str]) -> None:
     """A new database: the current models, stamped at the newest revision. One Loupe made
     before Alembic: stamped at the baseline, then upgraded like any other."""
+    with _ALEMBIC_LOCK:
+        _alembic_commands(connection, tables)
+
+
+def _alembic_commands(connection: Connection, tables: set[str]) -> None:
     from alembic import command
     from alembic.config import Config
 
