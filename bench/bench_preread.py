@@ -107,7 +107,6 @@ import argparse
 import io
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -134,6 +133,7 @@ sys.path.insert(0, str(ROOT))
 from agent.settings import LoupeSettings  # noqa: E402
 from tests.orthanc import PASSWORD, USER, OrthancServer, orthanc_installed  # noqa: E402
 from tests.redis_service import RedisServer, redis_installed  # noqa: E402
+from tests.worker_process import WorkerProcess  # noqa: E402
 
 SHARED = Path(os.environ.get("LOUPE_SHARED_DIR", ROOT.parent / "shared"))
 EVAL = SHARED / "data" / "eval"
@@ -295,58 +295,6 @@ class SeriesPoller(threading.Thread):
 # -- workers -----------------------------------------------------------------------------------------
 
 
-class Worker:
-    """``loupe worker --concurrency 1`` in a process group of its own."""
-
-    def __init__(self, env: dict[str, str], log: Path, sweep_every: float):
-        self.log_path = log
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "worker", "--concurrency", "1", "--sweep-every", str(sweep_every)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid = self.process.pid
-        self.killed = False
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"loupe worker exited at start:\n{self.text()[-3000:]}")
-            if " ready." in self.text():
-                return
-            time.sleep(0.1)
-        raise SystemExit(f"loupe worker was not ready within {timeout_s:.0f} s:\n{self.text()[-3000:]}")
-
-    def owns(self, pid: int) -> bool:
-        try:
-            return os.getpgid(pid) == self.pid
-        except ProcessLookupError:
-            return False
-
-    def kill(self) -> None:
-        os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.killed = True
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)  # whatever of its group is left
-        except ProcessLookupError:
-            pass
-        if self.process.poll() is None:
-            self.process.wait(timeout=10)
-        self._log.close()
-
-
 # -- one configuration -------------------------------------------------------------------------------------
 
 
@@ -476,11 +424,12 @@ def _configuration(label: str, workers: int, studies: list[StudyFiles], warmups:
                                  dicomweb_user=USER, dicomweb_password=PASSWORD, preread_send="sr,pdf",
                                  preread_lease_s=lease_s, broker_url=None if broker is None else broker.url)
         PrereadLedger(settings).close()  # the schema, before any worker opens the database
-        started: list[Worker] = []
+        started: list[WorkerProcess] = []
         poller: SeriesPoller | None = None
         try:
             for number in range(workers):
-                started.append(Worker(env, folder / f"worker-{number + 1}.log", sweep_every=2.0 if kill else 15.0))
+                started.append(WorkerProcess(folder / f"worker-{number + 1}.log", "--concurrency", "1", "--sweep-every",
+                                             str(2.0 if kill else 15.0), env=env))
             for worker in started:
                 worker.wait_ready()
             _warm_up(settings, warm, broker is not None)
@@ -571,7 +520,7 @@ def _proc_cpu(pid: int) -> tuple[int, float]:
     return int(fields[2]), (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _cpu_seconds(workers: list[Worker], pacs: OrthancServer) -> tuple[float, float]:
+def _cpu_seconds(workers: list[WorkerProcess], pacs: OrthancServer) -> tuple[float, float]:
     """CPU seconds so far of the workers' process groups (of this process when there is no
     worker) and of Orthanc."""
     groups = {w.pid for w in workers if not w.killed}
@@ -604,7 +553,7 @@ def _run_in_process(settings: LoupeSettings, today: str) -> None:
         preread.run(args, settings)
 
 
-def _wait_all(settings: LoupeSettings, count: int, warm: int, workers: list[Worker]) -> int | None:
+def _wait_all(settings: LoupeSettings, count: int, warm: int, workers: list[WorkerProcess]) -> int | None:
     """Until all ``count`` jobs are done or failed; with ``workers`` given, SIGKILL the one holding
     a running job once a quarter of the measured ones (all but ``warm``) are done. The killed
     job's id, if any."""

@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +24,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from tests.browser import free_port
-from tests.conftest import EVAL_DIR, REPO, pydicom_file, run_cli
+from tests.conftest import EVAL_DIR, pydicom_file, run_cli
+from tests.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -45,56 +44,6 @@ def wait_for(what: str, condition: Callable[[], object], timeout_s: float = 30.0
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-class WorkerProcess:
-    """``loupe worker`` as a process of its own process group (its pool processes included)."""
-
-    def __init__(self, log: Path, *args: str) -> None:
-        self.log_path = log
-        self._log = log.open("wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "agent.cli", "worker", "--sweep-every", SWEEP_S, *args],
-                                        cwd=REPO, env=dict(os.environ), stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        self.pid = self.process.pid
-
-    def text(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self) -> WorkerProcess:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"loupe worker exited at start:\n{self.text()[-3000:]}")
-            return " ready." in self.text()
-
-        wait_for("the worker to be ready", ready, timeout_s=40)
-        return self
-
-    def owns(self, pid: int) -> bool:
-        try:
-            return os.getpgid(pid) == self.pid
-        except ProcessLookupError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL the whole worker: its main process and every pool process at once."""
-        os.killpg(self.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # warm shutdown: a running job finishes first
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)  # whatever of the group is left
-        except ProcessLookupError:
-            pass
-        if self.process.poll() is None:
-            self.process.wait(timeout=10)
-        self._log.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -122,7 +71,7 @@ def workers(celery_env, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(*args: str, ready: bool = True) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path / f"worker-{len(started) + 1}.log", *args)
+        worker = WorkerProcess(tmp_path / f"worker-{len(started) + 1}.log", "--sweep-every", SWEEP_S, *args)
         started.append(worker)
         return worker.wait_ready() if ready else worker
 
@@ -370,7 +319,7 @@ def test_a_pacs_down_then_up_is_retried_one_lease_later(orthanc, celery_env, led
     request.addfinalizer(gate.close)
     monkeypatch.setenv("LOUPE_DICOMWEB_URL", f"http://127.0.0.1:{gate.port}/dicom-web")
     monkeypatch.setenv("LOUPE_DICOMWEB_RETRY_ATTEMPTS", "1")  # the client's own quick retries: none here
-    worker = WorkerProcess(tmp_path / "worker.log", "--concurrency", "1").wait_ready()
+    worker = WorkerProcess(tmp_path / "worker.log", "--sweep-every", SWEEP_S, "--concurrency", "1").wait_ready()
     request.addfinalizer(worker.stop)
     job_id = enqueue(ledger, dispatcher, small_study(orthanc, tmp_path))
 
