@@ -133,11 +133,12 @@ def small_study(orthanc, tmp_path: Path) -> tuple[str, int]:
 
 
 def long_study(orthanc, tmp_path: Path) -> tuple[str, int]:
-    """A 32-slice CT: a job that runs for seconds, long enough to be caught mid-way."""
+    """A 64-slice CT (as many as the series search takes): a job that runs for seconds, long
+    enough to be caught mid-way also on a busy machine."""
     slices = sorted((EVAL_DIR / "lidc_ct" / "LIDC-IDRI-0002").glob("*.dcm"))
     if not slices:
         pytest.skip(f"shared evaluation data not found at {EVAL_DIR}")
-    return seed_study(orthanc, tmp_path / generate_uid(), slices, copies=4)
+    return seed_study(orthanc, tmp_path / generate_uid(), slices, copies=8)
 
 
 def enqueue(ledger, dispatcher, study: tuple[str, int], priority: str = "routine") -> int:
@@ -344,7 +345,7 @@ def test_a_job_that_kills_its_worker_every_time_is_failed_after_three_attempts(
     for attempt in (1, 2, 3):
         running = wait_for(f"attempt {attempt} to start",
                            lambda: (job := ledger.job(job_id))["state"] == "running" and job["attempts"] == attempt
-                           and job, timeout_s=30, every_s=0.01)
+                           and job, timeout_s=60, every_s=0.01)
         child = int(running["worker"].rsplit(":", 1)[1])
         assert worker.owns(child) and child != worker.pid
         os.kill(child, signal.SIGKILL)  # the job's pool process dies, as on a crash in native code
