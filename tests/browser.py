@@ -129,10 +129,18 @@ def search_pacs(page, field: str, value: str):
     box.fill(value)
     box.press("Tab")
     wait_idle(page)
-    sidebar.get_by_role("button", name="Search PACS").click()
-    sidebar.get_by_role("button", name="Open study").wait_for(timeout=60_000)
-    wait_idle(page)
-    return sidebar
+    # A click that lands while the app reruns (it does once after loading; a busy machine makes
+    # that slow) can be dropped: search again until the results are there.
+    for _ in range(3):
+        sidebar.get_by_role("button", name="Search PACS").click()
+        try:
+            sidebar.get_by_role("button", name="Open study").wait_for(timeout=30_000)
+        except Exception:  # Playwright's TimeoutError: no results (yet)
+            wait_idle(page)
+            continue
+        wait_idle(page)
+        return sidebar
+    raise AssertionError(f"the PACS search for {field} = {value!r} showed no study")
 
 
 def screenshot(page, name: str) -> Path:
