@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from agent.conversation import Conversation
 from agent.preread.job import PREREAD_OWNER
-from agent.preread.ledger import PrereadError, PrereadLedger, _as_dict
+from agent.preread.ledger import PrereadError, PrereadLedger
 from agent.settings import LoupeSettings
 from agent.store.database import PrereadJobRow, SessionRow, Store, StoreError
 
@@ -63,35 +63,22 @@ def worklist(settings: LoupeSettings, modality: str | None = None, state: str | 
     """The pre-read studies in the order a clinician reads them (see the module's docstring);
     only those of ``modality`` (CT, MR, ...) and in ``state`` (queued, running, done, failed)
     when given. ``store``: the session database already open (the app's), else one is opened."""
-    opened = store is None
-    store = store or Store.for_data_dir(settings.data_dir, settings.db_url)
+    ledger = PrereadLedger(settings, store)  # on the app's store when given, else its own
     try:
-        jobs = _newest_jobs(store)
-        titles = _titles(store, [j["session_id"] for j in jobs if j["session_id"]])
+        jobs = ledger.status()
+        titles = _titles(ledger.store, [j["session_id"] for j in jobs if j["session_id"]])
     finally:
-        if opened:
-            store.close()
+        ledger.close()
     now = now or datetime.now(UTC)
     rows = [_row(job, titles.get(job["session_id"] or ""), now) for job in jobs]
-    rows = [r for r in rows if (state is None or r.state == state)
+    return [r for r in rows if (state is None or r.state == state)  # in the ledger's order (status())
             and (modality is None or r.modality.upper() == modality.upper())]
-    return sorted(rows, key=lambda r: (r.priority != "stat", -r.top_confidence, r.queued_at or ""))
 
 
 def any_preread(store: Store) -> bool:
     """The ledger holds at least one job (the app then shows the worklist without a PACS too)."""
     with Session(store.engine) as db:
         return db.scalar(select(PrereadJobRow.id).limit(1)) is not None
-
-
-def _newest_jobs(store: Store) -> list[dict[str, Any]]:
-    """One job per study, its newest (as ``PrereadLedger.status``), read on the open store."""
-    with Session(store.engine, expire_on_commit=False) as db:
-        rows = list(db.scalars(select(PrereadJobRow).order_by(PrereadJobRow.queued_at, PrereadJobRow.id)))
-    newest: dict[str, PrereadJobRow] = {}
-    for row in rows:
-        newest[row.study_uid] = row
-    return [_as_dict(row) for row in newest.values()]
 
 
 def modalities(rows: list[WorklistRow]) -> list[str]:
