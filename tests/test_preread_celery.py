@@ -203,7 +203,10 @@ def test_a_submitted_job_is_done_and_submitting_it_again_makes_nothing_new(
     wait_for("both duplicates to be skipped",
              lambda: worker.text().count(f"pre-read job {job_id}: skipped") == 2, timeout_s=20)
     client = broker(celery_env)
-    assert client.llen("routine") == 0 and client.llen("stat") == 0 and client.hlen("unacked") == 0
+    # the skip is logged inside the task and the message acknowledged after it returns (acks_late)
+    wait_for("both duplicates to be acknowledged",
+             lambda: (client.llen("routine"), client.llen("stat"), client.hlen("unacked")) == (0, 0, 0),
+             timeout_s=20)
     assert ledger.job(job_id) == done  # not claimed, not re-run
     assert preread_sessions(ledger) == [done["session_id"]]
     assert len([row for row in ledger.status() if row["study_uid"] == study[0]]) == 1
