@@ -81,6 +81,9 @@ class LoupeSettings(BaseSettings):
     preread_send: str = Field(
         default="", description="What a pre-read stores back in the study on the PACS: 'sr', 'pdf' or 'sr,pdf' "
                                 "(marked as a preliminary automated result); empty stores nothing.")
+    preread_chunk_slices: int = Field(
+        default=64, ge=4, le=10_000, description="A pre-read series longer than this is searched in chunks of this "
+                                                  "many slices, shared out to the pre-read workers.")
     preread_lease_s: float = Field(
         default=600.0, gt=0, description="A running pre-read job's lease: a job not renewed for this long (its "
                                          "worker was killed) is taken up again.")

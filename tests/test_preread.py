@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from agent.conversation import Conversation
 from agent.models.planner import OfflinePlanner
 from agent.preread.job import PREREAD_OWNER, run_job
-from agent.preread.ledger import ANALYSIS_VERSION, MAX_ATTEMPTS, JobKey, PrereadLedger, _now
+from agent.preread.ledger import ANALYSIS_VERSION, MAX_ATTEMPTS, JobKey, PrereadLedger, utc_now
 from agent.preread.runner import LocalDispatcher, dispatcher_for
 from agent.settings import LoupeSettings
 from agent.store.database import PrereadJobRow, Store
@@ -129,10 +129,10 @@ def test_an_expired_lease_is_listed_and_claimable_again(ledger):
 def test_a_queued_job_whose_message_was_lost_is_listed_after_the_lease(ledger):
     job_id = ledger.enqueue(JobKey("1.2.3", 40)).job_id
     assert ledger.expired() == []
-    later = _now() + timedelta(seconds=ledger.settings.preread_lease_s + 1)
+    later = utc_now() + timedelta(seconds=ledger.settings.preread_lease_s + 1)
     assert ledger.expired(later) == [(job_id, "routine")]
     ledger.resubmitted(job_id)
-    assert ledger.expired(_now() + timedelta(seconds=1)) == []
+    assert ledger.expired(utc_now() + timedelta(seconds=1)) == []
 
 
 def test_retry_keeps_attempts_and_a_job_that_keeps_dying_fails(ledger):
@@ -162,13 +162,13 @@ def test_a_new_database_has_the_ledger_and_the_migration_adds_it(tmp_path, db_ur
     with store.engine.connect() as db:
         from sqlalchemy import inspect, text
 
-        assert "preread_jobs" in inspect(db).get_table_names()
-        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert {"preread_jobs", "preread_chunks"} <= set(inspect(db).get_table_names())
+        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     store.close()
 
 
 def test_an_older_database_is_upgraded_with_the_ledger(tmp_path):
-    """A database at revision 0002 (made by the Loupe before pre-read) gains the table in place."""
+    """A database at revision 0002 (made by the Loupe before pre-read) gains the tables in place."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import create_engine, inspect, text
@@ -177,7 +177,7 @@ def test_an_older_database_is_upgraded_with_the_ledger(tmp_path):
 
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     with engine.begin() as connection:
-        tables = [t for t in database.Base.metadata.sorted_tables if t.name != "preread_jobs"]
+        tables = [t for t in database.Base.metadata.sorted_tables if not t.name.startswith("preread_")]
         database.Base.metadata.create_all(connection, tables=tables)
         config = Config()
         config.set_main_option("script_location", str(Path(database.__file__).with_name("migrations")))
@@ -187,8 +187,8 @@ def test_an_older_database_is_upgraded_with_the_ledger(tmp_path):
     (tmp_path / "data").mkdir()
     store = Store(f"sqlite:///{tmp_path / 'old.db'}", tmp_path / "data")
     with store.engine.connect() as db:
-        assert "preread_jobs" in inspect(db).get_table_names()
-        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert {"preread_jobs", "preread_chunks"} <= set(inspect(db).get_table_names())
+        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     store.close()
 
 

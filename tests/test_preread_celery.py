@@ -235,6 +235,40 @@ def test_a_worker_killed_mid_job_leaves_it_to_the_other_worker(database, orthanc
     assert [row["state"] for row in ledger.status() if row["job_id"] == job_id] == ["done"]
 
 
+def test_a_long_series_is_searched_in_chunks_by_both_workers(orthanc, workers, ledger, dispatcher, tmp_path,
+                                                               monkeypatch):
+    """64 slices in chunks of 4: the job's worker and the other worker each search some of them
+    (the job's worker starts at once; the other takes the chunk messages), every chunk once, and
+    the findings are those of a search in one process."""
+    from agent.pacs.client import PacsConnection
+    from agent.pacs.retrieve import retrieve_series
+    from agent.settings import LoupeSettings
+    from tools.detection.detector import detect_volume
+    from tools.study import open_study
+
+    monkeypatch.setenv("LOUPE_PREREAD_CHUNK_SLICES", "4")
+    first, second = workers("--concurrency", "1"), workers("--concurrency", "1")
+    job_id = enqueue(ledger, dispatcher, long_study(orthanc, tmp_path))
+    done = wait_for("the job to be done", state_is(ledger, job_id, "done", "failed"), timeout_s=90)
+    assert done["state"] == "done", done["error"]
+    assert "series searched in 16 chunks, " in done["note"], done["note"]
+    helped = int(done["note"].split("series searched in 16 chunks, ")[1].split(" ")[0])
+    assert helped >= 1, done["note"]
+
+    def chunks_logged_done() -> int:  # a task's line is written once it has returned: wait for it
+        lines = (first.text() + second.text()).splitlines()
+        return sum(f"pre-read job {job_id} chunk " in line and ": done (" in line for line in lines)
+
+    wait_for("the other worker's chunks in its log", lambda: chunks_logged_done() >= helped, timeout_s=10)
+    assert chunks_logged_done() == helped  # each chunk searched once
+    settings = LoupeSettings()
+    folder = retrieve_series(PacsConnection(settings), settings, done["study_uid"]).folder  # the job's copy
+    with open_study(folder, limits=settings.study_limits()) as study:
+        expected = detect_volume(study, limit=5)
+    top = done["top_finding"]
+    assert (top["slice"], top["confidence"]) == (expected[0].frame + 1, round(expected[0].confidence, 4))
+
+
 def test_the_sweeper_submits_again_what_a_broker_restarted_empty_lost(
         orthanc, workers, ledger, dispatcher, celery_env, tmp_path):
     worker = workers("--concurrency", "1")

@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from tools.detection import masks
 from tools.detection.candidates import _level_peaks, _max3x3
-from tools.detection.detector import (Detection, FrameAnalysis, merged_across_slices, _slices, analyse_frame, detect_frame,
+from tools.detection.detector import (Detection, FrameAnalysis, merged_across_slices, analyse_frame, detect_frame,
                                       detect_on_work, detect_volume, recentred)
 from tools.detection.evidence import ScaleSpace
 from tools.detection.working import WorkingImage, prepare_study_frame
@@ -128,7 +128,7 @@ def _volume_frame_by_frame(study: Study, limit: int) -> list[Detection]:
     """The series search as it was written before: each slice prepared and searched on its own
     (``detect_frame``), the same lesion on neighbouring slices merged, and the kept detections
     centred on slices prepared again."""
-    everything = [d for frame in _slices(study) for d in detect_frame(study, frame, limit, refine=0)]
+    everything = [d for frame in range(study.frame_count) for d in detect_frame(study, frame, limit, refine=0)]
     kept = merged_across_slices(everything, study, limit)
     return [recentred(d, prepare_study_frame(study, d.frame)) for d in kept]
 

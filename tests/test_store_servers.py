@@ -41,7 +41,7 @@ def test_a_database_from_before_alembic_is_upgraded_in_place(tmp_path):
     shutil.copytree(V1_DATABASE, tmp_path / "data")
     store = Store.for_data_dir(tmp_path / "data")
     with store.engine.connect() as db:
-        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         assert db.execute(text("SELECT MAX(version) FROM schema_version")).scalar() == SCHEMA_VERSION
     [summary] = store.list_sessions("dr-a")
     assert summary.title == "a session from before Alembic" and store.version(V1_SESSION) == 0
@@ -55,7 +55,7 @@ def test_a_database_from_before_alembic_is_upgraded_in_place(tmp_path):
 
 def test_new_databases_are_created_at_the_newest_revision(store):
     with store.engine.connect() as db:
-        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0004"
         assert db.execute(text("SELECT COUNT(*) FROM session_locks")).scalar() == 0
 
 

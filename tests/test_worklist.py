@@ -13,7 +13,7 @@ import pytest
 from agent.conversation import Conversation
 from agent.models.planner import OfflinePlanner
 from agent.preread.job import PREREAD_OWNER
-from agent.preread.ledger import JobKey, PrereadError, PrereadLedger, _now
+from agent.preread.ledger import JobKey, PrereadError, PrereadLedger, utc_now
 from agent.preread.worklist import copy_id, open_preread, worklist
 from agent.settings import LoupeSettings
 from agent.store.database import StoreError
@@ -41,7 +41,7 @@ def finished(ledger: PrereadLedger, uid: str, priority: str, confidence: float |
 
         with Session(ledger.engine) as db, db.begin():
             db.execute(update(PrereadJobRow).where(PrereadJobRow.id == job_id).values(
-                queued_at=_now() - timedelta(minutes=queued_minutes_ago)))
+                queued_at=utc_now() - timedelta(minutes=queued_minutes_ago)))
     return job_id
 
 

@@ -16,7 +16,7 @@ from typing import Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.checklists.record import SecondReadState
-from tools.detection.detector import Detector
+from tools.detection.detector import Detector, SliceSearch
 from tools.detection.performance import PerformanceTable, shipped_table
 from tools.errors import NoStudyOpenError, UnreadableStudyError
 from tools.findings import Finding
@@ -113,6 +113,9 @@ class ToolContext:
     #: A trained detector (``LOUPE_DETECTOR_MODEL``) whose boxes are verified like any proposal;
     #: None: the classical detector alone.
     detector: Detector | None = None
+    #: How a whole series' slices are searched; None: here, one after another. A pre-read job
+    #: shares a long series out in chunks to its workers (``agent.preread.chunks``).
+    slice_search: SliceSearch | None = None
     #: The classical detector's measured performance per kind of image: the shipped table, or
     #: one a site measured on its own images (``LOUPE_PERFORMANCE_TABLE``).
     performance: PerformanceTable = field(default_factory=shipped_table)

@@ -31,6 +31,7 @@ from tools.detection.detector import (
     frame_analysis,
     label_for,
     recentred,
+    search_slices,
 )
 from tools.detection.performance import (Assessment, AssessmentResult, ImageKind, KindPerformance, Measured,
                                          assess, image_kind, silent_model)
@@ -231,7 +232,8 @@ def detect_anomalies(ctx: ToolContext, args: DetectAnomaliesInput) -> ToolResult
     notes: tuple[str, ...] = ()
     analysis = frame_analysis(ctx, study, frame)
     if args.all_frames and study.frame_count > 1:
-        detections = detect_volume(study, limit=args.max_findings, analysed={frame: analysis})
+        detections = detect_volume(study, limit=args.max_findings, analysed={frame: analysis},
+                                   search=ctx.slice_search or search_slices)
         searched = list(range(study.frame_count))
     else:
         detections, notes = _listed_detections(analysis, args.max_findings), analysis.work.notes

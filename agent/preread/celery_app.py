@@ -42,8 +42,9 @@ from kombu.utils.url import maybe_sanitize_url
 from agent.settings import LoupeSettings
 from tools.errors import LoupeError
 
-#: The task's name on the wire (a worker of another version still understands it).
+#: The tasks' names on the wire (a worker of another version still understands them).
 TASK_NAME = "loupe.preread.run"
+CHUNK_TASK_NAME = "loupe.preread.chunk"
 #: Queues in the order a worker consumes them: ``stat`` before ``routine``.
 QUEUES = ("stat", "routine")
 #: Redis gives an unacknowledged message back after this long: well above the longest job.
@@ -84,6 +85,7 @@ def make_app(broker_url: str) -> Celery:
         enable_utc=True,
     )
     app.task(name=TASK_NAME, ignore_result=True)(_run)
+    app.task(name=CHUNK_TASK_NAME, ignore_result=True)(_run_chunk)
     return app
 
 
@@ -96,6 +98,18 @@ def _run(job_id: int) -> str:
     worker = worker_name()
     outcome = run_job(LoupeSettings(), int(job_id), worker)
     log.info("pre-read job %s: %s (%s)", job_id, outcome, worker)
+    return outcome
+
+
+def _run_chunk(job_id: int, run: int, chunk: int) -> str:
+    """The task: one chunk of a long series' search (``agent.preread.chunks``), for the job's
+    run ``run``; ``done``, ``failed`` (the job's own worker then tries it) or ``skipped``."""
+    from agent.preread.chunks import run_chunk
+    from agent.preread.job import worker_name
+
+    worker = worker_name()
+    outcome = run_chunk(LoupeSettings(), int(job_id), int(run), int(chunk), worker)
+    log.info("pre-read job %s chunk %s: %s (%s)", job_id, chunk, outcome, worker)
     return outcome
 
 
@@ -115,16 +129,24 @@ class CeleryDispatcher:
         self.app = make_app(settings.broker_url)
 
     def submit(self, job_id: int, priority: str) -> None:
+        self._send(TASK_NAME, [int(job_id)], priority,
+                   f"job {job_id} stays queued in the ledger and a worker's sweeper submits it again")
+
+    def submit_chunk(self, job_id: int, run: int, chunk: int, priority: str) -> None:
+        """Have another worker search chunk ``chunk`` of the job's run (on the job's queue)."""
+        self._send(CHUNK_TASK_NAME, [int(job_id), int(run), int(chunk)], priority,
+                   f"the worker of job {job_id} searches chunk {chunk} itself")
+
+    def _send(self, task: str, args: list[int], priority: str, meanwhile: str) -> None:
         queue = priority if priority in QUEUES else "routine"
         try:
-            self.app.send_task(TASK_NAME, args=[int(job_id)], queue=queue, routing_key=queue,
+            self.app.send_task(task, args=args, queue=queue, routing_key=queue,
                                retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                                          "interval_step": 0.5, "interval_max": 2.0})
         except Exception as error:  # kombu's OperationalError and friends: the broker is away
             raise BrokerError(
                 f"The pre-read broker at {safe_url(self.settings.broker_url)} cannot be reached "
-                f"({type(error).__name__}); job {job_id} stays queued in the ledger and a worker's sweeper "
-                "submits it again.") from error
+                f"({type(error).__name__}); {meanwhile}.") from error
 
     def close(self) -> None:
         self.app.close()

@@ -29,8 +29,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
@@ -39,9 +39,10 @@ from agent.analysis import FIGURE_LAYERS, PER_FINDING_LAYERS, measured_ids
 from agent.conversation import Conversation, Turn
 from agent.events import AssistantText, Event, ToolStarted, TurnError
 from agent.pacs.client import PacsConnection, PacsError, PacsNotFoundError
-from agent.pacs.retrieve import retrieve_series
+from agent.pacs.retrieve import RetrievedSeries, retrieve_series
 from agent.pacs.search import check_uid, series_of, study
-from agent.preread.ledger import MAX_ATTEMPTS, JobKey, PrereadError, PrereadLedger
+from agent.preread.chunks import SharedSliceSearch, SubmitChunk
+from agent.preread.ledger import MAX_ATTEMPTS, JobKey, PrereadError, PrereadLedger, lease_kept
 from agent.preread.results import kinds_to_send, send_preread
 from agent.samples import session_title
 from agent.settings import LoupeSettings
@@ -76,23 +77,10 @@ def run_job(settings: LoupeSettings, job_id: int, worker: str) -> str:
         if not ledger.claim(job_id, worker, lease_s):
             return "skipped"
         job = ledger.job(job_id)
-        stop = threading.Event()
-        threading.Thread(target=_renew, args=(ledger, job_id, worker, lease_s, stop), daemon=True,
-                         name=f"preread-lease-{job_id}").start()
-        try:
+        with lease_kept(lambda: ledger.renew(job_id, worker, lease_s), lease_s, f"pre-read job {job_id}"):
             return _run_claimed(settings, ledger, job, worker)
-        finally:
-            stop.set()
     finally:
         ledger.close()
-
-
-def _renew(ledger: PrereadLedger, job_id: int, worker: str, lease_s: float, stop: threading.Event) -> None:
-    while not stop.wait(max(lease_s / 3, 0.5)):
-        try:
-            ledger.renew(job_id, worker, lease_s)
-        except Exception:  # retried at the next beat; the lease is long
-            log.warning("could not renew the lease of pre-read job %s", job_id, exc_info=True)
 
 
 def _run_claimed(settings: LoupeSettings, ledger: PrereadLedger, job: dict[str, Any], worker: str) -> str:
@@ -102,7 +90,7 @@ def _run_claimed(settings: LoupeSettings, ledger: PrereadLedger, job: dict[str, 
     session_id = session_id_for(job)
     _remove_session(store, session_id, "an earlier attempt did not finish")
     try:
-        result = _analyse(settings, store, job, session_id)
+        result = _analyse(settings, ledger, job, session_id, worker)
     except LoupeError as error:
         transient = _transient(error)
         retry = transient and job["attempts"] < MAX_ATTEMPTS
@@ -150,44 +138,73 @@ def _remove_session(store: Store, session_id: str, reason: str) -> None:
         store.audit(PREREAD_OWNER, "session_deleted", {"reason": reason}, session_id=session_id)
 
 
-def _analyse(settings: LoupeSettings, store: Store, job: dict[str, Any], session_id: str) -> dict[str, Any]:
+def _analyse(settings: LoupeSettings, ledger: PrereadLedger, job: dict[str, Any], session_id: str,
+             worker: str) -> dict[str, Any]:
     """Retrieve, open, analyse and draft into session ``session_id``, and store the draft in the
     study when ``LOUPE_PREREAD_SEND`` says so; what ``ledger.finish`` records."""
     kinds = kinds_to_send(settings.preread_send)  # a wrong setting fails before the work, not after
-    study_uid = job["study_uid"]
+    study_uid, store = job["study_uid"], ledger.store
     retrieved = retrieve_series(PacsConnection(settings), settings, study_uid)
     conversation = Conversation.start(settings, store=store, owner=PREREAD_OWNER, session_id=session_id,
                                       title="Pre-read")
     try:
-        conversation.open_study(retrieved.folder)
-        opened = conversation.ctx.view().study
-        store.rename(session_id, PREREAD_OWNER, f"Pre-read · {session_title(opened)}"[:200])
-        conversation.recorder.audit("study_retrieved_from_pacs", {
-            "instances": retrieved.instances, "fetched": retrieved.fetched,
-            "series_chosen_by": "largest image series", "by": "pre-read"})
-        backend = PrereadBackend()
-        events = list(conversation.ask(PREREAD_MESSAGE, backend))
-        failed = next((e for e in events if isinstance(e, TurnError)), None)
-        if backend.error or failed is not None:
-            raise LoupeError(backend.error or failed.message)
-        findings = sorted(conversation.ctx.study_findings(opened.id), key=lambda f: -f.confidence)
-        detected = backend.detected
-        called = [f for f in findings if f.confidence >= detected.threshold]
-        top = findings[0] if findings else None
-        notes = [f"assessment: {detected.assessment}"]
-        if retrieved.other_image_series:
-            notes.append(f"{retrieved.other_image_series} other image series of the study not analysed")
-        if kinds:
-            key = JobKey(study_uid, job["instances"], job["version"])
-            stored = send_preread(conversation, key, job["run"], kinds)
-            notes.append("stored in the study as a preliminary result: " + ", ".join(s.description for s in stored))
-        return {"findings": len(called), "anomaly_found": detected.anomaly_found,
-                "top_finding": None if top is None else {"id": top.id, "label": top.label,
-                                                         "confidence": round(top.confidence, 4),
-                                                         "slice": top.frame + 1},
-                "note": "; ".join(notes)}
+        with _chunk_submitter(settings, job["priority"]) as submit:
+            shared = SharedSliceSearch(settings, ledger, job, worker, retrieved.folder, submit)
+            conversation.ctx.slice_search = shared
+            return _turn(conversation, job, retrieved, kinds, shared)
     finally:
         conversation.ctx.close()
+
+
+@contextmanager
+def _chunk_submitter(settings: LoupeSettings, priority: str) -> Iterator[SubmitChunk | None]:
+    """Where a long series' chunks are sent: the broker's queue of the job's priority; None
+    without a broker (the job's worker searches them all)."""
+    if not settings.broker_url:
+        yield None
+        return
+    from agent.preread.celery_app import CeleryDispatcher
+
+    dispatcher = CeleryDispatcher(settings)
+    try:
+        yield lambda job_id, run, chunk: dispatcher.submit_chunk(job_id, run, chunk, priority)
+    finally:
+        dispatcher.close()
+
+
+def _turn(conversation: Conversation, job: dict[str, Any], retrieved: RetrievedSeries, kinds: list[str],
+          shared: SharedSliceSearch) -> dict[str, Any]:
+    """The pre-read turn on the opened conversation, and what the ledger records of it."""
+    store, session_id, study_uid = conversation.recorder.store, conversation.session_id, job["study_uid"]
+    conversation.open_study(retrieved.folder)
+    opened = conversation.ctx.view().study
+    store.rename(session_id, PREREAD_OWNER, f"Pre-read · {session_title(opened)}"[:200])
+    conversation.recorder.audit("study_retrieved_from_pacs", {
+        "instances": retrieved.instances, "fetched": retrieved.fetched,
+        "series_chosen_by": "largest image series", "by": "pre-read"})
+    backend = PrereadBackend()
+    events = list(conversation.ask(PREREAD_MESSAGE, backend))
+    failed = next((e for e in events if isinstance(e, TurnError)), None)
+    if backend.error or failed is not None:
+        raise LoupeError(backend.error or failed.message)
+    findings = sorted(conversation.ctx.study_findings(opened.id), key=lambda f: -f.confidence)
+    detected = backend.detected
+    called = [f for f in findings if f.confidence >= detected.threshold]
+    top = findings[0] if findings else None
+    notes = [f"assessment: {detected.assessment}"]
+    if shared.note():
+        notes.append(shared.note())
+    if retrieved.other_image_series:
+        notes.append(f"{retrieved.other_image_series} other image series of the study not analysed")
+    if kinds:
+        key = JobKey(study_uid, job["instances"], job["version"])
+        stored = send_preread(conversation, key, job["run"], kinds)
+        notes.append("stored in the study as a preliminary result: " + ", ".join(s.description for s in stored))
+    return {"findings": len(called), "anomaly_found": detected.anomaly_found,
+            "top_finding": None if top is None else {"id": top.id, "label": top.label,
+                                                     "confidence": round(top.confidence, 4),
+                                                     "slice": top.frame + 1},
+            "note": "; ".join(notes)}
 
 
 class PrereadBackend:

@@ -14,6 +14,10 @@ a machine gone) and queued jobs not picked up within the lease (a broker restart
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +29,8 @@ from sqlalchemy.orm import Session
 from agent.settings import LoupeSettings
 from agent.store.database import PrereadJobRow, Store
 from tools.errors import LoupeError
+
+log = logging.getLogger(__name__)
 
 #: Part of every job key: a new analysis (detector, report rules) makes every study a new job.
 ANALYSIS_VERSION = "loupe-preread-1"
@@ -53,11 +59,31 @@ class Enqueued:
     message: str
 
 
-def _now() -> datetime:
+@contextmanager
+def lease_kept(renew: Callable[[], None], lease_s: float, what: str) -> Iterator[None]:
+    """Call ``renew`` every third of the lease while the body runs (a job, a chunk of one): a
+    worker that is killed stops renewing, and its work is taken up again once the lease runs out."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(max(lease_s / 3, 0.5)):
+            try:
+                renew()
+            except Exception:  # retried at the next beat; the lease is long
+                log.warning("could not renew the lease of %s", what, exc_info=True)
+
+    threading.Thread(target=beat, daemon=True, name=f"lease-{what}").start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
     """SQLite gives datetimes back without their zone; every one stored here is UTC."""
     if value is None or value.tzinfo is not None:
         return value
@@ -94,7 +120,7 @@ class PrereadLedger:
             if existing is None:
                 try:
                     with Session(self.engine) as db, db.begin():
-                        now = _now()
+                        now = utc_now()
                         row = PrereadJobRow(study_uid=key.study_uid, instances=key.instances, version=key.version,
                                             priority=priority, state="queued", run=1, attempts=0,
                                             queued_at=now, submitted_at=now)
@@ -116,7 +142,7 @@ class PrereadLedger:
     def _existing(self, row: PrereadJobRow, priority: str, force: bool) -> Enqueued:
         if row.state in ("done", "failed") and force:
             with Session(self.engine) as db, db.begin():
-                now = _now()
+                now = utc_now()
                 requeued = db.execute(
                     update(PrereadJobRow).where(PrereadJobRow.id == row.id, PrereadJobRow.state == row.state,
                                                 PrereadJobRow.run == row.run)
@@ -147,7 +173,7 @@ class PrereadLedger:
         """Take the job for ``worker``: True for exactly one of any number of racing claims.
         A running job whose lease ran out after ``MAX_ATTEMPTS`` tries is ``failed`` instead
         (it kills its worker every time)."""
-        now = _now()
+        now = utc_now()
         claimable = or_(PrereadJobRow.state == "queued",
                         (PrereadJobRow.state == "running") & (PrereadJobRow.lease_expires_at < now))
         with Session(self.engine) as db, db.begin():
@@ -166,7 +192,7 @@ class PrereadLedger:
         with Session(self.engine) as db, db.begin():
             db.execute(update(PrereadJobRow).where(PrereadJobRow.id == job_id, PrereadJobRow.worker == worker,
                                                    PrereadJobRow.state == "running")
-                       .values(lease_expires_at=_now() + timedelta(seconds=lease_s)))
+                       .values(lease_expires_at=utc_now() + timedelta(seconds=lease_s)))
 
     def finish(self, job_id: int, worker: str, *, session_id: str, findings: int, anomaly_found: bool,
                top_finding: dict[str, Any] | None, note: str | None = None) -> bool:
@@ -174,13 +200,13 @@ class PrereadLedger:
         with Session(self.engine) as db, db.begin():
             return db.execute(update(PrereadJobRow).where(
                 PrereadJobRow.id == job_id, PrereadJobRow.worker == worker, PrereadJobRow.state == "running").values(
-                state="done", finished_at=_now(), lease_expires_at=None, session_id=session_id, findings=findings,
+                state="done", finished_at=utc_now(), lease_expires_at=None, session_id=session_id, findings=findings,
                 anomaly_found=anomaly_found, top_finding=top_finding, note=note, error=None)).rowcount == 1
 
     def fail(self, job_id: int, worker: str, error: str, *, retry: bool) -> None:
         """``retry``: back to ``queued`` (its attempts kept, so ``MAX_ATTEMPTS`` still bounds it);
         else ``failed`` with ``error``, one sentence. Nothing when ``worker`` lost the job."""
-        now = _now()
+        now = utc_now()
         values: dict[str, Any] = ({"state": "queued", "submitted_at": now, "lease_expires_at": None, "error": error}
                                   if retry else
                                   {"state": "failed", "finished_at": now, "lease_expires_at": None, "error": error})
@@ -193,7 +219,7 @@ class PrereadLedger:
         than a lease ago (their broker message was lost): what a sweeper submits again. A job
         still waiting its turn behind a long queue is submitted twice at worst; the second
         delivery finds it claimed and is skipped."""
-        now = now or _now()
+        now = now or utc_now()
         grace = now - timedelta(seconds=self.settings.preread_lease_s)
         with Session(self.engine) as db:
             rows = db.execute(select(PrereadJobRow.id, PrereadJobRow.priority).where(or_(
@@ -206,7 +232,7 @@ class PrereadLedger:
         """A sweeper submitted a queued job again: its grace period starts anew."""
         with Session(self.engine) as db, db.begin():
             db.execute(update(PrereadJobRow).where(PrereadJobRow.id == job_id, PrereadJobRow.state == "queued")
-                       .values(submitted_at=_now()))
+                       .values(submitted_at=utc_now()))
 
     # -- reading it -------------------------------------------------------------------------------
 
@@ -226,7 +252,7 @@ class PrereadLedger:
 
 
 def _iso(value: datetime | None) -> str | None:
-    value = _aware(value)
+    value = as_utc(value)
     return None if value is None else value.isoformat(timespec="seconds")
 
 

@@ -225,6 +225,26 @@ class PrereadJobRow(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
 
+class PrereadChunkRow(Base):
+    """Some slices of a long series that one pre-read job shares out to the workers
+    (``agent.preread.chunks``): claimed, searched and answered with their detections."""
+
+    __tablename__ = "preread_chunks"
+    job_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    folder: Mapped[str] = mapped_column(Text)  # the retrieved series, in the shared data folder
+    frame_count: Mapped[int] = mapped_column(Integer)  # of the whole series: a check that it is the same one
+    frames: Mapped[list[int]] = mapped_column(JSON)
+    per_slice: Mapped[int] = mapped_column(Integer)  # detections kept a slice
+    state: Mapped[str] = mapped_column(String(16))  # queued | running | done | failed
+    worker: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    detections: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
 _AUDIT_TRIGGERS = {
     "sqlite": (
         "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "

@@ -2,9 +2,9 @@
 
 Pipeline per frame: working image and organ mask (``working``), polarity-signed multi-scale
 LoG candidates (``candidates``), evidence features (``evidence``), modality score and
-calibrated confidence (``scoring``). On a CT/MR series every slice (or an even sample of at
-most ``MAX_SLICES``) is searched and detections of the same lesion on neighbouring slices are
-merged, keeping the slice where it is most conspicuous.
+calibrated confidence (``scoring``). On a CT/MR series every slice is searched (here, or in
+chunks by several pre-read workers: ``SliceSearch``) and detections of the same lesion on
+neighbouring slices are merged, keeping the slice where it is most conspicuous.
 
 The centre of the leading detections is the centre of a 2-D Gaussian fitted to the blob, not
 the scale-space peak: the LoG peaks where a blob of one of a few discrete sizes fits best, which
@@ -16,7 +16,7 @@ of the top detection 6.9 -> 3.4 % of the diagonal on ultrasound, 3.4 -> 2.6 % on
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -31,7 +31,6 @@ from tools.detection.working import RADIOGRAPHY, ComputedWhenRead, WorkingImage,
 from tools.gaussian.fit import fit_gaussian_2d
 from tools.study import Study
 
-MAX_SLICES = 64
 #: Detections (best first) whose centre is refined by a Gaussian fit: as many as ``detect_anomalies``
 #: lists by default (its ``max_findings``). Each fit costs 25-35 ms at the working resolution.
 REFINED_DETECTIONS = 5
@@ -67,6 +66,21 @@ class Detection:
     score: float
     confidence: float
     label: str
+
+
+def detection_json(detection: Detection) -> dict[str, object]:
+    """A detection as JSON (floats round-trip exactly): what a pre-read chunk hands back."""
+    return {"frame": detection.frame, "x": detection.x, "y": detection.y, "box": detection.box.as_list(),
+            "radius_px": detection.radius_px, "score": detection.score, "confidence": detection.confidence,
+            "label": detection.label}
+
+
+def detection_from_json(data: Mapping[str, object]) -> Detection:
+    x0, y0, x1, y1 = data["box"]  # type: ignore[misc]
+    return Detection(frame=int(data["frame"]), x=float(data["x"]), y=float(data["y"]),  # type: ignore[arg-type]
+                     box=BoxPx(x0=x0, y0=y0, x1=x1, y1=y1), radius_px=float(data["radius_px"]),  # type: ignore[arg-type]
+                     score=float(data["score"]), confidence=float(data["confidence"]),  # type: ignore[arg-type]
+                     label=str(data["label"]))
 
 
 def label_for(modality: str | None, organ: str | None = None) -> str:
@@ -183,11 +197,24 @@ def frame_analysis(ctx: DerivedCache, study: Study, frame: int) -> FrameAnalysis
     return ctx.derived(("frame-analysis", study.id, frame), lambda: analyse_frame(study, frame))
 
 
-def _slices(study: Study) -> list[int]:
-    count = study.frame_count
-    if count <= MAX_SLICES:
-        return list(range(count))
-    return sorted({int(round(i)) for i in np.linspace(0, count - 1, MAX_SLICES)})
+class SliceSearch(Protocol):
+    """How the slices of a series are searched: here, one after another (``search_slices``), or
+    shared out in chunks among pre-read workers (``agent.preread.chunks``)."""
+
+    def __call__(self, study: Study, frames: Sequence[int], limit: int) -> list[Detection]:
+        """Each of ``frames``' ranked detections (at most ``limit`` a slice), not yet re-centred."""
+        ...
+
+
+def search_slices(study: Study, frames: Sequence[int], limit: int) -> list[Detection]:
+    """Each slice's ranked detections, not yet re-centred: what a whole-series search merges.
+    Each working image is dropped once its slice is searched (about 2.3 MB a 512² CT slice), so
+    a 300-slice series costs the memory of one slice, not of the whole series."""
+    found: list[Detection] = []
+    for frame in frames:
+        work = prepare_study_frame(study, frame)
+        found += detect_on_work(work, frame, limit, ScaleSpace(work, workers=1), refine=0)
+    return found
 
 
 def _slice_reach(study: Study, radius_px: float) -> int:
@@ -199,25 +226,28 @@ def _slice_reach(study: Study, radius_px: float) -> int:
     return max(3, int(np.ceil(2 * radius_px * min(spacing) / between)))
 
 
-def detect_volume(study: Study, limit: int = 10,
-                  analysed: Mapping[int, FrameAnalysis] | None = None) -> list[Detection]:
-    """Detections across the slices of a series, one per lesion, on its best slice.
+def detect_volume(study: Study, limit: int = 10, analysed: Mapping[int, FrameAnalysis] | None = None,
+                  search: SliceSearch = search_slices) -> list[Detection]:
+    """Detections across every slice of a series, one per lesion, on its best slice.
 
     ``analysed``: analyses of some of its frames already made (``frame_analysis``), whose working
-    image and scale space are used again instead of being computed a second time.
+    image and scale space are used again instead of being computed a second time. ``search``
+    finds the other slices' detections. Only the detections kept are re-centred, each on its
+    slice's working image, prepared again for those few slices.
     """
-    # Centres are refined only for the detections kept, not for every candidate of every slice,
-    # on the working images the search prepared: kept until the end of the search (about 2.3 MB
-    # a 512² CT slice, so at most ~150 MB for MAX_SLICES) rather than prepared a second time.
     analysed = analysed or {}
-    works: dict[int, WorkingImage] = {}
-    everything: list[Detection] = []
-    for frame in _slices(study):
-        known = analysed.get(frame)
-        works[frame] = prepare_study_frame(study, frame) if known is None else known.work
-        space = ScaleSpace(works[frame], workers=1) if known is None else known.space
-        everything += detect_on_work(works[frame], frame, limit, space, refine=0)
-    return [recentred(d, works[d.frame]) for d in merged_across_slices(everything, study, limit)]
+    everything = [d for frame, known in analysed.items()
+                  for d in detect_on_work(known.work, frame, limit, known.space, refine=0)]
+    everything += search(study, [f for f in range(study.frame_count) if f not in analysed], limit)
+    everything.sort(key=lambda d: d.frame)  # in slice order, each slice's ranking kept: ties merge the same way
+    works = {frame: known.work for frame, known in analysed.items()}
+
+    def work_of(frame: int) -> WorkingImage:
+        if frame not in works:
+            works[frame] = prepare_study_frame(study, frame)
+        return works[frame]
+
+    return [recentred(d, work_of(d.frame)) for d in merged_across_slices(everything, study, limit)]
 
 
 def merged_across_slices(everything: list[Detection], study: Study, limit: int) -> list[Detection]:
