@@ -7,8 +7,9 @@ so the command line exercises the same code as a conversation.
 from __future__ import annotations
 
 import json
+from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -77,40 +78,76 @@ def finding_json(finding: Finding, study: Study | None = None) -> dict[str, Any]
     }
 
 
-def render_layers(ctx: ToolContext, findings: list[Finding], frame: int, threshold: float) -> list[Artifact]:
-    """All figure layers for every finding on ``frame``; zoomed crops and statistics panels only
-    for the findings worth a closer look (those at the anomaly threshold, else the top one)."""
-    artifacts = run_tool(ctx, "render_overlay", {"layers": FIGURE_LAYERS}).artifacts
+class FindingLike(Protocol):
+    """A finding as a tool lists it or as the session holds it."""
+
+    id: str
+    frame: int
+    confidence: float
+
+
+#: One tool call of an analysis: the tool's name and its arguments.
+ToolRequest = tuple[str, dict[str, Any]]
+
+
+def measured_ids(findings: Sequence[FindingLike], frame: int, threshold: float) -> list[str]:
+    """What a reader will look at closely on ``frame``: every finding at the threshold, and the
+    top three (``findings`` strongest first)."""
+    return [f.id for rank, f in enumerate(findings) if f.frame == frame and (rank < 3 or f.confidence >= threshold)]
+
+
+def closer_ids(findings: Sequence[FindingLike], frame: int, threshold: float) -> list[str]:
+    """The findings on ``frame`` that get zoomed crops and statistics panels: those at the anomaly
+    threshold, else the strongest one."""
     ranked = [f for f in findings if f.frame == frame]
-    closer = [f.id for f in ranked if f.confidence >= threshold] or [f.id for f in ranked[:1]]
-    if closer:
-        artifacts += run_tool(ctx, "render_overlay", {"layers": PER_FINDING_LAYERS, "finding_ids": closer}).artifacts
-    return artifacts
+    return [f.id for f in ranked if f.confidence >= threshold] or [f.id for f in ranked[:1]]
 
 
-def measured_ids(detected: DetectAnomaliesOutput, frame: int) -> list[str]:
-    """What a reader will look at closely: every finding at the threshold, and the top three."""
-    return [f.id for rank, f in enumerate(detected.findings)
-            if f.frame == frame and (rank < 3 or f.confidence >= detected.threshold)]
+def analysis_steps(ctx: ToolContext) -> Generator[ToolRequest, Any, DetectAnomaliesOutput]:
+    """A whole analysis of the current study as tool calls, for a driver to run and send each
+    call's output back: ``analyse_current`` here, the pre-read's recorded turn (``agent.preread.job``).
 
-
-def analyse_current(ctx: ToolContext) -> tuple[DetectAnomaliesOutput, list[Artifact]]:
-    """Detect, verify, fit and render on the current study (every slice of a CT/MR series).
-
-    The view moves to the slice of the strongest finding, so the figures show it. Gaussian fits
-    (sizes in mm) are made for the findings at the anomaly threshold and the top three; the
-    weaker candidates keep their detector box.
+    Every slice of a CT/MR series is searched; the view moves to the slice of the strongest
+    finding, so the figures show it; with a vision model attached, the model is asked about
+    that slice (one slice: it is not sent a whole series); the findings at the anomaly
+    threshold and the top three are fitted (sizes in mm), the weaker candidates keep their
+    detector box; then the figures. Returns the search's output.
     """
     view = ctx.view()
     summary = view.study.safe
     volume = summary.frames > 1 and summary.modality in ("CT", "MR")
-    detected = run_tool(ctx, "detect_anomalies", {"all_frames": volume}).output
-    if detected.findings:
-        view.frame = detected.findings[0].frame
-    measured = measured_ids(detected, view.frame)
+    vision_after = volume and ctx.vision is not None
+    search = {"all_frames": volume} | ({"use_vision_model": False} if vision_after else {})
+    detected = DetectAnomaliesOutput.model_validate((yield ("detect_anomalies", search)))
+    if detected.findings and detected.findings[0].frame != view.frame:
+        yield ("load_study", {"frame": detected.findings[0].frame})
+    frame = ctx.view().frame
+    if vision_after:
+        yield ("detect_anomalies", {"frame": frame})
+    ranked = sorted(ctx.study_findings(view.study.id), key=lambda f: -f.confidence)
+    measured = measured_ids(ranked, frame, detected.threshold)
     if measured:
-        run_tool(ctx, "fit_gaussian", {"finding_ids": measured})
-    return detected, render_layers(ctx, detected.findings, view.frame, detected.threshold)
+        yield ("fit_gaussian", {"finding_ids": measured})
+    yield ("render_overlay", {"layers": FIGURE_LAYERS})
+    closer = closer_ids(ranked, frame, detected.threshold)
+    if closer:
+        yield ("render_overlay", {"layers": PER_FINDING_LAYERS, "finding_ids": closer})
+    return detected
+
+
+def analyse_current(ctx: ToolContext) -> tuple[DetectAnomaliesOutput, list[Artifact]]:
+    """Run ``analysis_steps`` on the current study; the search's output and the figures."""
+    steps = analysis_steps(ctx)
+    artifacts: list[Artifact] = []
+    request = next(steps)
+    while True:
+        result = run_tool(ctx, *request)
+        if request[0] == "render_overlay":
+            artifacts += result.artifacts
+        try:
+            request = steps.send(result.output)
+        except StopIteration as finished:
+            return finished.value, artifacts
 
 
 def _context(settings: LoupeSettings, backend: str) -> ToolContext:

@@ -78,6 +78,9 @@ class LoupeSettings(BaseSettings):
     preread_stat_pattern: str | None = Field(
         default=None, description="A regular expression on the Study Description that makes a study STAT "
                                   "(e.g. '(?i)stroke|trauma|emergenc').")
+    preread_stat_priorities: str = Field(
+        default="STAT", description="Comma-separated values of the images' Requested Procedure Priority (0040,1003) "
+                                    "that make a study STAT (STAT, HIGH, ROUTINE, MEDIUM, LOW).")
     preread_send: str = Field(
         default="", description="What a pre-read stores back in the study on the PACS: 'sr', 'pdf' or 'sr,pdf' "
                                 "(marked as a preliminary automated result); empty stores nothing.")

@@ -39,7 +39,7 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.analysis import measured_ids, render_layers  # noqa: E402
+from agent.analysis import FIGURE_LAYERS, PER_FINDING_LAYERS, closer_ids, measured_ids  # noqa: E402
 from agent.settings import LoupeSettings  # noqa: E402
 from agent.toolbox import new_context, run_tool  # noqa: E402
 from tools.coordinates import SentImage, px_to_box_2d  # noqa: E402
@@ -47,6 +47,13 @@ from tools.render.style import clear_text_cache  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "data" / "eval"
 TOOLS = ("load_study", "detect_anomalies", "verify_coordinates", "fit_gaussian", "render_overlay")
+
+
+def _figures(ctx, closer: list[str]) -> None:
+    """The figures ``loupe analyze`` renders: every layer, and crops and panels for ``closer``."""
+    run_tool(ctx, "render_overlay", {"layers": FIGURE_LAYERS})
+    if closer:
+        run_tool(ctx, "render_overlay", {"layers": PER_FINDING_LAYERS, "finding_ids": closer})
 
 
 def _images(folder: Path) -> list[tuple[str, Path, str]]:
@@ -85,8 +92,9 @@ def _one_run(path: Path, modality: str, warm_text: bool = False) -> tuple[dict[s
         sent = SentImage.fit_long_side(summary.columns, summary.rows, ctx.model_image_max_side)
         box_2d = px_to_box_2d(top, sent) if top else [400, 400, 600, 600]
         timed("verify_coordinates", lambda: run_tool(ctx, "verify_coordinates", {"box_2d": box_2d}))
-        timed("fit_gaussian", lambda: run_tool(ctx, "fit_gaussian", {"finding_ids": measured_ids(detected, 0)}))
-        timed("render_overlay", lambda: render_layers(ctx, detected.findings, 0, detected.threshold))
+        measured = measured_ids(detected.findings, 0, detected.threshold)
+        timed("fit_gaussian", lambda: run_tool(ctx, "fit_gaussian", {"finding_ids": measured}))
+        timed("render_overlay", lambda: _figures(ctx, closer_ids(detected.findings, 0, detected.threshold)))
     finally:
         ctx.close()
     for measured in (times, cpu):

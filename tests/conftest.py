@@ -168,6 +168,23 @@ def preread_settings(monkeypatch, data_dir: Path) -> None:
 
 
 @pytest.fixture
+def own_pacs(monkeypatch, tmp_path):
+    """An Orthanc of the test's own (studies arrive in it while the test runs), with pre-read jobs
+    run in this process (``preread_settings``)."""
+    from tests.orthanc import OrthancServer, orthanc_installed
+
+    if not orthanc_installed():
+        if os.environ.get("CI"):
+            pytest.fail("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.skip("Orthanc is not installed")
+    with OrthancServer() as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        preread_settings(monkeypatch, tmp_path / "data")
+        yield server
+
+
+@pytest.fixture
 def preread_env(pacs_env, monkeypatch, tmp_path):
     """The test Orthanc, with pre-read jobs run here (``preread_settings``)."""
     preread_settings(monkeypatch, tmp_path / "data")

@@ -17,7 +17,7 @@ from agent.preread.results import derived_uid, kinds_to_send
 from agent.settings import LoupeSettings
 from tests.conftest import run_cli
 from tests.orthanc import PASSWORD, USER
-from tests.test_preread_watch import SLICES, own_pacs  # noqa: F401  (the fixture)
+from tests.test_preread_watch import SLICES
 from tools.errors import LoupeError
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import date
 from pathlib import Path
 
@@ -13,8 +12,9 @@ from pydicom.uid import generate_uid
 
 from agent.preread.arrivals import ArrivalTracker
 from agent.preread.ledger import PrereadLedger
+from agent.preread.priority import _priority_in, priority_of
 from agent.preread.runner import LocalDispatcher
-from agent.preread.watch import PacsWatch, Watermark, priority_of
+from agent.preread.watch import PacsWatch, Watermark
 from agent.settings import LoupeSettings
 from tests.conftest import preread_settings, pydicom_file, run_cli
 
@@ -54,22 +54,6 @@ SAMPLE = Path(__file__).parents[1] / "agent" / "sample_data" / "lidc-idri-0003"
 SLICES = sorted(SAMPLE.glob("*.dcm"))
 #: A day after the sample's Study Date (20000101): the polls of that day sweep it.
 ACQUIRED = date(2000, 1, 2)
-
-
-@pytest.fixture
-def own_pacs(monkeypatch, tmp_path):
-    """An Orthanc of this test's own (studies arrive in it while the test watches)."""
-    from tests.orthanc import OrthancServer, orthanc_installed
-
-    if not orthanc_installed():
-        if os.environ.get("CI"):
-            pytest.fail("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
-        pytest.skip("Orthanc is not installed")
-    with OrthancServer() as server:
-        for name, value in server.env().items():
-            monkeypatch.setenv(name, value)
-        preread_settings(monkeypatch, tmp_path / "data")
-        yield server
 
 
 def loupe_sr_in(study_file: Path, tmp_path: Path) -> Path:
@@ -133,9 +117,9 @@ def test_stat_by_description_pattern_and_a_bad_pattern_is_one_sentence(monkeypat
     match = StudyMatch(study_uid="1.2", study_date="20261206", modalities=["MR"], description="Stroke protocol",
                        series=1, instances=20, accession="", patient_name="", patient_id="")
     monkeypatch.setenv("LOUPE_PREREAD_STAT_PATTERN", "(?i)stroke|trauma")
-    assert priority_of(LoupeSettings(), match) == "stat"
+    assert priority_of(LoupeSettings(), match).level == "stat"
     monkeypatch.setenv("LOUPE_PREREAD_STAT_PATTERN", "(?i)trauma")
-    assert priority_of(LoupeSettings(), match) == "routine"
+    assert priority_of(LoupeSettings(), match).level == "routine"
     monkeypatch.setenv("LOUPE_PREREAD_STAT_PATTERN", "(unclosed")
     with pytest.raises(LoupeError, match="not a regular expression"):
         priority_of(LoupeSettings(), match)
@@ -161,3 +145,73 @@ def test_loupe_preread_watch_once_prereads_what_has_arrived(own_pacs, capsys, mo
     assert row["state"] == "done" and row["instances"] == len(SLICES)
     code, out, err = run_cli(capsys, "preread", "watch", "--once", "--interval", "0.2")  # the watermark was kept
     assert code == 0 and "arrived" not in out
+
+
+# -- the order's own priority ---------------------------------------------------------------------
+
+
+def test_the_requested_procedure_priority_is_read_at_the_top_or_in_the_request_attributes():
+    def element(value: str) -> dict:
+        return {"00401003": {"vr": "SH", "Value": [value]}}
+
+    assert _priority_in(element("stat ")) == "STAT"
+    assert _priority_in({"00400275": {"vr": "SQ", "Value": [{}, element("HIGH")]}}) == "HIGH"
+    assert _priority_in({"00400275": {"vr": "SQ", "Value": []}}) is None
+    assert _priority_in({"00401003": {"vr": "SH"}}) is None  # present, empty
+
+
+def ordered_study(tmp_path: Path, priority: str | None, *, in_request: bool = False) -> tuple[str, list[Path]]:
+    """The sample's slices as a new study whose images carry ``priority`` as their Requested
+    Procedure Priority (at the top level, or in the Request Attributes Sequence)."""
+    study_uid, series_uid = generate_uid(), generate_uid()
+    folder = tmp_path / study_uid
+    folder.mkdir()
+    paths = []
+    for index, source in enumerate(SLICES[:3]):
+        ds = pydicom.dcmread(source)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        if priority is not None and in_request:
+            item = pydicom.Dataset()
+            item.RequestedProcedureID, item.RequestedProcedurePriority = "RP1", priority
+            ds.RequestAttributesSequence = [item]
+        elif priority is not None:
+            ds.RequestedProcedurePriority = priority
+        path = folder / f"{index}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return study_uid, paths
+
+
+def test_a_study_ordered_stat_is_preread_as_stat(own_pacs, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOUPE_PREREAD_STABLE_S", "0")
+    monkeypatch.setenv("LOUPE_PREREAD_STAT_PRIORITIES", "STAT, HIGH")
+    studies = {"stat": ordered_study(tmp_path, "STAT"), "high": ordered_study(tmp_path, "HIGH", in_request=True),
+               "routine": ordered_study(tmp_path, "ROUTINE"), "unsaid": ordered_study(tmp_path, None)}
+    for _, paths in studies.values():
+        own_pacs.seed(paths)
+    settings = LoupeSettings()
+    ledger = PrereadLedger(settings)
+    try:
+        handed = PacsWatch(settings, ledger, LocalDispatcher(settings)).poll(now=0, today=ACQUIRED)
+    finally:
+        ledger.close()
+    priorities = {h.study_uid: h.priority for h in handed}
+    assert {name: priorities[uid] for name, (uid, _) in studies.items()} == {
+        "stat": "stat", "high": "stat", "routine": "routine", "unsaid": "routine"}
+
+
+def test_loupe_preread_study_takes_the_orders_priority_unless_told(own_pacs, tmp_path, capsys, monkeypatch):
+    stat_uid, paths = ordered_study(tmp_path, "STAT")
+    routine_uid, more = ordered_study(tmp_path, "ROUTINE")
+    own_pacs.seed(paths + more)
+    assert run_cli(capsys, "preread", "study", f"pacs:{stat_uid}")[0] == 0
+    assert run_cli(capsys, "preread", "study", f"pacs:{routine_uid}", "--priority", "stat")[0] == 0
+    code, out, _ = run_cli(capsys, "preread", "status", "--json")
+    assert {row["study_uid"]: row["priority"] for row in json.loads(out)} == {stat_uid: "stat", routine_uid: "stat"}
+    monkeypatch.setenv("LOUPE_PREREAD_STAT_PRIORITIES", "")  # a site that does not trust the order's priority
+    other_uid, others = ordered_study(tmp_path, "STAT")
+    own_pacs.seed(others)
+    assert run_cli(capsys, "preread", "study", f"pacs:{other_uid}")[0] == 0
+    code, out, _ = run_cli(capsys, "preread", "status", "--json")
+    assert {row["study_uid"]: row["priority"] for row in json.loads(out)}[other_uid] == "routine"

@@ -23,11 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cli.parsing import Parser
 from agent.settings import LoupeSettings
 from tools.errors import LoupeError
+
+if TYPE_CHECKING:
+    from agent.pacs.search import StudyMatch
 
 #: ``loupe preread run`` asks the PACS for at most this many studies at once.
 RUN_LIMIT = 1000
@@ -60,7 +63,9 @@ def add_parser(commands) -> None:
 
 
 def _job_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--priority", choices=["stat", "routine"], default="routine")
+    parser.add_argument("--priority", choices=["stat", "routine"], default=None,
+                        help="Default: STAT as the settings or the images' Requested Procedure Priority say, "
+                             "else routine.")
     parser.add_argument("--force", action="store_true", help="Run again a study already done (or failed).")
 
 
@@ -75,27 +80,29 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
         if args.action == "watch":
             _watch(settings, args)
             return
-        uids = [_study_uid(args.study)] if args.action == "study" else _dated(settings, args.date, args.modality)
-        if not uids:
+        matches = [_study(settings, args.study)] if args.action == "study" else _dated(settings, args.date,
+                                                                                       args.modality)
+        if not matches:
             print("No study on the PACS matches.")
             return
-        states = _preread(settings, ledger, uids, args.priority, args.force, jobs=getattr(args, "jobs", 1))
+        states = _preread(settings, ledger, matches, args.priority, args.force, jobs=getattr(args, "jobs", 1))
     finally:
         ledger.close()
     if "failed" in states:
         raise SystemExit(2)
 
 
-def _study_uid(text: str) -> str:
-    from agent.pacs.search import check_uid
+def _study(settings: LoupeSettings, text: str) -> StudyMatch:
+    from agent.pacs.client import PacsConnection
+    from agent.pacs.search import check_uid, study
 
     uid = text.removeprefix("pacs:").strip()
     if "/" in uid:
         raise LoupeError("A pre-read is of a whole study: give pacs:STUDY_UID without a series.")
-    return check_uid(uid)
+    return study(PacsConnection(settings), check_uid(uid))
 
 
-def _dated(settings: LoupeSettings, dates: str, modality: str | None) -> list[str]:
+def _dated(settings: LoupeSettings, dates: str, modality: str | None) -> list[StudyMatch]:
     from agent.pacs.client import PacsConnection
     from agent.pacs.search import StudyQuery, search_studies
 
@@ -103,23 +110,27 @@ def _dated(settings: LoupeSettings, dates: str, modality: str | None) -> list[st
     if len(matches) >= RUN_LIMIT:
         print(f"note: the PACS answered {RUN_LIMIT} studies, perhaps not all; run again with a shorter --date range",
               file=sys.stderr)
-    return [m.study_uid for m in matches]
+    return matches
 
 
-def _preread(settings: LoupeSettings, ledger, uids: list[str], priority: str, force: bool, *, jobs: int) -> list[str]:
+def _preread(settings: LoupeSettings, ledger, matches: list[StudyMatch], priority: str | None, force: bool, *,
+             jobs: int) -> list[str]:
     """Queue each study, submit what is queued (STAT first), and print one line per study; the
     states the jobs run here ended in (``queued`` for each one sent to the workers)."""
     from agent.pacs.client import PacsConnection
     from agent.preread.job import job_key_for
+    from agent.preread.priority import priority_of
     from agent.preread.runner import LocalDispatcher, dispatcher_for
 
     connection = PacsConnection(settings)
     asked: list[tuple[str, Any]] = []
-    for uid in uids:
+    for match in matches:
+        uid = match.study_uid
         try:
-            asked.append((uid, ledger.enqueue(job_key_for(connection, uid), priority, force=force)))
+            level = priority or priority_of(settings, match, connection).level
+            asked.append((uid, ledger.enqueue(job_key_for(connection, uid), level, force=force)))
         except LoupeError as error:
-            if len(uids) == 1:
+            if len(matches) == 1:
                 raise
             print(f"pacs:{uid}  not queued: {error.message}")
     dispatcher = dispatcher_for(settings, max_workers=0 if jobs <= 1 else jobs)

@@ -8,9 +8,11 @@ and report versions a clinician's session has, so the app restores it with nothi
 (``Conversation.resume``, ``workspace.replay``) and a clinician asking "what did you find?"
 is answered from the stored findings.
 
-The turn runs the steps of ``agent.analysis.analyse_current`` (every slice of a CT/MR series
-searched, the view moved to the strongest finding, the findings worth a closer look fitted,
-the figures rendered) as recorded tool calls, then ``draft_report``. The tools keep every rule
+The turn runs ``agent.analysis.analysis_steps`` (every slice of a CT/MR series searched — a
+long one in chunks by several workers, ``agent.preread.chunks`` —, the view moved to the
+strongest finding, the vision model asked about that slice when a model is configured and the
+privacy boundary lets the pixels go, the findings worth a closer look fitted, the figures
+rendered) as recorded tool calls, then ``draft_report``. The tools keep every rule
 a clinician's draft obeys: no normal-study wording, ``inconclusive`` where the detector's
 measured sensitivity for that kind of image is low.
 
@@ -31,13 +33,14 @@ import os
 import socket
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
-from agent.analysis import FIGURE_LAYERS, PER_FINDING_LAYERS, measured_ids
+from agent.analysis import analysis_steps
 from agent.conversation import Conversation, Turn
 from agent.events import AssistantText, Event, ToolStarted, TurnError
+from agent.models.factory import make_backend
 from agent.pacs.client import PacsConnection, PacsError, PacsNotFoundError
 from agent.pacs.retrieve import RetrievedSeries, retrieve_series
 from agent.pacs.search import check_uid, series_of, study
@@ -49,7 +52,7 @@ from agent.settings import LoupeSettings
 from agent.store.database import Store
 from agent.tool_calls import ToolOutcome, execute
 from tools.detect_anomalies import DetectAnomaliesOutput
-from tools.errors import LoupeError
+from tools.errors import LoupeError, ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +185,7 @@ def _turn(conversation: Conversation, job: dict[str, Any], retrieved: RetrievedS
     conversation.recorder.audit("study_retrieved_from_pacs", {
         "instances": retrieved.instances, "fetched": retrieved.fetched,
         "series_chosen_by": "largest image series", "by": "pre-read"})
-    backend = PrereadBackend()
+    backend = PrereadBackend(_model(conversation))
     events = list(conversation.ask(PREREAD_MESSAGE, backend))
     failed = next((e for e in events if isinstance(e, TurnError)), None)
     if backend.error or failed is not None:
@@ -207,18 +210,44 @@ def _turn(conversation: Conversation, job: dict[str, Any], retrieved: RetrievedS
             "note": "; ".join(notes)}
 
 
+class ModelBackend(Protocol):
+    """A model backend as the pre-read uses it: only its helpers, attached to the conversation."""
+
+    def attach(self, conversation: Conversation, usage: Any) -> None: ...
+
+
+def _model(conversation: Conversation) -> ModelBackend | None:
+    """The configured model backend, if any (``LOUPE_BACKEND`` / a Gemini key / an OpenAI-
+    compatible server); one that cannot be set up leaves the pre-read to the offline detector,
+    said in the session's audit trail."""
+    settings = conversation.settings
+    if settings.backend_name == "offline":
+        return None
+    try:
+        return make_backend(settings)
+    except ModelUnavailableError as error:
+        conversation.recorder.audit("model_not_used", {"reason": error.message, "by": "pre-read"})
+        return None
+
+
 class PrereadBackend:
-    """The pre-read's one turn: ``analyse_current``'s steps as recorded tool calls, then the
-    draft, then a short answer in the template's words (checked like every answer)."""
+    """The pre-read's one turn: ``analysis_steps`` as recorded tool calls, then the draft, then
+    a short answer in the template's words (checked like every answer)."""
 
     name = "preread"
 
-    def __init__(self) -> None:
+    def __init__(self, model: ModelBackend | None = None) -> None:
+        """``model``: a model backend (Gemini, an OpenAI-compatible server) whose vision model
+        proposes findings and whose writer words the draft, behind the privacy boundary; the
+        steps stay Loupe's own."""
+        self.model = model
         self.error: str | None = None
         self.detected: DetectAnomaliesOutput | None = None
         self._calls = 0
 
     def run_turn(self, conversation: Conversation, turn: Turn) -> Iterator[Event]:
+        if self.model is not None:
+            self.model.attach(conversation, turn.usage)
         answer = yield from self._steps(conversation, turn)
         conversation.note_exchange(turn.message, answer)
         yield AssistantText(text=answer)
@@ -233,27 +262,18 @@ class PrereadBackend:
         return outcome
 
     def _steps(self, conversation: Conversation, turn: Turn) -> Generator[Event, None, str]:
-        ctx = conversation.ctx
-        summary = ctx.view().study.safe
-        volume = summary.frames > 1 and summary.modality in ("CT", "MR")
-        outcome = yield from self._run(conversation, turn, "detect_anomalies", {"all_frames": volume})
-        if not outcome.ok:
-            self.error = outcome.error or "The search for findings failed."
-            return f"The pre-read could not search this study: {self.error}"
-        detected = self.detected = DetectAnomaliesOutput.model_validate(outcome.output)
-        frame = ctx.view().frame
-        if detected.findings and detected.findings[0].frame != frame:  # strongest first: show its slice
-            yield from self._run(conversation, turn, "load_study", {"frame": detected.findings[0].frame})
-            frame = ctx.view().frame
-        measured = measured_ids(detected, frame)
-        if measured:
-            yield from self._run(conversation, turn, "fit_gaussian", {"finding_ids": measured})
-        yield from self._run(conversation, turn, "render_overlay", {"layers": FIGURE_LAYERS})
-        ranked = [f for f in detected.findings if f.frame == frame]
-        closer = [f.id for f in ranked if f.confidence >= detected.threshold] or [f.id for f in ranked[:1]]
-        if closer:
-            yield from self._run(conversation, turn, "render_overlay",
-                                 {"layers": PER_FINDING_LAYERS, "finding_ids": closer})
+        steps = analysis_steps(conversation.ctx)
+        request = next(steps)
+        while True:
+            outcome = yield from self._run(conversation, turn, *request)
+            if not outcome.ok and request[0] == "detect_anomalies":
+                self.error = outcome.error or "The search for findings failed."
+                return f"The pre-read could not search this study: {self.error}"
+            try:
+                request = steps.send(outcome.output)
+            except StopIteration as finished:
+                detected = self.detected = finished.value
+                break
         drafted = yield from self._run(conversation, turn, "draft_report", {})
         if not drafted.ok:
             self.error = drafted.error or "The report could not be drafted."

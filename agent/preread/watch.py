@@ -13,15 +13,14 @@ Orthanc's ``/changes`` feed (``StableStudy``) would be a faster path on Orthanc;
 a restart of Orthanc loses its events, so the sweep is needed anyway (``docs/preread.md``).
 Studies without a Study Date are not found by a date range; ``loupe preread study`` takes them.
 
-Which studies are STAT is a setting: ``LOUPE_PREREAD_STAT_MODALITIES`` (any of the study's
-modalities) or ``LOUPE_PREREAD_STAT_PATTERN`` (a regular expression on the Study Description).
+Which studies are STAT: ``agent.preread.priority`` (the settings, else the images' Requested
+Procedure Priority).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from agent.pacs.search import StudyMatch, StudyQuery, search_studies
 from agent.preread.arrivals import ArrivalTracker
 from agent.preread.job import job_key_for
 from agent.preread.ledger import Enqueued, PrereadError, PrereadLedger
+from agent.preread.priority import priority_of
 from agent.preread.runner import Dispatcher
 from agent.settings import LoupeSettings
 from agent.store.files import write_atomically
@@ -53,21 +53,6 @@ class Handed:
     priority: str
     enqueued: Enqueued | None
     error: str | None = None
-
-
-def priority_of(settings: LoupeSettings, match: StudyMatch) -> str:
-    """``stat`` when the study's modality or description says so (see the module), else ``routine``."""
-    stat_modalities = {m.strip().upper() for m in settings.preread_stat_modalities.split(",") if m.strip()}
-    if stat_modalities & {m.upper() for m in match.modalities}:
-        return "stat"
-    pattern = settings.preread_stat_pattern
-    if pattern:
-        try:
-            if re.search(pattern, match.description or ""):
-                return "stat"
-        except re.error as error:
-            raise PrereadError(f"LOUPE_PREREAD_STAT_PATTERN is not a regular expression ({error}).") from error
-    return "routine"
 
 
 class Watermark:
@@ -122,8 +107,9 @@ class PacsWatch:
         return handed
 
     def _hand_on(self, match: StudyMatch) -> Handed:
-        priority = priority_of(self.settings, match)
+        priority = "routine"
         try:
+            priority = priority_of(self.settings, match, self.connection).level
             enqueued = self.ledger.enqueue(job_key_for(self.connection, match.study_uid), priority)
         except LoupeError as error:  # one study the PACS cannot give (no images): the others go on
             self.tracker.handed_on(match.study_uid, match.instances)
