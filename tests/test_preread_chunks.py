@@ -49,8 +49,8 @@ def running_job(ledger: PrereadLedger, worker: str = "parent:1") -> dict:
     return ledger.job(job_id)
 
 
-def shared(settings, ledger, job, submit=None) -> SharedSliceSearch:
-    return SharedSliceSearch(settings, ledger, job, job["worker"], SAMPLE, submit)
+def shared(settings, ledger, job, study, submit=None, folder: Path = SAMPLE) -> SharedSliceSearch:
+    return SharedSliceSearch(settings, ledger, job, job["worker"], submit, {study.id: folder})
 
 
 def test_pieces_are_consecutive_and_even():
@@ -67,7 +67,7 @@ def test_a_detection_survives_json_exactly(sample):
 
 def test_a_chunked_search_finds_exactly_what_one_process_finds(settings, ledger, sample):
     job = running_job(ledger)
-    search = shared(settings, ledger, job)
+    search = shared(settings, ledger, job, sample)
     assert detect_volume(sample, limit=5, search=search) == detect_volume(sample, limit=5)
     assert len(search.searched_by) == 3  # ten slices, four at most a chunk: 3 + 4 + 3
     assert search.note() == "series searched in 3 chunks, 0 of them by other workers"
@@ -76,7 +76,7 @@ def test_a_chunked_search_finds_exactly_what_one_process_finds(settings, ledger,
 
 def test_a_short_series_is_searched_here_without_chunks(settings, ledger, sample):
     job = running_job(ledger)
-    search = shared(settings.model_copy(update={"preread_chunk_slices": 64}), ledger, job)
+    search = shared(settings.model_copy(update={"preread_chunk_slices": 64}), ledger, job, sample)
     assert search(sample, list(range(10)), 5) == search_slices(sample, list(range(10)), 5)
     assert search.note() is None
 
@@ -91,7 +91,7 @@ def test_chunks_are_searched_by_another_worker_and_merged(settings, ledger, samp
         submitted.append(chunk)
         threading.Thread(target=run_chunk, args=(settings, job_id, run, chunk, "helper:2")).start()
 
-    search = shared(settings, ledger, job, submit)
+    search = shared(settings, ledger, job, sample, submit)
     assert detect_volume(sample, limit=5, search=search) == detect_volume(sample, limit=5)
     assert submitted == [0, 1, 2]
     assert set(search.searched_by.values()) <= {"helper:2", "parent:1"}
@@ -107,23 +107,24 @@ def test_the_jobs_worker_takes_over_a_chunk_whose_worker_was_lost(settings, ledg
     with Session(ledger.engine) as db, db.begin():  # ... until its lease runs out
         db.execute(update(PrereadChunkRow).where(PrereadChunkRow.chunk == 1)
                    .values(lease_expires_at=utc_now() - timedelta(seconds=1)))
-    search = shared(settings, ledger, job)
+    search = shared(settings, ledger, job, sample)
     assert search(sample, frames, 5) == search_slices(sample, frames, 5)
-    assert search.searched_by == {0: "parent:1", 1: "parent:1", 2: "parent:1"}
+    assert search.searched_by == {(sample.id, chunk): "parent:1" for chunk in range(3)}
 
 
 def test_a_chunk_that_failed_on_another_worker_is_searched_by_the_jobs_worker(settings, ledger, sample, tmp_path):
     job = running_job(ledger)
     chunks = ChunkLedger(ledger.engine, job["job_id"], job["run"])
     frames = list(range(10))
-    chunks.plan(str(tmp_path / "not-mounted-here"), 10, pieces_of(frames, 4), 5)
+    elsewhere = tmp_path / "not-mounted-here"
+    chunks.plan(str(elsewhere), 10, pieces_of(frames, 4), 5)
     # A worker on a machine that does not see the data folder: the chunk fails there, in one sentence.
     assert run_chunk(settings, job["job_id"], job["run"], 0, "elsewhere:5") == "failed"
     row = chunks.row(0)
     assert row.state == "failed" and row.error and "\n" not in row.error
-    search = shared(settings, ledger, job)
+    search = shared(settings, ledger, job, sample, folder=elsewhere)
     assert search(sample, frames, 5) == search_slices(sample, frames, 5)
-    assert search.searched_by[0] == "parent:1"
+    assert search.searched_by[(sample.id, 0)] == "parent:1"
 
 
 def test_a_chunk_message_for_a_job_not_running_is_skipped(settings, ledger, sample):
@@ -146,5 +147,7 @@ def test_a_retried_attempt_keeps_the_chunks_already_done(settings, ledger, sampl
     assert run_chunk(settings, job["job_id"], job["run"], 2, "helper:2") == "done"
     chunks.plan(str(SAMPLE), 10, pieces, 5)  # the job's next attempt plans the same chunks
     assert [row.state for row in chunks.rows()] == ["queued", "queued", "done"]
+    chunks.plan("/another/series", 10, pieces, 5)  # the next series of the study, split the same way
+    assert [row.state for row in chunks.rows()] == ["queued", "queued", "queued"]  # not the other's results
     ChunkLedger(ledger.engine, job["job_id"], job["run"] + 1).plan(str(SAMPLE), 10, pieces, 5)  # a forced re-run
     assert chunks.rows() == []  # the older run's chunks are gone

@@ -62,9 +62,10 @@ class ChunkLedger:
         with Session(self.engine) as db, db.begin():
             db.execute(delete(PrereadChunkRow).where(PrereadChunkRow.job_id == self.job_id,
                                                      PrereadChunkRow.run != self.run))
-            known = [list(frames) for frames in db.scalars(
-                select(PrereadChunkRow.frames).where(self._mine()).order_by(PrereadChunkRow.chunk))]
-            if known == [list(p) for p in pieces]:
+            known = [(row.folder, list(row.frames)) for row in db.execute(
+                select(PrereadChunkRow.folder, PrereadChunkRow.frames).where(self._mine())
+                .order_by(PrereadChunkRow.chunk))]
+            if known == [(folder, list(p)) for p in pieces]:  # the same series (a job has several) and split
                 return
             db.execute(delete(PrereadChunkRow).where(self._mine()))
             db.add_all(PrereadChunkRow(job_id=self.job_id, run=self.run, chunk=index, folder=folder,
@@ -175,21 +176,22 @@ class SharedSliceSearch:
     ledger: PrereadLedger
     job: dict[str, Any]
     worker: str
-    folder: Path
     #: None: no broker (the local pool); the job's worker searches every chunk itself.
     submit: SubmitChunk | None = None
-    #: After a search: chunk -> the worker that searched it.
-    searched_by: dict[int, str] = field(default_factory=dict)
+    #: Where each opened series (by study id) was retrieved: the folder a helper opens.
+    folders: dict[str, Path] = field(default_factory=dict)
+    #: After a search: (study id, chunk) -> the worker that searched it.
+    searched_by: dict[tuple[str, int], str] = field(default_factory=dict)
 
     def __call__(self, study: Study, frames: Sequence[int], limit: int) -> list[Detection]:
         size = self.settings.preread_chunk_slices
         if len(frames) <= size:
             return search_slices(study, frames, limit)
         chunks = ChunkLedger(self.ledger.engine, self.job["job_id"], self.job["run"])
-        chunks.plan(str(self.folder), study.frame_count, pieces_of(frames, size), limit)
+        chunks.plan(str(self.folders[study.id]), study.frame_count, pieces_of(frames, size), limit)
         self._submit([row.chunk for row in chunks.rows() if row.state != "done"])
         rows = self._until_all_done(chunks, study)
-        self.searched_by = {row.chunk: row.worker or "" for row in rows}
+        self.searched_by.update({(study.id, row.chunk): row.worker or "" for row in rows})
         chunks.remove()
         return [detection_from_json(d) for row in rows for d in row.detections or []]
 

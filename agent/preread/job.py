@@ -42,11 +42,11 @@ from agent.conversation import Conversation, Turn
 from agent.events import AssistantText, Event, ToolStarted, TurnError
 from agent.models.factory import make_backend
 from agent.pacs.client import PacsConnection, PacsError, PacsNotFoundError
-from agent.pacs.retrieve import RetrievedSeries, retrieve_series
 from agent.pacs.search import check_uid, series_of, study
 from agent.preread.chunks import SharedSliceSearch, SubmitChunk
 from agent.preread.ledger import MAX_ATTEMPTS, JobKey, PrereadError, PrereadLedger, lease_kept
 from agent.preread.results import kinds_to_send, send_preread
+from agent.preread.series import StudySeries, retrieve_study
 from agent.samples import session_title
 from agent.settings import LoupeSettings
 from agent.store.database import Store
@@ -146,15 +146,14 @@ def _analyse(settings: LoupeSettings, ledger: PrereadLedger, job: dict[str, Any]
     """Retrieve, open, analyse and draft into session ``session_id``, and store the draft in the
     study when ``LOUPE_PREREAD_SEND`` says so; what ``ledger.finish`` records."""
     kinds = kinds_to_send(settings.preread_send)  # a wrong setting fails before the work, not after
-    study_uid, store = job["study_uid"], ledger.store
-    retrieved = retrieve_series(PacsConnection(settings), settings, study_uid)
-    conversation = Conversation.start(settings, store=store, owner=PREREAD_OWNER, session_id=session_id,
+    series = retrieve_study(PacsConnection(settings), settings, job["study_uid"])
+    conversation = Conversation.start(settings, store=ledger.store, owner=PREREAD_OWNER, session_id=session_id,
                                       title="Pre-read")
     try:
         with _chunk_submitter(settings, job["priority"]) as submit:
-            shared = SharedSliceSearch(settings, ledger, job, worker, retrieved.folder, submit)
+            shared = SharedSliceSearch(settings, ledger, job, worker, submit)
             conversation.ctx.slice_search = shared
-            return _turn(conversation, job, retrieved, kinds, shared)
+            return _turn(conversation, job, series, kinds, shared)
     finally:
         conversation.ctx.close()
 
@@ -175,45 +174,44 @@ def _chunk_submitter(settings: LoupeSettings, priority: str) -> Iterator[SubmitC
         dispatcher.close()
 
 
-def _turn(conversation: Conversation, job: dict[str, Any], retrieved: RetrievedSeries, kinds: list[str],
+def _turn(conversation: Conversation, job: dict[str, Any], series: StudySeries, kinds: list[str],
           shared: SharedSliceSearch) -> dict[str, Any]:
     """The pre-read turn on the opened conversation, and what the ledger records of it."""
     store, session_id, study_uid = conversation.recorder.store, conversation.session_id, job["study_uid"]
-    conversation.open_study(retrieved.folder)
-    opened = conversation.ctx.view().study
-    store.rename(session_id, PREREAD_OWNER, f"Pre-read · {session_title(opened)}"[:200])
-    conversation.recorder.audit("study_retrieved_from_pacs", {
-        "instances": retrieved.instances, "fetched": retrieved.fetched,
-        "series_chosen_by": "largest image series", "by": "pre-read"})
-    backend = PrereadBackend(_model(conversation))
+    opened: list[tuple[str, str]] = []  # (study id, the series' description), the largest first
+    for retrieved in [*series.retrieved[1:], series.retrieved[0]]:  # the largest last: the one shown
+        conversation.open_study(retrieved.folder)
+        study_id = conversation.ctx.current_study_id
+        shared.folders[study_id] = retrieved.folder
+        opened.insert(0 if retrieved is series.retrieved[0] else len(opened), (study_id, retrieved.description))
+        conversation.recorder.audit("study_retrieved_from_pacs", {
+            "instances": retrieved.instances, "fetched": retrieved.fetched, "series": retrieved.description,
+            "by": "pre-read"})
+    store.rename(session_id, PREREAD_OWNER, f"Pre-read · {session_title(conversation.ctx.view().study)}"[:200])
+    backend = PrereadBackend(opened, _model(conversation))
     events = list(conversation.ask(PREREAD_MESSAGE, backend))
     failed = next((e for e in events if isinstance(e, TurnError)), None)
     if backend.error or failed is not None:
         raise LoupeError(backend.error or failed.message)
-    findings = sorted(conversation.ctx.study_findings(opened.id), key=lambda f: -f.confidence)
-    detected = backend.detected
-    called = [f for f in findings if f.confidence >= detected.threshold]
+    findings = sorted(conversation.ctx.findings.values(), key=lambda f: -f.confidence)
+    searched = backend.searched
+    called = [f for f in findings if f.confidence >= backend.detected.threshold]
     top = findings[0] if findings else None
-    notes = [f"assessment: {detected.assessment}"]
+    notes = [f"assessment: {searched[opened[0][0]].assessment}" if len(opened) == 1 else
+             "assessments: " + "; ".join(f"{description}: {searched[study_id].assessment}"
+                                         for study_id, description in opened)]
     if shared.note():
         notes.append(shared.note())
-    if retrieved.other_image_series:
-        notes.append(f"{retrieved.other_image_series} other image series of the study not analysed")
+    notes += [f"series not analysed: {reason}" for reason in series.passed_over]
     if kinds:
         key = JobKey(study_uid, job["instances"], job["version"])
         stored = send_preread(conversation, key, job["run"], kinds)
         notes.append("stored in the study as a preliminary result: " + ", ".join(s.description for s in stored))
-    return {"findings": len(called), "anomaly_found": detected.anomaly_found,
+    return {"findings": len(called), "anomaly_found": any(d.anomaly_found for d in searched.values()),
             "top_finding": None if top is None else {"id": top.id, "label": top.label,
                                                      "confidence": round(top.confidence, 4),
                                                      "slice": top.frame + 1},
             "note": "; ".join(notes)}
-
-
-class ModelBackend(Protocol):
-    """A model backend as the pre-read uses it: only its helpers, attached to the conversation."""
-
-    def attach(self, conversation: Conversation, usage: Any) -> None: ...
 
 
 def _model(conversation: Conversation) -> ModelBackend | None:
@@ -236,12 +234,16 @@ class PrereadBackend:
 
     name = "preread"
 
-    def __init__(self, model: ModelBackend | None = None) -> None:
-        """``model``: a model backend (Gemini, an OpenAI-compatible server) whose vision model
+    def __init__(self, series: list[tuple[str, str]], model: ModelBackend | None = None) -> None:
+        """``series``: (study id, description) of each opened series, the largest first.
+        ``model``: a model backend (Gemini, an OpenAI-compatible server) whose vision model
         proposes findings and whose writer words the draft, behind the privacy boundary; the
         steps stay Loupe's own."""
+        self.series = series
         self.model = model
         self.error: str | None = None
+        #: Each series' search, by study id; ``detected``: that of the series the draft is of.
+        self.searched: dict[str, DetectAnomaliesOutput] = {}
         self.detected: DetectAnomaliesOutput | None = None
         self._calls = 0
 
@@ -262,30 +264,61 @@ class PrereadBackend:
         return outcome
 
     def _steps(self, conversation: Conversation, turn: Turn) -> Generator[Event, None, str]:
+        ctx = conversation.ctx
+        for study_id, _ in self.series:
+            ctx.current_study_id = study_id
+            detected = yield from self._analysed(conversation, turn)
+            if detected is None:
+                return f"The pre-read could not search this study: {self.error}"
+            self.searched[study_id] = detected
+        shown = self._strongest()
+        ctx.current_study_id, self.detected = shown, self.searched[shown]
+        drafted = yield from self._run(conversation, turn, "draft_report", {})
+        if not drafted.ok:
+            self.error = drafted.error or "The report could not be drafted."
+            return f"The pre-read searched the study but could not draft its report: {self.error}"
+        ready = (f"Report draft version {drafted.output['version']} ({drafted.output['status']}) is ready for "
+                 "review; it is a preliminary automated result until a physician signs it.")
+        if len(self.series) == 1:
+            return "\n".join(line for line in [_searched(self.detected, "the series"), ready] if line)
+        lines = [f"Loupe's automated pre-read searched the study's {len(self.series)} image series."]
+        lines += [f"- {description}: {_searched(self.searched[study_id], '', prefix=False)}"
+                  for study_id, description in self.series]
+        drafted_of = next(description for study_id, description in self.series if study_id == shown)
+        return "\n".join([*lines, f"The draft is of series {drafted_of}, shown now. {ready}"])
+
+    def _analysed(self, conversation: Conversation, turn: Turn
+                  ) -> Generator[Event, None, DetectAnomaliesOutput | None]:
+        """``analysis_steps`` on the current series as recorded tool calls; its search's output,
+        or None (``error`` set) when the search failed."""
         steps = analysis_steps(conversation.ctx)
         request = next(steps)
         while True:
             outcome = yield from self._run(conversation, turn, *request)
             if not outcome.ok and request[0] == "detect_anomalies":
                 self.error = outcome.error or "The search for findings failed."
-                return f"The pre-read could not search this study: {self.error}"
+                return None
             try:
                 request = steps.send(outcome.output)
             except StopIteration as finished:
-                detected = self.detected = finished.value
-                break
-        drafted = yield from self._run(conversation, turn, "draft_report", {})
-        if not drafted.ok:
-            self.error = drafted.error or "The report could not be drafted."
-            return f"The pre-read searched the study but could not draft its report: {self.error}"
-        searched = len(detected.frames_searched)
-        where = f"all {searched} slices of the series" if searched > 1 else "the image"
-        reason = "" if detected.assessment_reason in detected.summary else detected.assessment_reason
-        lines = [f"Loupe's automated pre-read searched {where}: {detected.summary}",
-                 reason,
-                 f"Report draft version {drafted.output['version']} ({drafted.output['status']}) is ready for "
-                 "review; it is a preliminary automated result until a physician signs it."]
-        return "\n".join(line for line in lines if line)
+                return finished.value
+
+    def _strongest(self) -> str:
+        """The series whose top finding is the strongest; the largest series when none is stronger."""
+        def top(study_id: str) -> float:
+            return max((f.confidence for f in self.searched[study_id].findings), default=0.0)
+
+        largest = self.series[0][0]
+        return max((study_id for study_id, _ in self.series), key=lambda s: (top(s), s == largest))
+
+
+def _searched(detected: DetectAnomaliesOutput, series: str, *, prefix: bool = True) -> str:
+    """What one series' search found, in the tools' own words."""
+    count = len(detected.frames_searched)
+    where = f"all {count} slices of {series or 'the series'}" if count > 1 else "the image"
+    reason = "" if detected.assessment_reason in detected.summary else " " + detected.assessment_reason
+    said = f"{detected.summary}{reason}"
+    return f"Loupe's automated pre-read searched {where}: {said}" if prefix else f"{where} searched: {said}"
 
 
 def job_key_for(connection: PacsConnection, study_uid: str) -> JobKey:
