@@ -70,6 +70,10 @@ class LoupeSettings(BaseSettings):
     preread_stable_s: float = Field(
         default=60.0, ge=0, description="A study counts as arrived on the PACS once its number of instances has not "
                                         "changed for this long (pre-read).")
+    preread_orthanc_url: str | None = Field(
+        default=None, description="Orthanc's REST root (http://host:8042), when the PACS is Orthanc: `loupe preread "
+                                  "watch` also follows its /changes feed (StableStudy) for a faster start; the "
+                                  "DICOMweb sweep still runs.")
     preread_sweep_days: int = Field(
         default=3, ge=0, le=365, description="`loupe preread watch` looks this many Study Dates back on each poll "
                                             "(a study sent late carries its acquisition date).")

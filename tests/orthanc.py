@@ -29,7 +29,10 @@ def orthanc_installed() -> bool:
 class OrthancServer:
     """``with OrthancServer() as pacs:`` — ``pacs.dicomweb_url``, ``pacs.env()`` (Loupe's settings)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stable_age_s: int = 60) -> None:
+        """``stable_age_s``: Orthanc's StableAge, after which a study without new instances is
+        announced as ``StableStudy`` on its ``/changes`` feed (Orthanc's default is 60)."""
+        self.stable_age_s = stable_age_s
         self.folder = Path(tempfile.mkdtemp(prefix="loupe-orthanc-"))
         self.http_port, self.dicom_port = free_port(), free_port()
         self.process: subprocess.Popen | None = None
@@ -56,6 +59,7 @@ class OrthancServer:
             "DicomAlwaysAllowStore": False, "DicomCheckModalityHost": True, "SaveJobs": False,
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+            "StableAge": self.stable_age_s,
         }
         config_file = self.folder / "orthanc.json"
         config_file.write_text(json.dumps(config))

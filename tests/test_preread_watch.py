@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import date
 from pathlib import Path
 
@@ -215,3 +216,56 @@ def test_loupe_preread_study_takes_the_orders_priority_unless_told(own_pacs, tmp
     assert run_cli(capsys, "preread", "study", f"pacs:{other_uid}")[0] == 0
     code, out, _ = run_cli(capsys, "preread", "status", "--json")
     assert {row["study_uid"]: row["priority"] for row in json.loads(out)}[other_uid] == "routine"
+
+
+# -- Orthanc's changes feed ----------------------------------------------------------------------
+
+
+def test_orthancs_stable_study_is_handed_on_without_the_quiet_time(monkeypatch, tmp_path):
+    """StableStudy on the feed hands the study on at once (Loupe's own quiet time is an hour
+    here); Loupe's SR makes Orthanc announce it again, and the ledger says "already done"; a
+    restarted watcher reads on from the place it kept."""
+    import time
+
+    from tests.orthanc import OrthancServer, orthanc_installed
+
+    if not orthanc_installed():
+        if os.environ.get("CI"):
+            pytest.fail("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb)")
+        pytest.skip("Orthanc is not installed")
+    with OrthancServer(stable_age_s=1) as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        preread_settings(monkeypatch, tmp_path / "data")
+        monkeypatch.setenv("LOUPE_PREREAD_STABLE_S", "3600")
+        monkeypatch.setenv("LOUPE_PREREAD_ORTHANC_URL", server.url)
+        settings = LoupeSettings()
+        ledger = PrereadLedger(settings)
+
+        def poll_until_handed(watcher: PacsWatch, timeout_s: float = 20.0) -> list:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                handed = watcher.poll(today=ACQUIRED)
+                if handed:
+                    return handed
+                time.sleep(0.3)
+            raise AssertionError("Orthanc announced no stable study")
+
+        try:
+            watcher = PacsWatch(settings, ledger, LocalDispatcher(settings))
+            assert watcher.poll(today=ACQUIRED) == []  # the feed's place is set at its end
+            server.seed(SLICES)
+            [handed] = poll_until_handed(watcher)
+            assert handed.enqueued.created and ledger.job(handed.enqueued.job_id)["state"] == "done"
+
+            server.seed([loupe_sr_in(SLICES[0], tmp_path)])  # Loupe's report: Orthanc calls the study stable again
+            [again] = poll_until_handed(watcher)
+            assert again.study_uid == handed.study_uid and not again.enqueued.created
+            assert again.enqueued.message.startswith("already done")
+
+            restarted = PacsWatch(settings, ledger, LocalDispatcher(settings))
+            time.sleep(1.5)
+            assert restarted.poll(today=ACQUIRED) == []  # nothing new on the feed; the sweep waits its hour
+            assert len(ledger.status()) == 1
+        finally:
+            ledger.close()

@@ -92,6 +92,9 @@ class PacsConnection:
         elif settings.dicomweb_user:
             password = settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else ""
             session.auth = (settings.dicomweb_user, password)
+        #: The HTTP session with the PACS's credentials, for a server's own API beside DICOMweb.
+        self.session, self.headers = session, headers
+        self.timeout = (settings.dicomweb_connect_timeout_s, settings.dicomweb_read_timeout_s)
         self.client = DICOMwebClient(settings.dicomweb_url.rstrip("/"), session=session, headers=headers or None,
                                      timeout=(settings.dicomweb_connect_timeout_s, settings.dicomweb_read_timeout_s))
         self.client.set_http_retry_params(retry=False)  # ours below: backoff on 5xx and connection errors only

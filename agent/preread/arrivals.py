@@ -39,6 +39,14 @@ class ArrivalTracker:
         quiet = now - seen.unchanged_since >= self.stable_s
         return quiet and self._handed_on.get(study_uid) != instances
 
+    def stable_now(self, study_uid: str, instances: int, now: float) -> bool:
+        """The PACS itself says the study is stable at ``instances`` (Orthanc's ``StableStudy``):
+        record it as seen; True unless it was handed on at that count already."""
+        seen = self._seen.get(study_uid)
+        if seen is None or seen.instances != instances:
+            self._seen[study_uid] = _Seen(instances, now)
+        return self._handed_on.get(study_uid) != instances
+
     def handed_on(self, study_uid: str, instances: int) -> None:
         self._handed_on[study_uid] = instances
 

@@ -9,8 +9,9 @@ counts as arrived once that number has stayed the same for ``LOUPE_PREREAD_STABL
 PDF series never count, so a result stored back makes no new job) and the job is enqueued in
 the ledger and submitted; the ledger answers a study already done with "already done".
 
-Orthanc's ``/changes`` feed (``StableStudy``) would be a faster path on Orthanc; it is not used:
-a restart of Orthanc loses its events, so the sweep is needed anyway (``docs/preread.md``).
+On Orthanc, with ``LOUPE_PREREAD_ORTHANC_URL``, its ``/changes`` feed (``StableStudy``) is read
+first on every poll and what it announces is handed on at once (``agent.preread.orthanc_changes``);
+the sweep still runs, since a restart of Orthanc loses its events (``docs/preread.md``).
 Studies without a Study Date are not found by a date range; ``loupe preread study`` takes them.
 
 Which studies are STAT: ``agent.preread.priority`` (the settings, else the images' Requested
@@ -27,11 +28,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from agent.pacs.client import PacsConnection
-from agent.pacs.search import StudyMatch, StudyQuery, search_studies
+from agent.pacs.client import PacsConnection, PacsNotFoundError
+from agent.pacs.search import StudyMatch, StudyQuery, search_studies, study
 from agent.preread.arrivals import ArrivalTracker
 from agent.preread.job import job_key_for
 from agent.preread.ledger import Enqueued, PrereadError, PrereadLedger
+from agent.preread.orthanc_changes import OrthancChanges
 from agent.preread.priority import priority_of
 from agent.preread.runner import Dispatcher
 from agent.settings import LoupeSettings
@@ -96,14 +98,34 @@ class PacsWatch:
         self.connection = PacsConnection(settings)
         self.tracker = ArrivalTracker(settings.preread_stable_s)
         self.watermark = Watermark(settings, since)
+        self.changes = OrthancChanges(settings, self.connection) if settings.preread_orthanc_url else None
 
     def poll(self, now: float | None = None, today: date | None = None) -> list[Handed]:
         now = time.monotonic() if now is None else now
         today = today or date.today()
+        handed = self._announced(now)
         matches = search_studies(self.connection, StudyQuery(date=self.watermark.range_for(today)), limit=POLL_LIMIT)
-        handed = [self._hand_on(match) for match in matches if self.tracker.observe(match.study_uid, match.instances, now)]
+        handed += [self._hand_on(match) for match in matches
+                   if self.tracker.observe(match.study_uid, match.instances, now)]
         waiting = set(self.tracker.waiting())
         self.watermark.advance(today, [_date(m.study_date) for m in matches if m.study_uid in waiting and m.study_date])
+        return handed
+
+    def _announced(self, now: float) -> list[Handed]:
+        """The studies Orthanc's feed announced stable, handed on without Loupe's quiet time (the
+        ones already handed on at their count are passed over)."""
+        if self.changes is None:
+            return []
+        handed = []
+        for study_uid in self.changes.stable_studies():
+            try:
+                match = study(self.connection, study_uid)
+            except PacsNotFoundError:  # deleted since it was announced
+                continue
+            if not self.tracker.stable_now(match.study_uid, match.instances, now):
+                continue
+            handed.append(self._hand_on(match))
+        self.changes.handed_on()
         return handed
 
     def _hand_on(self, match: StudyMatch) -> Handed:
