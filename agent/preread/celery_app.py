@@ -95,8 +95,12 @@ def _run(job_id: int) -> str:
     ``skipped`` (held by another worker, or already done: a duplicate message)."""
     from agent.preread.job import run_job, worker_name
 
-    worker = worker_name()
-    outcome = run_job(LoupeSettings(), int(job_id), worker)
+    worker, settings = worker_name(), LoupeSettings()
+    dispatcher = CeleryDispatcher(settings)  # a long series' chunks go to the other workers
+    try:
+        outcome = run_job(settings, int(job_id), worker, share=dispatcher.submit_chunk)
+    finally:
+        dispatcher.close()
     log.info("pre-read job %s: %s (%s)", job_id, outcome, worker)
     return outcome
 

@@ -45,6 +45,8 @@ INTERNAL_ERROR = "Loupe hit an internal error while searching these slices."
 
 #: Submits chunk ``chunk`` of run ``run`` of job ``job_id`` to the workers.
 SubmitChunk = Callable[[int, int, int], None]
+#: The same, on the queue of a priority (``stat``, ``routine``): what a dispatcher offers a job.
+ShareChunk = Callable[[int, int, int, str], None]
 
 
 class ChunkLedger:

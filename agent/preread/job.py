@@ -32,7 +32,6 @@ import logging
 import os
 import socket
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager
 from typing import Any, Protocol
 
 import requests
@@ -43,7 +42,7 @@ from agent.events import AssistantText, Event, ToolStarted, TurnError
 from agent.models.factory import make_backend
 from agent.pacs.client import PacsConnection, PacsError, PacsNotFoundError
 from agent.pacs.search import check_uid, series_of, study
-from agent.preread.chunks import SharedSliceSearch, SubmitChunk
+from agent.preread.chunks import ShareChunk, SharedSliceSearch
 from agent.preread.ledger import MAX_ATTEMPTS, JobKey, PrereadError, PrereadLedger, lease_kept
 from agent.preread.results import kinds_to_send, send_preread
 from agent.preread.series import StudySeries, retrieve_study
@@ -71,9 +70,11 @@ def session_id_for(job: dict[str, Any]) -> str:
     return f"preread-{job['job_id']}-{job['run']}-{job['attempts']}"
 
 
-def run_job(settings: LoupeSettings, job_id: int, worker: str) -> str:
+def run_job(settings: LoupeSettings, job_id: int, worker: str, share: ShareChunk | None = None) -> str:
     """Claim, run and finish job ``job_id``; the state it ends in (``done``, ``failed``,
-    ``queued`` when it will be retried), or ``skipped`` when it could not be claimed."""
+    ``queued`` when it will be retried), or ``skipped`` when it could not be claimed.
+    ``share``: how a long series' chunks reach other workers (Celery's); None: this worker
+    searches them all."""
     ledger = PrereadLedger(settings)
     try:
         lease_s = settings.preread_lease_s
@@ -81,19 +82,20 @@ def run_job(settings: LoupeSettings, job_id: int, worker: str) -> str:
             return "skipped"
         job = ledger.job(job_id)
         with lease_kept(lambda: ledger.renew(job_id, worker, lease_s), lease_s, f"pre-read job {job_id}"):
-            return _run_claimed(settings, ledger, job, worker)
+            return _run_claimed(settings, ledger, job, worker, share)
     finally:
         ledger.close()
 
 
-def _run_claimed(settings: LoupeSettings, ledger: PrereadLedger, job: dict[str, Any], worker: str) -> str:
+def _run_claimed(settings: LoupeSettings, ledger: PrereadLedger, job: dict[str, Any], worker: str,
+                 share: ShareChunk | None) -> str:
     job_id, store = job["job_id"], ledger.store
     for attempt in range(1, job["attempts"]):  # earlier attempts of this run that did not finish
         _remove_session(store, session_id_for(job | {"attempts": attempt}), "an earlier attempt did not finish")
     session_id = session_id_for(job)
     _remove_session(store, session_id, "an earlier attempt did not finish")
     try:
-        result = _analyse(settings, ledger, job, session_id, worker)
+        result = _analyse(settings, ledger, job, session_id, worker, share)
     except LoupeError as error:
         transient = _transient(error)
         retry = transient and job["attempts"] < MAX_ATTEMPTS
@@ -142,36 +144,20 @@ def _remove_session(store: Store, session_id: str, reason: str) -> None:
 
 
 def _analyse(settings: LoupeSettings, ledger: PrereadLedger, job: dict[str, Any], session_id: str,
-             worker: str) -> dict[str, Any]:
+             worker: str, share: ShareChunk | None) -> dict[str, Any]:
     """Retrieve, open, analyse and draft into session ``session_id``, and store the draft in the
     study when ``LOUPE_PREREAD_SEND`` says so; what ``ledger.finish`` records."""
     kinds = kinds_to_send(settings.preread_send)  # a wrong setting fails before the work, not after
     series = retrieve_study(PacsConnection(settings), settings, job["study_uid"])
     conversation = Conversation.start(settings, store=ledger.store, owner=PREREAD_OWNER, session_id=session_id,
                                       title="Pre-read")
+    submit = None if share is None else (lambda job_id, run, chunk: share(job_id, run, chunk, job["priority"]))
     try:
-        with _chunk_submitter(settings, job["priority"]) as submit:
-            shared = SharedSliceSearch(settings, ledger, job, worker, submit)
-            conversation.ctx.slice_search = shared
-            return _turn(conversation, job, series, kinds, shared)
+        shared = SharedSliceSearch(settings, ledger, job, worker, submit)
+        conversation.ctx.slice_search = shared
+        return _turn(conversation, job, series, kinds, shared)
     finally:
         conversation.ctx.close()
-
-
-@contextmanager
-def _chunk_submitter(settings: LoupeSettings, priority: str) -> Iterator[SubmitChunk | None]:
-    """Where a long series' chunks are sent: the broker's queue of the job's priority; None
-    without a broker (the job's worker searches them all)."""
-    if not settings.broker_url:
-        yield None
-        return
-    from agent.preread.celery_app import CeleryDispatcher
-
-    dispatcher = CeleryDispatcher(settings)
-    try:
-        yield lambda job_id, run, chunk: dispatcher.submit_chunk(job_id, run, chunk, priority)
-    finally:
-        dispatcher.close()
 
 
 def _turn(conversation: Conversation, job: dict[str, Any], series: StudySeries, kinds: list[str],
