@@ -70,10 +70,9 @@ are the most of: (a) utilisation ρ = λ·E[S]/c ≤ 0.7; (b) routine p95 ≤ 10
 with P(wait > t) = C·e^{−(cμ−λ)t}, its 95th percentile wait plus a CT's own service time;
 (c) STAT p95 ≤ 5 min: STAT jobs taken first (the ``stat`` queue) and few, so a STAT job waits
 only for the next core to free when all are busy (P = C, then exponential of rate cμ), plus a
-CT's own service. A single 300-slice CT must itself fit in the bound: it is not split across
-workers yet. The CT cost assumes every slice searched (the issue's requirement) at the larger of
-the fitted slope and the detection cost per slice; today's search takes at most ``MAX_SLICES``
-(64) slices of a series, evenly spaced, which the output says.
+CT's own service, counted here on one core (a long series' chunks shared by idle workers make it
+shorter: ``bench_chunks.py``). The CT cost assumes every slice searched, as the search does, at
+the larger of the fitted slope and the detection cost per slice.
 
 The burst
 ---------
@@ -829,10 +828,6 @@ def _tables(rows: dict[str, list[Result]], studies: list[StudyFiles], per_slice:
     per_slice_s = max(slope, per_slice[0] if per_slice is not None else 0.0)
     ct300 = intercept + 300 * per_slice_s
     rad2 = 2 * _med(singles)
-    from tools.detection.detector import MAX_SLICES
-
-    print(f"\nNote: today's series search takes at most {MAX_SLICES} slices of a series, evenly spaced "
-          "(tools/detection/detector.py MAX_SLICES); the table below assumes every slice is searched.")
     print(f"\nOn paper: 1,000 studies/day over 10 h, ⅓ 300-slice CTs ({ct300:.0f} s each on one core: "
           f"{intercept:.2f} s + 300 × {per_slice_s * 1000:.0f} ms), "
           f"⅔ 2-image radiographs ({rad2:.1f} s: two single-image jobs); one job per core; cores = max of "

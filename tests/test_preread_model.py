@@ -93,6 +93,7 @@ def test_the_vision_model_is_asked_about_the_strongest_slice_only(own_pacs, gemi
     assert images and all(len(r.images()) == 1 for r in images)
     assert "vision model was not consulted" not in searches[1].summary
     assert any(f["source"] == "vlm" and f["frame"] == searches[1].args["frame"] for f in findings)
+    assert f"Slice {row['top_finding']['slice']} looked at again with the vision model" in turn.texts[0]
     for request in gemini_env.requests:
         sent = request.text()
         assert [value for value in phi_values() if value in sent] == []

@@ -50,6 +50,7 @@ from agent.samples import session_title
 from agent.settings import LoupeSettings
 from agent.store.database import Store
 from agent.tool_calls import ToolOutcome, execute
+from tools.context import ToolContext
 from tools.detect_anomalies import DetectAnomaliesOutput
 from tools.errors import LoupeError, ModelUnavailableError
 
@@ -193,7 +194,8 @@ def _turn(conversation: Conversation, job: dict[str, Any], series: StudySeries, 
         key = JobKey(study_uid, job["instances"], job["version"])
         stored = send_preread(conversation, key, job["run"], kinds)
         notes.append("stored in the study as a preliminary result: " + ", ".join(s.description for s in stored))
-    return {"findings": len(called), "anomaly_found": any(d.anomaly_found for d in searched.values()),
+    anomaly = bool(called) or any(d.anomaly_found for d in [*searched.values(), *backend.slice_checks.values()])
+    return {"findings": len(called), "anomaly_found": anomaly,
             "top_finding": None if top is None else {"id": top.id, "label": top.label,
                                                      "confidence": round(top.confidence, 4),
                                                      "slice": top.frame + 1},
@@ -230,6 +232,8 @@ class PrereadBackend:
         self.error: str | None = None
         #: Each series' search, by study id; ``detected``: that of the series the draft is of.
         self.searched: dict[str, DetectAnomaliesOutput] = {}
+        #: The second look at a series' strongest slice, with the vision model, by study id.
+        self.slice_checks: dict[str, DetectAnomaliesOutput] = {}
         self.detected: DetectAnomaliesOutput | None = None
         self._calls = 0
 
@@ -253,11 +257,11 @@ class PrereadBackend:
         ctx = conversation.ctx
         for study_id, _ in self.series:
             ctx.current_study_id = study_id
-            detected = yield from self._analysed(conversation, turn)
+            detected = yield from self._analysed(conversation, turn, study_id)
             if detected is None:
                 return f"The pre-read could not search this study: {self.error}"
             self.searched[study_id] = detected
-        shown = self._strongest()
+        shown = self._strongest(ctx)
         ctx.current_study_id, self.detected = shown, self.searched[shown]
         drafted = yield from self._run(conversation, turn, "draft_report", {})
         if not drafted.ok:
@@ -265,46 +269,56 @@ class PrereadBackend:
             return f"The pre-read searched the study but could not draft its report: {self.error}"
         ready = (f"Report draft version {drafted.output['version']} ({drafted.output['status']}) is ready for "
                  "review; it is a preliminary automated result until a physician signs it.")
+        said = {study_id: self._said(study_id) for study_id, _ in self.series}
         if len(self.series) == 1:
-            return "\n".join(line for line in [_searched(self.detected, "the series"), ready] if line)
+            return f"Loupe's automated pre-read searched {said[shown]}\n{ready}"
         lines = [f"Loupe's automated pre-read searched the study's {len(self.series)} image series."]
-        lines += [f"- {description}: {_searched(self.searched[study_id], '', prefix=False)}"
-                  for study_id, description in self.series]
+        lines += [f"- {description}: searched {said[study_id]}" for study_id, description in self.series]
         drafted_of = next(description for study_id, description in self.series if study_id == shown)
         return "\n".join([*lines, f"The draft is of series {drafted_of}, shown now. {ready}"])
 
-    def _analysed(self, conversation: Conversation, turn: Turn
+    def _analysed(self, conversation: Conversation, turn: Turn, study_id: str
                   ) -> Generator[Event, None, DetectAnomaliesOutput | None]:
-        """``analysis_steps`` on the current series as recorded tool calls; its search's output,
-        or None (``error`` set) when the search failed."""
+        """``analysis_steps`` on the current series as recorded tool calls; its search's output
+        (a vision model's look at the strongest slice kept in ``slice_checks``), or None
+        (``error`` set) when the search failed."""
         steps = analysis_steps(conversation.ctx)
         request = next(steps)
+        searches = 0
         while True:
             outcome = yield from self._run(conversation, turn, *request)
-            if not outcome.ok and request[0] == "detect_anomalies":
-                self.error = outcome.error or "The search for findings failed."
-                return None
+            if request[0] == "detect_anomalies":
+                if not outcome.ok:
+                    self.error = outcome.error or "The search for findings failed."
+                    return None
+                searches += 1
+                if searches > 1:
+                    self.slice_checks[study_id] = DetectAnomaliesOutput.model_validate(outcome.output)
             try:
                 request = steps.send(outcome.output)
             except StopIteration as finished:
                 return finished.value
 
-    def _strongest(self) -> str:
-        """The series whose top finding is the strongest; the largest series when none is stronger."""
+    def _strongest(self, ctx: ToolContext) -> str:
+        """The series whose strongest finding is the strongest; the largest one when none is stronger."""
         def top(study_id: str) -> float:
-            return max((f.confidence for f in self.searched[study_id].findings), default=0.0)
+            return max((f.confidence for f in ctx.study_findings(study_id)), default=0.0)
 
         largest = self.series[0][0]
         return max((study_id for study_id, _ in self.series), key=lambda s: (top(s), s == largest))
 
-
-def _searched(detected: DetectAnomaliesOutput, series: str, *, prefix: bool = True) -> str:
-    """What one series' search found, in the tools' own words."""
-    count = len(detected.frames_searched)
-    where = f"all {count} slices of {series or 'the series'}" if count > 1 else "the image"
-    reason = "" if detected.assessment_reason in detected.summary else " " + detected.assessment_reason
-    said = f"{detected.summary}{reason}"
-    return f"Loupe's automated pre-read searched {where}: {said}" if prefix else f"{where} searched: {said}"
+    def _said(self, study_id: str) -> str:
+        """What one series' search found, in the tools' own words; and what the vision model
+        made of its strongest slice, when it was asked."""
+        detected = self.searched[study_id]
+        count = len(detected.frames_searched)
+        where = f"all {count} slices of the series" if count > 1 else "the image"
+        reason = "" if detected.assessment_reason in detected.summary else " " + detected.assessment_reason
+        said = f"{where}: {detected.summary}{reason}"
+        check = self.slice_checks.get(study_id)
+        if check is not None:
+            said += f" Slice {check.frames_searched[0] + 1} looked at again with the vision model: {check.summary}"
+        return said
 
 
 def job_key_for(connection: PacsConnection, study_uid: str) -> JobKey:
