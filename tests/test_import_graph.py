@@ -32,7 +32,7 @@ LAYERS = (
                "tools.second_read")),
     ("tool context", ("tools.context",)),
     ("imaging engines", ("tools.detection", "tools.gaussian", "tools.measure", "tools.render", "tools.report",
-                         "tools.checklists")),
+                         "tools.checklists", "tools.compare")),
     ("imaging foundation", ("tools.study", "tools.errors", "tools.coordinates", "tools.findings",
                             "tools.normal_wording")),
     ("prompts", ("prompts",)),

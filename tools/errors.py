@@ -20,6 +20,7 @@ zipfile, the model SDK) are translated once, where they are caught, and chained 
      ├── FrameOutOfRangeError        asked for a frame the study does not have
      ├── InvalidCoordinatesError     a point or box outside the image or malformed
      ├── ModelUnavailableError       the vision/language model cannot be reached
+     ├── RegistrationError           a prior and a current study that cannot be aligned
      └── PrivacyError                something may not cross to a cloud model
           └── ImageWithheldError     the image may carry burned-in text; held until confirmed
 """
@@ -98,6 +99,11 @@ class InvalidCoordinatesError(LoupeError):
 
 class ModelUnavailableError(LoupeError):
     """The model backend cannot be reached or keeps failing."""
+
+
+class RegistrationError(LoupeError):
+    """Two studies that cannot be brought into one frame (another body part, another
+    orientation, too little overlap) and so cannot be compared."""
 
 
 class PrivacyError(LoupeError):
