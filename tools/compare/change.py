@@ -1,0 +1,110 @@
+"""What changed in a finding between the prior and the current study, in a reader's units.
+
+A finding measured in both studies (long and short-axis diameter, mm) has a change in mean
+diameter (mm and %), in area (the ellipse on the two axes, %) and in volume (the ellipsoid whose
+third axis is the short one, %), and — when it grew — a volume doubling time from the interval:
+``VDT = t · ln 2 / ln(V₂ / V₁)`` (Schwartz), in days.
+
+Its status:
+
+- ``new``: nothing at its place in the prior; ``resolved``: a prior finding with nothing at its
+  place now;
+- ``grown`` / ``shrunk``: the mean diameter changed by at least the growth threshold, up or down;
+- ``stable``: less than that.
+
+The growth threshold is the larger of a clinical minimum — 1.5 mm in mean diameter, the change
+Lung-RADS counts as growth of a nodule — and what the two measurements themselves can tell
+apart: ``UNCERTAINTY_K`` (2) times their combined uncertainty (the square root of the sum of
+their squared uncertainties in mm). A change smaller than either is not called a change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+#: A change in mean diameter below this is never called growth or shrinkage (Lung-RADS: 1.5 mm).
+CLINICAL_MIN_MM = 1.5
+#: How many combined measurement uncertainties a change must exceed.
+UNCERTAINTY_K = 2.0
+
+Status = Literal["new", "grown", "shrunk", "stable", "resolved"]
+
+
+@dataclass(frozen=True)
+class Diameters:
+    """A finding's size in one study: its long and short-axis diameters and how sure they are (mm)."""
+
+    long_mm: float
+    short_mm: float
+    uncertainty_mm: float = 0.0
+
+    @property
+    def mean_mm(self) -> float:
+        return (self.long_mm + self.short_mm) / 2
+
+    @property
+    def area_mm2(self) -> float:
+        return math.pi / 4 * self.long_mm * self.short_mm
+
+    @property
+    def volume_mm3(self) -> float:
+        """The ellipsoid on the long axis and twice the short one (the third axis is not seen on one slice)."""
+        return math.pi / 6 * self.long_mm * self.short_mm * self.short_mm
+
+
+@dataclass(frozen=True)
+class Change:
+    mean_diameter_mm: float
+    mean_diameter_pct: float
+    area_pct: float
+    volume_pct: float
+    #: Days for the volume to double, at the rate seen; None unless the finding grew.
+    doubling_time_days: float | None
+    #: The change in mean diameter that counts as growth here (mm).
+    threshold_mm: float
+
+
+def growth_threshold_mm(prior: Diameters, current: Diameters) -> float:
+    return max(CLINICAL_MIN_MM, UNCERTAINTY_K * math.hypot(prior.uncertainty_mm, current.uncertainty_mm))
+
+
+def doubling_time_days(prior_volume: float, current_volume: float, interval_days: float) -> float | None:
+    """Days for the volume to double at the rate seen; None when it did not grow or the interval is not positive."""
+    if interval_days <= 0 or prior_volume <= 0 or current_volume <= prior_volume:
+        return None
+    return interval_days * math.log(2) / math.log(current_volume / prior_volume)
+
+
+def _pct(before: float, after: float) -> float:
+    return (after - before) / before * 100 if before > 0 else math.inf
+
+
+def change(prior: Diameters, current: Diameters, interval_days: float) -> Change:
+    grown = current.mean_mm - prior.mean_mm >= growth_threshold_mm(prior, current)
+    return Change(
+        mean_diameter_mm=current.mean_mm - prior.mean_mm,
+        mean_diameter_pct=_pct(prior.mean_mm, current.mean_mm),
+        area_pct=_pct(prior.area_mm2, current.area_mm2),
+        volume_pct=_pct(prior.volume_mm3, current.volume_mm3),
+        doubling_time_days=doubling_time_days(prior.volume_mm3, current.volume_mm3, interval_days) if grown else None,
+        threshold_mm=growth_threshold_mm(prior, current),
+    )
+
+
+def status(prior: Diameters | None, current: Diameters | None) -> Status:
+    """The finding's status by the rule of the module; at least one of the two must be given."""
+    if prior is None and current is None:
+        raise ValueError("a finding is in at least one of the two studies")
+    if prior is None:
+        return "new"
+    if current is None:
+        return "resolved"
+    difference = current.mean_mm - prior.mean_mm
+    threshold = growth_threshold_mm(prior, current)
+    if difference >= threshold:
+        return "grown"
+    if difference <= -threshold:
+        return "shrunk"
+    return "stable"
