@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import ndimage as ndi
 
+from agent.evaluation.longitudinal import exposed, moved
 from tools.compare.registration import Similarity, register_images
 from tools.errors import RegistrationError
 from tools.study import open_study
@@ -23,14 +23,8 @@ TRANSFORMS = (Similarity(1.0, 0.0, 12.0, -7.0), Similarity(1.06, 4.0, -20.0, 15.
 def prior_of(current: np.ndarray, transform: Similarity, *, gamma: float = 0.7, noise: float = 4.0,
              seed: int = 0) -> np.ndarray:
     """The image as a prior would show it: the anatomy at ``transform``'s place, another exposure
-    (a gamma on 0–255) and noise."""
-    inverse = np.linalg.inv(transform.matrix)
-    rows, cols = np.mgrid[0:current.shape[0], 0:current.shape[1]].astype(float)
-    x = inverse[0, 0] * cols + inverse[0, 1] * rows + inverse[0, 2]
-    y = inverse[1, 0] * cols + inverse[1, 1] * rows + inverse[1, 2]
-    moved = ndi.map_coordinates(current.astype(float), [y, x], order=1, mode="constant", cval=float(current.min()))
-    exposed = ((moved - moved.min()) / np.ptp(moved)) ** gamma * 255
-    return exposed + np.random.default_rng(seed).normal(0, noise, exposed.shape)
+    and noise."""
+    return exposed(moved(current, transform), gamma, noise, np.random.default_rng(seed))
 
 
 def ct_slice() -> np.ndarray:
