@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pydicom
 import pytest
@@ -64,7 +65,18 @@ def proposals_or_error(request) -> dict:
     return error_reply(500)
 
 
-def preread_turn(capsys, study_uid: str):
+class Preread(NamedTuple):
+    """A study pre-read by ``loupe preread study``: its ledger row, its one turn as the chat
+    replays it, and the pre-read session's findings, studies and row."""
+
+    row: dict
+    turn: Any
+    findings: list[dict]
+    studies: list
+    session: Any
+
+
+def preread_turn(capsys, study_uid: str) -> Preread:
     code, out, err = run_cli(capsys, "preread", "study", f"pacs:{study_uid}")
     assert code == 0 and "done:" in out, out + err
     settings = LoupeSettings()
@@ -74,8 +86,8 @@ def preread_turn(capsys, study_uid: str):
     store = Store.for_data_dir(settings.data_dir)
     try:
         [turn] = replay(store, row["session_id"])
-        assert store.session_row(row["session_id"], PREREAD_OWNER) is not None
-        return row, turn, store.findings(row["session_id"])
+        return Preread(row, turn, store.findings(row["session_id"]), store.studies(row["session_id"]),
+                       store.session_row(row["session_id"], PREREAD_OWNER))
     finally:
         store.close()
 
@@ -84,7 +96,7 @@ def test_the_vision_model_is_asked_about_the_strongest_slice_only(own_pacs, gemi
     study_uid, paths = phi_study(tmp_path / "released", burned_in="NO")
     own_pacs.seed(paths)
     gemini_env.script(*[proposals_or_error] * 12)
-    row, turn, findings = preread_turn(capsys, study_uid)
+    row, turn, findings, _, _ = preread_turn(capsys, study_uid)
 
     searches = [call for call in turn.tool_calls if call.name == "detect_anomalies"]
     assert searches[0].args == {"all_frames": True, "use_vision_model": False}  # the series: no model
@@ -103,7 +115,7 @@ def test_held_pixels_are_not_sent_and_the_preread_still_finishes(own_pacs, gemin
     study_uid, paths = phi_study(tmp_path / "held", burned_in=None)  # not stated: held for a clinician
     own_pacs.seed(paths)
     gemini_env.script(*[proposals_or_error] * 12)
-    row, turn, findings = preread_turn(capsys, study_uid)
+    row, turn, findings, _, _ = preread_turn(capsys, study_uid)
     assert row["state"] == "done" and row["top_finding"] is not None
     assert not any(r.images() for r in gemini_env.requests)
     vision = [call for call in turn.tool_calls if call.name == "detect_anomalies"][-1]

@@ -10,12 +10,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from agent.preread.job import PREREAD_OWNER
-from agent.preread.ledger import PrereadLedger
-from agent.settings import LoupeSettings
-from agent.store.database import Store
-from agent.workspace import replay
-from tests.conftest import pydicom_file, run_cli
+from tests.conftest import pydicom_file
+from tests.test_preread_model import preread_turn
 
 SAMPLE = Path(__file__).parents[1] / "agent" / "sample_data" / "lidc-idri-0003"
 
@@ -52,24 +48,10 @@ def test_every_image_series_is_searched_and_one_too_large_is_passed_over(own_pac
                         description="Large")
     own_pacs.seed(axial + single + large)
 
-    code, out, err = run_cli(capsys, "preread", "study", f"pacs:{study_uid}")
-    assert code == 0 and "done:" in out, out + err
-    settings = LoupeSettings()
-    ledger = PrereadLedger(settings)
-    [row] = ledger.status()
-    ledger.close()
+    row, turn, findings, studies, session = preread_turn(capsys, study_uid)
     assert row["instances"] == len(axial) + 2  # every image instance counts in the job's key
     assert "assessments: #2 CT Axial lung" in row["note"] and "#3 CT Scout" in row["note"]
     assert "series not analysed: Series #4 CT Large" in row["note"] and "LOUPE_MAX_FRAME_PIXELS" in row["note"]
-
-    store = Store.for_data_dir(settings.data_dir)
-    try:
-        studies = store.studies(row["session_id"])
-        findings = store.findings(row["session_id"])
-        [turn] = replay(store, row["session_id"])
-        session = store.session_row(row["session_id"], PREREAD_OWNER)
-    finally:
-        store.close()
     assert len(studies) == 2  # both series kept with the session, to be reopened
     assert {f["study_id"] for f in findings} == {s.study_id for s in studies}  # findings on each
     searches = [call for call in turn.tool_calls if call.name == "detect_anomalies"]
