@@ -29,7 +29,7 @@ LAYERS = (
     ("tool registry", ("tools.registry",)),
     ("tools", ("tools.load_study", "tools.detect_anomalies", "tools.verify_coordinates", "tools.fit_gaussian",
                "tools.set_finding_size", "tools.render_overlay", "tools.draft_report", "tools.revise_report",
-               "tools.second_read")),
+               "tools.second_read", "tools.compare_with_prior")),
     ("tool context", ("tools.context",)),
     ("imaging engines", ("tools.detection", "tools.gaussian", "tools.measure", "tools.render", "tools.report",
                          "tools.checklists", "tools.compare")),
