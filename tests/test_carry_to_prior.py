@@ -12,7 +12,7 @@ import pytest
 
 from agent.evaluation.longitudinal import Lesion, make_pair
 from tools.compare.registration import Similarity
-from tools.compare_with_prior.carry import carry_to_prior
+from tools.compare_with_prior.carry import carry_to_prior, lesion_contrast
 from tools.coordinates import BoxPx
 from tools.detection.working import prepare
 from tools.measure.segmentation import measure_lesion, settings_for
@@ -41,8 +41,11 @@ def mean_px(size) -> float:
 
 def carried(slice_hu: np.ndarray, status: str, factor: float = 1.0):
     pair = make_pair(slice_hu, lesion(), status, TRANSFORM, factor=factor)
-    current = measure_lesion(prepare(pair.current.astype(np.float32), "CT"), NODULE.center, None, settings_for("CT"))
-    return carry_to_prior(prepare(pair.prior.astype(np.float32), "CT"), NODULE, TRANSFORM, None), current
+    work = prepare(pair.current.astype(np.float32), "CT")
+    current = measure_lesion(work, NODULE.center, None, settings_for("CT"))
+    here = lesion_contrast(work, NODULE.center, lesion().radius)
+    return carry_to_prior(prepare(pair.prior.astype(np.float32), "CT"), NODULE, TRANSFORM, None,
+                          contrast_here=here), current
 
 
 def test_a_stable_nodule_is_found_where_the_transform_puts_it_and_measured_alike(slice_hu):
@@ -63,3 +66,12 @@ def test_a_grown_or_shrunk_nodule_measures_by_its_factor_in_the_prior(slice_hu, 
 def test_a_new_nodule_is_absent_from_the_prior(slice_hu):
     found, _ = carried(slice_hu, "new")
     assert not found.present and found.size is None
+
+
+def test_a_lesions_contrast_keeps_its_sign_and_vanishes_when_removed(slice_hu):
+    work = prepare(slice_hu.astype(np.float32), "CT")
+    nodule = lesion_contrast(work, NODULE.center, lesion().radius)
+    assert nodule > 2.0  # a dense nodule in aerated lung
+    removed = make_pair(slice_hu, lesion(), "resolved", Similarity(1.0, 0.0, 0.0, 0.0)).current
+    assert lesion_contrast(prepare(removed.astype(np.float32), "CT"), NODULE.center, lesion().radius) < 0.5 * nodule
+    assert lesion_contrast(work, (-50.0, -50.0), 10.0) == 0.0  # off the image

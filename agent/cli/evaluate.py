@@ -2,7 +2,11 @@
 localisation scores on a manifest of lesion boxes, beside the centre-guess baseline, and the
 marked lesions' sizes against the readers' boxes; with ``--cv K`` also K-fold cross-validated
 (the detector's rules and calibration, and the segmentation's settings, chosen without the
-images they are scored on)."""
+images they are scored on).
+
+``loupe eval --change PAIRS.csv [--json OUT]``: the comparison with a prior on (prior, current)
+pairs with a known truth (``bench/make_longitudinal.py``), beside the identity-transform and
+"always stable" baselines (``agent.evaluation.change``)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ def add_parser(commands) -> None:
     evaluate.add_argument("--seed", type=int, help="Seed of the simulated proposals (default: a fixed seed).")
     evaluate.add_argument("--repeats", type=int, default=1, metavar="K",
                           help="Simulated proposals per image, from seeds SEED … SEED+K-1 (default 1).")
+    evaluate.add_argument("--change", action="store_true",
+                          help="MANIFEST is a pairs.csv of bench/make_longitudinal.py: score the comparison with a prior.")
     evaluate.add_argument("--cv", type=int, metavar="K",
                           help=("Also score the detector's tuned rules and calibration, and the size "
                                 "segmentation's settings, by K-fold cross-validation."))
@@ -35,6 +41,9 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
     if args.backend == "gemini":
         fail("the Gemini backend is not available in this version; use --backend offline")
+    if args.change:
+        _change(args)
+        return
     if args.repeats < 1:
         fail("--repeats must be at least 1")
     if args.cv is not None and (args.cv < 2 or args.simulate_proposals is not None):
@@ -52,3 +61,16 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     print(report.text)
     if args.json_out:
         args.json_out.write_text(json.dumps(report.data, indent=2))
+
+
+def _change(args: argparse.Namespace) -> None:
+    from agent.evaluation.change import run_change_eval
+
+    if args.cv is not None or args.simulate_proposals is not None:
+        fail("--change scores the comparison as it is: without --cv or --simulate-proposals")
+    if not args.manifest.is_file():
+        fail(f"no pairs manifest at {args.manifest}; make one with bench/make_longitudinal.py")
+    text, data = run_change_eval(args.manifest)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(data, indent=2))

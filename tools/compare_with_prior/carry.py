@@ -1,23 +1,31 @@
-"""A current finding carried to the prior and looked for there.
+"""A finding carried to the other study of a comparison and looked for there.
 
-The finding's box is mapped into the prior by the registration (``Similarity``: its centre moved,
-its size scaled), then verified there by the same evidence code as any proposal
-(``verify_coordinates.verify_location``): the lesion is present in the prior when the pixels at
-the carried place do not contradict it, their evidence reaches ``PRESENT_MIN_EVIDENCE``, and
-the verified centre stays within the lesion's own radius of the carried one (a verification that
-moves to another blob nearby — a vessel beside a nodule that is new — has found something else);
-then it is measured there as in the current study (``measure.segmentation``: long and short
-axis). Nothing at its place makes the finding ``new``.
+The finding's box is mapped by the registration (``Similarity``: its centre moved, its size
+scaled) and verified there by the same evidence code as any proposal
+(``verify_coordinates.verify_location``), whose refined centre is kept when it stays within the
+lesion's own radius of the carried one (a verification that moves to another blob nearby — a
+vessel beside a nodule that is new — has found something else).
 
-``PRESENT_MIN_EVIDENCE`` is provisional: it is to be chosen by cross-validation on the
-``bench/make_longitudinal.py`` pairs (``new`` against the others), as every rule tuned on the dev
-set is.
+Whether the lesion is there is not the detector's confidence (which is low for many real
+lesions: the detector misses some, measured): it is the lesion's own contrast, compared. The
+contrast of a lesion is the mean of its inner disc (half its radius) against the ring two to
+three radii out, over the ring's spread, on the working image; the lesion is present in the
+other study when its contrast there keeps the sign and reaches ``PRESENT_MIN_CONTRAST_RATIO`` of
+its contrast in the study it was found in. The inner disc stays inside a lesion that shrank or
+grew by up to a factor of two, and the ring outside one that grew by up to 1.5.
+``PRESENT_MIN_CONTRAST_RATIO`` is provisional: to be chosen by cross-validation on the
+``bench/make_longitudinal.py`` pairs (``loupe eval --change``).
+
+Then the lesion is measured there as in its own study (``measure.segmentation``: long and short
+axis). Nothing at its place makes a current finding ``new`` (a prior one ``resolved``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from tools.compare.registration import Similarity
 from tools.coordinates import BoxPx
@@ -27,11 +35,11 @@ from tools.measure.diameters import Diameters
 from tools.measure.segmentation import measure_lesion, settings_for
 from tools.verify_coordinates import verify_location
 
-#: Evidence at the carried place (the calibrated confidence the verification reports) from which
-#: the lesion counts as present in the prior. Provisional (see the module).
-PRESENT_MIN_EVIDENCE = 0.35
+#: The share of its own contrast a lesion must keep at its carried place to count as present.
+PRESENT_MIN_CONTRAST_RATIO = 0.5
 #: How far (in lesion radii) the verified centre may lie from the carried one and still be the same lesion.
 MAX_SHIFT_RADII = 1.0
+INNER_RADII, RING_RADII = 0.5, (2.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -56,16 +64,33 @@ def carried_box(box: BoxPx, transform: Similarity, prior_shape: tuple[int, int])
     return BoxPx.around(x, y, box.width * transform.scale, box.height * transform.scale).clipped(cols, rows)
 
 
-def carry_to_prior(prior: WorkingImage, box: BoxPx, transform: Similarity,
-                   spacing_mm: tuple[float, float] | None) -> CarriedFinding:
-    """Look for the lesion of the current ``box`` in the ``prior`` working image."""
+def lesion_contrast(work: WorkingImage, centre: tuple[float, float], radius: float) -> float:
+    """The lesion's contrast at ``centre`` (native px, radius in native px): its inner disc's mean
+    against the surrounding ring's, over the ring's spread (0 off the image or on a flat ring)."""
+    image = work.evidence_image
+    x, y = work.to_working(*centre)
+    r = max(radius * work.scale, 2.0)
+    rows, cols = np.ogrid[0:image.shape[0], 0:image.shape[1]]
+    distance = np.hypot(cols - x, rows - y)
+    disc = distance <= max(INNER_RADII * r, 1.0)
+    ring = (distance >= RING_RADII[0] * r) & (distance <= RING_RADII[1] * r)
+    if not disc.any() or ring.sum() < 8:
+        return 0.0
+    spread = float(image[ring].std())
+    return float(image[disc].mean() - image[ring].mean()) / spread if spread > 0 else 0.0
+
+
+def carry_to_prior(prior: WorkingImage, box: BoxPx, transform: Similarity, spacing_mm: tuple[float, float] | None,
+                   *, contrast_here: float) -> CarriedFinding:
+    """Look in the ``prior`` working image for the lesion of ``box`` (whose contrast in its own
+    study is ``contrast_here``, ``lesion_contrast``)."""
     carried = carried_box(box, transform, prior.native_shape)
     found = verify_location(prior, carried, spacing_mm=spacing_mm)
-    verification = found.verification
-    reach = max(carried.width, carried.height) / 2 * MAX_SHIFT_RADII
-    present = (verification.status != "rejected" and (verification.evidence or 0.0) >= PRESENT_MIN_EVIDENCE
-               and math.dist(found.center, carried.center) <= reach)
+    radius = max(carried.width, carried.height) / 2
+    centre = found.center if math.dist(found.center, carried.center) <= MAX_SHIFT_RADII * radius else carried.center
+    there = lesion_contrast(prior, centre, radius)
+    present = contrast_here != 0 and there / contrast_here >= PRESENT_MIN_CONTRAST_RATIO
     if not present:
-        return CarriedFinding(carried, verification, None, None)
-    size = measure_lesion(prior, found.center, spacing_mm, settings_for(prior.modality))
-    return CarriedFinding(carried, verification, found.center, size)
+        return CarriedFinding(carried, found.verification, None, None)
+    size = measure_lesion(prior, centre, spacing_mm, settings_for(prior.modality))
+    return CarriedFinding(carried, found.verification, centre, size)
