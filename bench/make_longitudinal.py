@@ -27,13 +27,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.evaluation.longitudinal import lesion_from_box, make_pair, random_transform  # noqa: E402
+from agent.evaluation.longitudinal import (  # noqa: E402
+    lesion_from_box, make_pair, random_transform, write_manifest, written)
 from tools.study import open_study  # noqa: E402
 
 SHARED = Path(os.environ.get("LOUPE_SHARED_DIR", ROOT.parent / "shared"))
 STATUSES = ("grown", "shrunk", "new", "resolved", "stable")
-FIELDS = ("pair", "dataset", "modality", "source", "status", "factor", "scale", "rotation_deg", "shift_x", "shift_y",
-          "lesion_x", "lesion_y", "lesion_radius", "prior", "current", "low", "high")
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -42,11 +41,6 @@ def _pixels(path: Path) -> np.ndarray:
             return np.asarray(study.physical(0), dtype=np.float64)
     with Image.open(path) as image:
         return np.asarray(image.convert("L"), dtype=np.float64)
-
-
-def _save(image: np.ndarray, low: float, high: float, path: Path) -> None:
-    scaled = np.clip((image - low) / ((high - low) or 1.0), 0, 1) * 65535
-    Image.fromarray(scaled.round().astype(np.uint16)).save(path)
 
 
 def main() -> None:
@@ -62,7 +56,7 @@ def main() -> None:
     (args.out / "pairs").mkdir(parents=True, exist_ok=True)
     with args.manifest.open(newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["bbox_x0"]]  # images without a lesion: no pair
-    written = []
+    written_rows: list[dict] = []
     for number, row in enumerate(rows):
         image = _pixels(args.manifest.parent / row["image_path"])
         lesion = lesion_from_box(*(float(row[k]) for k in ("bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1")))
@@ -72,24 +66,13 @@ def main() -> None:
         noise = float(rng.uniform(0.01, 0.03)) * 255
         pair = make_pair(image, lesion, status, transform, factor=float(factor), gamma=float(rng.uniform(0.7, 1.4)),
                          noise=noise, seed=args.seed * 100_000 + number)
-        low, high = float(min(pair.prior.min(), pair.current.min())), float(max(pair.prior.max(), pair.current.max()))
-        names = (f"pairs/{number:04d}-prior.png", f"pairs/{number:04d}-current.png")
-        _save(pair.prior, low, high, args.out / names[0])
-        _save(pair.current, low, high, args.out / names[1])
-        written.append({"pair": number, "dataset": row["dataset"], "modality": row["modality"],
-                        "source": row["image_path"], "status": status,
-                        "factor": "" if pair.factor is None else round(pair.factor, 4),
-                        "scale": round(transform.scale, 5), "rotation_deg": round(transform.rotation_deg, 3),
-                        "shift_x": round(transform.shift_x, 3), "shift_y": round(transform.shift_y, 3),
-                        "lesion_x": round(lesion.x, 2), "lesion_y": round(lesion.y, 2),
-                        "lesion_radius": round(lesion.radius, 2), "prior": names[0], "current": names[1],
-                        "low": low, "high": high})
-    with (args.out / "pairs.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(written)
-    counts = {s: sum(1 for w in written if w["status"] == s) for s in STATUSES}
-    print(f"{len(written)} pairs in {args.out} ({', '.join(f'{n} {s}' for s, n in counts.items())}).")
+        written_rows.append(written(pair, args.out / "pairs", number, dataset=row["dataset"],
+                                    modality=row["modality"], source=row["image_path"]))
+    for row in written_rows:
+        row["prior"], row["current"] = f"pairs/{row['prior']}", f"pairs/{row['current']}"
+    write_manifest(written_rows, args.out / "pairs.csv")
+    counts = {s: sum(1 for w in written_rows if w["status"] == s) for s in STATUSES}
+    print(f"{len(written_rows)} pairs in {args.out} ({', '.join(f'{n} {s}' for s, n in counts.items())}).")
 
 
 if __name__ == "__main__":

@@ -3,21 +3,17 @@ here from the bundled CT's nodule by ``bench/make_longitudinal.py``'s recipe."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from agent.evaluation.longitudinal import Lesion, make_pair
+from agent.evaluation.longitudinal import Lesion, make_pair, write_manifest, written
 from tests.conftest import run_cli
 from tools.compare.registration import Similarity
 from tools.study import open_study
 
 SAMPLE = Path(__file__).resolve().parent.parent / "agent" / "sample_data" / "lidc-idri-0003"
-FIELDS = ("pair", "dataset", "modality", "source", "status", "factor", "scale", "rotation_deg", "shift_x", "shift_y",
-          "lesion_x", "lesion_y", "lesion_radius", "prior", "current", "low", "high")
 
 
 def pairs_manifest(folder: Path) -> Path:
@@ -25,25 +21,12 @@ def pairs_manifest(folder: Path) -> Path:
         hu = np.asarray(study.physical(5), dtype=np.float64)
     lesion = Lesion(366.65, 350.5, 12.7)
     transform = Similarity(1.04, 3.0, 12.0, -8.0)
-    rows = []
-    for number, (status, factor) in enumerate([("grown", 1.5), ("new", 1.0), ("stable", 1.0), ("resolved", 1.0)]):
-        pair = make_pair(hu, lesion, status, transform, factor=factor)
-        low, high = float(min(pair.prior.min(), pair.current.min())), float(max(pair.prior.max(), pair.current.max()))
-        names = (f"{number}-prior.png", f"{number}-current.png")
-        for image, name in zip((pair.prior, pair.current), names, strict=True):
-            scaled = np.clip((image - low) / (high - low), 0, 1) * 65535
-            Image.fromarray(scaled.round().astype(np.uint16)).save(folder / name)
-        rows.append({"pair": number, "dataset": "lidc_ct", "modality": "CT", "source": "sample", "status": status,
-                     "factor": factor if status in ("grown", "stable") else "", "scale": transform.scale,
-                     "rotation_deg": transform.rotation_deg, "shift_x": transform.shift_x,
-                     "shift_y": transform.shift_y, "lesion_x": lesion.x, "lesion_y": lesion.y,
-                     "lesion_radius": lesion.radius, "prior": names[0], "current": names[1], "low": low, "high": high})
-    path = folder / "pairs.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    rows = [written(make_pair(hu, lesion, status, transform, factor=factor), folder, number, dataset="lidc_ct",
+                    modality="CT", source="sample")
+            for number, (status, factor) in enumerate([("grown", 1.5), ("new", 1.0), ("stable", 1.0),
+                                                       ("resolved", 1.0)])]
+    write_manifest(rows, folder / "pairs.csv")
+    return folder / "pairs.csv"
 
 
 def test_eval_change_scores_each_status_beside_the_baselines(tmp_path, capsys, isolated_cli):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from agent.evaluation.longitudinal import PAIR_FIELDS
 from tools.compare.change import Diameters, status
 from tools.compare.registration import Similarity, register_images
 from tools.compare_with_prior.carry import CarriedFinding, carry_to_prior, lesion_contrast
@@ -46,8 +47,6 @@ from tools.measure.segmentation import measure_lesion, settings_for
 #: say — 0.2 mm, a typical breast probe's).
 NOMINAL_SPACING_MM = {"lidc_ct": 0.75, "figshare_brain_mri": 0.49, "nih_cxr14": 0.42, "busi": 0.2}
 IDENTITY = Similarity(1.0, 0.0, 0.0, 0.0)
-COLUMNS = ("dataset", "modality", "status", "factor", "scale", "rotation_deg", "shift_x", "shift_y", "lesion_x",
-           "lesion_y", "lesion_radius", "prior", "current", "low", "high")
 TARGETS = {"location_pct": 2.0, "diameter_change_error": 0.10, "status_accuracy": 0.90}
 
 
@@ -142,7 +141,7 @@ def run_change_eval(pairs_csv: Path) -> tuple[str, dict[str, Any]]:
     with pairs_csv.open(newline="") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
-        missing = sorted(set(COLUMNS) - set(reader.fieldnames or ()))
+        missing = sorted(set(PAIR_FIELDS) - set(reader.fieldnames or ()))
     if missing or not rows:
         raise LoupeError(f"'{pairs_csv}' is not a pairs manifest of bench/make_longitudinal.py "
                          f"({'missing ' + ', '.join(missing) if missing else 'no pairs'}).")

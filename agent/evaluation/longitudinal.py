@@ -17,10 +17,13 @@ of the pair from it:
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 from skimage.restoration import inpaint_biharmonic
 
@@ -132,3 +135,34 @@ def random_transform(rng: np.random.Generator, shape: tuple[int, int]) -> Simila
     rad = math.radians(angle)
     cos, sin = scale * math.cos(rad), scale * math.sin(rad)
     return Similarity(scale, angle, cx - cos * cx + sin * cy + float(shift[0]), cy - sin * cx - cos * cy + float(shift[1]))
+
+
+#: The columns of a pairs manifest (``loupe eval --change`` reads it).
+PAIR_FIELDS = ("pair", "dataset", "modality", "source", "status", "factor", "scale", "rotation_deg", "shift_x",
+               "shift_y", "lesion_x", "lesion_y", "lesion_radius", "prior", "current", "low", "high")
+
+
+def written(pair: Pair, folder: Path, number: int, *, dataset: str, modality: str, source: str) -> dict[str, object]:
+    """Write the pair's two images as 16-bit PNGs (``<number>-prior.png``, ``-current.png``, one
+    grey range for both) into ``folder``; its row of the pairs manifest."""
+    low = float(min(pair.prior.min(), pair.current.min()))
+    high = float(max(pair.prior.max(), pair.current.max()))
+    names = (f"{number:04d}-prior.png", f"{number:04d}-current.png")
+    for image, name in zip((pair.prior, pair.current), names, strict=True):
+        scaled = np.clip((image - low) / ((high - low) or 1.0), 0, 1) * 65535
+        Image.fromarray(scaled.round().astype(np.uint16)).save(folder / name)
+    transform, lesion = pair.transform, pair.lesion
+    return {"pair": number, "dataset": dataset, "modality": modality, "source": source, "status": pair.status,
+            "factor": "" if pair.factor is None else round(pair.factor, 4), "scale": round(transform.scale, 6),
+            "rotation_deg": round(transform.rotation_deg, 4), "shift_x": round(transform.shift_x, 4),
+            "shift_y": round(transform.shift_y, 4), "lesion_x": round(lesion.x, 2), "lesion_y": round(lesion.y, 2),
+            "lesion_radius": round(lesion.radius, 2), "prior": names[0], "current": names[1], "low": low,
+            "high": high}
+
+
+def write_manifest(rows: list[dict[str, object]], path: Path) -> None:
+    """The pairs manifest (``PAIR_FIELDS``); image names are relative to its folder."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PAIR_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
