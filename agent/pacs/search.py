@@ -72,6 +72,7 @@ class SeriesMatch:
     description: str
     number: int | None
     instances: int
+    body_part: str = ""  # BodyPartExamined, when the PACS gives it
 
     @property
     def is_image(self) -> bool:
@@ -123,7 +124,8 @@ def series_of(connection: PacsConnection, study_uid: str) -> list[SeriesMatch]:
                            "list the study's series")
     series = [SeriesMatch(study_uid=study_uid, series_uid=_text(item, "0020000E"), modality=_text(item, "00080060"),
                           description=_text(item, "0008103E"), number=_number(item, "00200011"),
-                          instances=_number(item, "00201209") or 0) for item in found]
+                          instances=_number(item, "00201209") or 0, body_part=_text(item, "00180015").upper())
+              for item in found]
     return sorted(series, key=lambda s: (s.number is None, s.number or 0))
 
 
