@@ -4,7 +4,8 @@ with a prior (issue 27): ``agent.evaluation.longitudinal`` applied to each lesio
 For each manifest row (one lesion on one image; a CT row is one slice of a LIDC series), one pair
 of each status in turn — ``grown`` (factor 1.3–1.6), ``shrunk`` (0.6–0.8), ``new``, ``resolved``,
 ``stable`` —, with a random plausible transform (shift up to 5 %, tilt up to 8°, zoom ±10 %), a
-gamma of 0.7–1.4 and noise of 1–3 % of the grey range, all from ``--seed``. The pairs are written
+gamma of 0.7–1.4 (not on CT: Hounsfield units are calibrated) and noise of 1–3 % of the grey
+range, all from ``--seed``. The pairs are written
 as 16-bit PNGs (``pairs/<n>-prior.png``, ``pairs/<n>-current.png``, the grey range kept in the
 manifest) with ``pairs.csv``: the truth of each (status, factor, the transform current → prior,
 the lesion's centre and radius in the current image). Nothing is written into the repository:
@@ -63,9 +64,12 @@ def main() -> None:
         status = STATUSES[number % len(STATUSES)]
         factor = {"grown": rng.uniform(1.3, 1.6), "shrunk": rng.uniform(0.6, 0.8)}.get(status, 1.0)
         transform = random_transform(rng, image.shape)
-        noise = float(rng.uniform(0.01, 0.03)) * 255
-        pair = make_pair(image, lesion, status, transform, factor=float(factor), gamma=float(rng.uniform(0.7, 1.4)),
-                         noise=noise, seed=args.seed * 100_000 + number)
+        noise = float(rng.uniform(0.01, 0.03))  # of the grey range
+        gamma = float(rng.uniform(0.7, 1.4))
+        # CT values are calibrated (HU): another scanner setting changes the noise, not the grey scale.
+        pair = make_pair(image, lesion, status, transform, factor=float(factor),
+                         gamma=1.0 if row["modality"] == "CT" else gamma, noise=noise,
+                         seed=args.seed * 100_000 + number)
         written_rows.append(written(pair, args.out / "pairs", number, dataset=row["dataset"],
                                     modality=row["modality"], source=row["image_path"]))
     for row in written_rows:

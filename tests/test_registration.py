@@ -20,7 +20,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "agent" / "sample_data" / "lid
 TRANSFORMS = (Similarity(1.0, 0.0, 12.0, -7.0), Similarity(1.06, 4.0, -20.0, 15.0), Similarity(0.93, -6.0, 30.0, 10.0))
 
 
-def prior_of(current: np.ndarray, transform: Similarity, *, gamma: float = 0.7, noise: float = 4.0,
+def prior_of(current: np.ndarray, transform: Similarity, *, gamma: float = 0.7, noise: float = 0.016,
              seed: int = 0) -> np.ndarray:
     """The image as a prior would show it: the anatomy at ``transform``'s place, another exposure
     and noise."""

@@ -10,7 +10,7 @@ of the pair from it:
    ``resolved``: removed from the current image instead; ``stable``: left as it is;
 2. a known similarity (``Similarity``: a point of the current image → the prior), as between two
    exams of one patient (shift, small rotation and zoom);
-3. another exposure (a gamma on the grey levels, rescaled to 0–255) and noise, when asked.
+3. another exposure (a gamma on the grey levels, in their own units) and noise, when asked.
 
 ``factor`` is the current lesion's size over the prior's (> 1 grown).
 """
@@ -95,9 +95,10 @@ def moved(image: np.ndarray, transform: Similarity, shape: tuple[int, int] | Non
 
 
 def exposed(image: np.ndarray, gamma: float, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Another exposure: the grey levels on 0–255 raised to ``gamma``, plus Gaussian noise."""
+    """Another exposure, in the image's own units (HU stay HU): the grey levels, as a share of
+    their range, raised to ``gamma``; plus Gaussian noise of ``noise`` times the range."""
     low, span = float(image.min()), float(np.ptp(image)) or 1.0
-    return ((image - low) / span) ** gamma * 255 + rng.normal(0.0, noise, image.shape)
+    return low + ((image - low) / span) ** gamma * span + rng.normal(0.0, noise * span, image.shape)
 
 
 def make_pair(image: np.ndarray, lesion: Lesion, status: Status, transform: Similarity, *,
