@@ -191,7 +191,7 @@ def _rotation_scale_candidates(current: np.ndarray, prior: np.ndarray) -> list[t
     polar_prior, _ = _log_polar_magnitude(prior, side)
     shifts, _, _ = phase_cross_correlation(polar_current[:180], polar_prior[:180], upsample_factor=20,
                                            normalization=None)
-    angle = float(shifts[0]) * 360.0 / 360.0
+    angle = float(shifts[0])  # the polar image has a row a degree
     scale = math.exp(float(shifts[1]) / (radius / math.log(radius)))
     # The magnitude leaves the sign open; a prior upside down (180°) is not a plausible acquisition.
     found = [(s, a) for s in (scale, 1.0 / scale) for a in (angle, -angle) if abs(a) <= MAX_ROTATION_DEG]
@@ -229,8 +229,8 @@ def _with_shift(current: np.ndarray, prior: np.ndarray, scale: float, angle: flo
 
 
 def _refined(current: np.ndarray, prior: np.ndarray, start: np.ndarray, center: tuple[float, float]) -> np.ndarray:
+    """``start`` refined to the best NCC of the two working images, keeping the overlap."""
     similarity = Similarity.from_matrix(start)
-    cx, cy = center
     # Parameters about the centre (so rotation and shift are not entangled): θ, log s, tx, ty.
     base = _matrix(similarity.scale, similarity.rotation_deg, 0.0, 0.0, center)
     x0 = np.array([similarity.rotation_deg, math.log(similarity.scale), start[0, 2] - base[0, 2],
@@ -243,7 +243,7 @@ def _refined(current: np.ndarray, prior: np.ndarray, start: np.ndarray, center: 
     result = optimize.minimize(cost, x0, method="Powell",
                                options={"xtol": 1e-3, "ftol": 1e-5, "maxfev": 600})
     best = result.x if result.fun <= cost(x0) else x0
-    return _matrix(math.exp(best[1]), best[0], best[2], best[3], (cx, cy))
+    return _matrix(math.exp(best[1]), best[0], best[2], best[3], center)
 
 
 def register_images(current: np.ndarray, prior: np.ndarray) -> Registration:
