@@ -18,7 +18,6 @@ of the pair from it:
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from scipy import ndimage as ndi
 from skimage.restoration import inpaint_biharmonic
 
 from tools.compare.change import Status
-from tools.compare.registration import Similarity
+from tools.compare.registration import Similarity, resampled
 
 #: The radial warp fades from the lesion's own scaling to none between one and this many radii.
 WARP_REACH_RADII = 3.0
@@ -86,12 +85,8 @@ def removed(image: np.ndarray, lesion: Lesion) -> np.ndarray:
 
 def moved(image: np.ndarray, transform: Similarity, shape: tuple[int, int] | None = None) -> np.ndarray:
     """``image`` as the other study shows it: the content at ``p`` appears at ``transform(p)``."""
-    shape = shape or image.shape
-    inverse = np.linalg.inv(transform.matrix)
-    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
-    x = inverse[0, 0] * cols + inverse[0, 1] * rows + inverse[0, 2]
-    y = inverse[1, 0] * cols + inverse[1, 1] * rows + inverse[1, 2]
-    return ndi.map_coordinates(image.astype(np.float64), [y, x], order=1, mode="constant", cval=float(image.min()))
+    data = image.astype(np.float64)
+    return resampled(data, np.linalg.inv(transform.matrix), shape or image.shape, fill=float(image.min()))[0]
 
 
 def exposed(image: np.ndarray, gamma: float, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -132,10 +127,7 @@ def random_transform(rng: np.random.Generator, shape: tuple[int, int]) -> Simila
     rows, cols = shape
     scale, angle = float(rng.uniform(0.9, 1.1)), float(rng.uniform(-8, 8))
     shift = rng.uniform(-0.05, 0.05, 2) * np.array([cols, rows])
-    cx, cy = (cols - 1) / 2, (rows - 1) / 2
-    rad = math.radians(angle)
-    cos, sin = scale * math.cos(rad), scale * math.sin(rad)
-    return Similarity(scale, angle, cx - cos * cx + sin * cy + float(shift[0]), cy - sin * cx - cos * cy + float(shift[1]))
+    return Similarity.about(((cols - 1) / 2, (rows - 1) / 2), scale, angle, float(shift[0]), float(shift[1]))
 
 
 #: The columns of a pairs manifest (``loupe eval --change`` reads it).

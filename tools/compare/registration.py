@@ -93,6 +93,13 @@ class Similarity:
         return cls(scale, math.degrees(math.atan2(matrix[1, 0], matrix[0, 0])), float(matrix[0, 2]),
                    float(matrix[1, 2]))
 
+    @classmethod
+    def about(cls, center: tuple[float, float], scale: float, rotation_deg: float, shift_x: float = 0.0,
+              shift_y: float = 0.0) -> Similarity:
+        """Rotated and scaled about ``center`` (x, y), then shifted."""
+        matrix = _matrix(scale, rotation_deg, shift_x, shift_y, center)
+        return cls(scale, rotation_deg, float(matrix[0, 2]), float(matrix[1, 2]))
+
     def as_json(self) -> dict[str, object]:
         return {"scale": round(self.scale, 5), "rotation_deg": round(self.rotation_deg, 3),
                 "shift_px": [round(self.shift_x, 2), round(self.shift_y, 2)],
@@ -139,14 +146,17 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / norm) if norm > 0 else 0.0
 
 
-def _sampled(prior: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The prior sampled at the mapped place of every pixel of a ``shape`` image, and which of
-    those places lie inside it."""
+def resampled(image: np.ndarray, matrix: np.ndarray, shape: tuple[int, int], *,
+              fill: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` sampled (bilinear) at ``matrix``'s place of every pixel (x, y) of a ``shape``
+    image, and which of those places lie inside it; a place outside takes the nearest edge
+    value, or ``fill`` when given."""
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
     x = matrix[0, 0] * cols + matrix[0, 1] * rows + matrix[0, 2]
     y = matrix[1, 0] * cols + matrix[1, 1] * rows + matrix[1, 2]
-    inside = (x >= 0) & (y >= 0) & (x <= prior.shape[1] - 1) & (y <= prior.shape[0] - 1)
-    return ndi.map_coordinates(prior, [y, x], order=1, mode="nearest"), inside
+    inside = (x >= 0) & (y >= 0) & (x <= image.shape[1] - 1) & (y <= image.shape[0] - 1)
+    mode = {"mode": "nearest"} if fill is None else {"mode": "constant", "cval": fill}
+    return ndi.map_coordinates(image, [y, x], order=1, **mode), inside
 
 
 def structure(image: np.ndarray) -> np.ndarray:
@@ -157,7 +167,7 @@ def structure(image: np.ndarray) -> np.ndarray:
 
 def _score(current: np.ndarray, prior: np.ndarray, matrix: np.ndarray) -> tuple[float, float]:
     """(NCC over the overlap, the overlap's share of the current image)."""
-    sampled, inside = _sampled(prior, matrix, current.shape)
+    sampled, inside = resampled(prior, matrix, current.shape)
     overlap = float(inside.mean())
     if inside.sum() < 64:
         return -1.0, overlap
@@ -214,12 +224,12 @@ def _with_shift(current: np.ndarray, prior: np.ndarray, scale: float, angle: flo
     """The candidate completed with its shift (phase correlation of the current image and the
     prior resampled into its frame), and its NCC."""
     base = _matrix(scale, angle, 0.0, 0.0, center)
-    resampled, inside = _sampled(prior, base, current.shape)
-    resampled = np.where(inside, resampled, resampled[inside].mean() if inside.any() else 0.0)
-    shift, _, _ = phase_cross_correlation(_square(current), _square(resampled), upsample_factor=4,
+    in_frame, inside = resampled(prior, base, current.shape)
+    in_frame = np.where(inside, in_frame, in_frame[inside].mean() if inside.any() else 0.0)
+    shift, _, _ = phase_cross_correlation(_square(current), _square(in_frame), upsample_factor=4,
                                           normalization=None)
     dy, dx = float(shift[0]), float(shift[1])
-    # current(p) ≈ resampled(p − d) = prior(base·(p − d)): the shift in the prior is −A·d.
+    # current(p) ≈ in_frame(p − d) = prior(base·(p − d)): the shift in the prior is −A·d.
     linear = base[:2, :2]
     tx, ty = -(linear @ np.array([dx, dy]))
     matrix = base.copy()
