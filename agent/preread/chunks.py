@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from agent.preread.ledger import PrereadError, PrereadLedger, as_utc, lease_kept, utc_now
+from agent.preread.ledger import PrereadError, PrereadLedger, lease_kept, utc_now
 from agent.settings import LoupeSettings
 from agent.store.database import PrereadChunkRow
 from tools.detection.detector import Detection, detection_from_json, detection_json, search_slices
@@ -83,17 +83,28 @@ class ChunkLedger:
         with Session(self.engine, expire_on_commit=False) as db:
             return db.get(PrereadChunkRow, (self.job_id, self.run, chunk))
 
-    def claim(self, chunk: int, worker: str, lease_s: float, *, failed_too: bool = False) -> bool:
-        """Take the chunk: queued, or running past its lease (its worker lost); ``failed_too``:
-        also one that failed on another worker (the job's worker tries it itself)."""
-        now = utc_now()
+    @staticmethod
+    def _claimable(worker: str, now: datetime, failed_too: bool):
+        """Queued, or running past its lease (its worker lost); ``failed_too``: also failed on
+        another worker (the job's worker tries it itself)."""
         states = [PrereadChunkRow.state == "queued",
                   (PrereadChunkRow.state == "running") & (PrereadChunkRow.lease_expires_at < now)]
         if failed_too:
             states.append((PrereadChunkRow.state == "failed") & (PrereadChunkRow.worker != worker))
+        return or_(*states)
+
+    def claimable(self, worker: str) -> list[int]:
+        """The chunks the job's ``worker`` may take now (``claim(..., failed_too=True)``)."""
+        with Session(self.engine) as db:
+            return list(db.scalars(select(PrereadChunkRow.chunk).where(
+                self._mine(), self._claimable(worker, utc_now(), True)).order_by(PrereadChunkRow.chunk)))
+
+    def claim(self, chunk: int, worker: str, lease_s: float, *, failed_too: bool = False) -> bool:
+        """Take the chunk if it is claimable (``_claimable``): True for one of any racing claims."""
+        now = utc_now()
         with Session(self.engine) as db, db.begin():
             return db.execute(update(PrereadChunkRow).where(
-                self._mine(), PrereadChunkRow.chunk == chunk, or_(*states)).values(
+                self._mine(), PrereadChunkRow.chunk == chunk, self._claimable(worker, now, failed_too)).values(
                 state="running", worker=worker, attempts=PrereadChunkRow.attempts + 1, error=None,
                 lease_expires_at=now + timedelta(seconds=lease_s))).rowcount == 1
 
@@ -215,24 +226,18 @@ class SharedSliceSearch:
                 return rows
             if not rows:
                 raise PrereadError("The chunks of this series' search were removed while it ran.")
-            open_rows = [row for row in rows if self._may_take(row)]
-            taken = next((row for row in open_rows if chunks.claim(row.chunk, self.worker, lease_s, failed_too=True)),
-                         None)
-            if taken is None:
+            chunk = next((c for c in chunks.claimable(self.worker)
+                          if chunks.claim(c, self.worker, lease_s, failed_too=True)), None)
+            if chunk is None:
                 time.sleep(WAIT_EVERY_S)
                 continue
+            taken = next(row for row in rows if row.chunk == chunk)
             with lease_kept(lambda: chunks.renew(taken.chunk, self.worker, lease_s), lease_s,
                             f"job {chunks.job_id} chunk {taken.chunk}"):
                 if _search(chunks, taken, self.worker, study) == "failed":
                     failed = chunks.row(taken.chunk)
                     raise PrereadError(f"Slices {taken.frames[0] + 1}–{taken.frames[-1] + 1} could not be "
                                        f"searched: {failed.error if failed else 'no reason recorded'}")
-
-    def _may_take(self, row: PrereadChunkRow) -> bool:
-        if row.state == "queued" or (row.state == "failed" and row.worker != self.worker):
-            return True
-        expires = as_utc(row.lease_expires_at)
-        return row.state == "running" and expires is not None and expires < utc_now()
 
     def note(self) -> str | None:
         """How the search was shared, for the job's note; None when it was not chunked."""
