@@ -34,12 +34,13 @@ import numpy as np
 from PIL import Image
 
 from agent.evaluation.longitudinal import PAIR_FIELDS
-from tools.compare.change import Diameters, status
+from tools.compare.change import LesionSize, status
 from tools.compare.registration import Similarity, register_images
-from tools.compare_with_prior.carry import CarriedFinding, carry_to_prior, lesion_contrast
+from tools.compare_with_prior.carry import carry_to_prior, lesion_contrast
 from tools.coordinates import BoxPx
 from tools.detection.working import WorkingImage, prepare
 from tools.errors import LoupeError, RegistrationError
+from tools.measure.diameters import Diameters
 from tools.measure.segmentation import measure_lesion, settings_for
 
 #: mm per px of each collection's images as the manifest gives them (LIDC: the series' own spacing
@@ -66,50 +67,70 @@ def _image(folder: Path, name: str, low: float, high: float) -> np.ndarray:
     return low + scaled * (high - low)
 
 
-def _diameters(carried: CarriedFinding, spacing: float) -> Diameters | None:
-    size = carried.size
-    return None if size is None else Diameters(size.long * spacing, size.short * spacing)
+def _mm(size: Diameters | None, spacing: float) -> LesionSize | None:
+    return None if size is None else LesionSize(size.long * spacing, size.short * spacing)
 
 
-def _measured(work: WorkingImage, center: tuple[float, float], spacing: float) -> Diameters | None:
+def _measured(work: WorkingImage, center: tuple[float, float], spacing: float) -> LesionSize | None:
     """The lesion at ``center`` measured in its own study, where the truth puts it."""
-    size = measure_lesion(work, center, None, settings_for(work.modality))
-    return None if size is None else Diameters(size.long * spacing, size.short * spacing)
+    return _mm(measure_lesion(work, center, None, settings_for(work.modality)), spacing)
 
 
-def score_pair(row: dict[str, str], folder: Path, transform: Similarity | None) -> PairScore:
-    """One pair, with ``transform`` (current → prior) as given, or found by registration when None."""
-    low, high = float(row["low"]), float(row["high"])
+@dataclass(frozen=True)
+class _Pair:
+    """A pair read and prepared once, for every transform it is scored with."""
+
+    row: dict[str, str]
+    current: np.ndarray
+    prior: np.ndarray
+    current_work: WorkingImage
+    prior_work: WorkingImage
+    truth: Similarity
+    spacing: float
+
+
+def _read(row: dict[str, str], folder: Path) -> _Pair:
+    low, high, modality = float(row["low"]), float(row["high"]), row["modality"]
     current, prior = _image(folder, row["current"], low, high), _image(folder, row["prior"], low, high)
-    registered = True
-    if transform is None:
-        try:
-            transform = register_images(current, prior).transform
-        except RegistrationError:
-            transform, registered = IDENTITY, False
     truth = Similarity(float(row["scale"]), float(row["rotation_deg"]), float(row["shift_x"]), float(row["shift_y"]))
+    return _Pair(row, current, prior, prepare(current.astype(np.float32), modality),
+                 prepare(prior.astype(np.float32), modality), truth, NOMINAL_SPACING_MM.get(row["dataset"], 1.0))
+
+
+def score_pair(row: dict[str, str], folder: Path) -> tuple[PairScore, PairScore]:
+    """One pair scored with the transform its registration finds (the identity when it is
+    refused), and with the identity transform (the baseline)."""
+    pair = _read(row, folder)
+    try:
+        transform, registered = register_images(pair.current, pair.prior).transform, True
+    except RegistrationError:
+        transform, registered = IDENTITY, False
+    return _scored(pair, transform, registered), _scored(pair, IDENTITY, True)
+
+
+def _scored(pair: _Pair, transform: Similarity, registered: bool) -> PairScore:
+    """The pair with ``transform`` (current → prior)."""
+    row, truth, spacing = pair.row, pair.truth, pair.spacing
     modality, x, y, r = row["modality"], float(row["lesion_x"]), float(row["lesion_y"]), float(row["lesion_radius"])
-    spacing = NOMINAL_SPACING_MM.get(row["dataset"], 1.0)
-    current_work, prior_work = prepare(current.astype(np.float32), modality), prepare(prior.astype(np.float32), modality)
     prior_spacing = spacing / transform.scale
     if row["status"] == "resolved":  # the finding is the prior's: carried back to the current image
         where = truth.apply(x, y)
-        back = carry_to_prior(current_work, BoxPx.around(*where, 2 * r * truth.scale, 2 * r * truth.scale),
+        back = carry_to_prior(pair.current_work, BoxPx.around(*where, 2 * r * truth.scale, 2 * r * truth.scale),
                               transform.inverse(), None,
-                              contrast_here=lesion_contrast(prior_work, where, r * truth.scale))
-        before = _measured(prior_work, where, prior_spacing)
-        now = _diameters(back, spacing) if back.present else None
+                              contrast_here=lesion_contrast(pair.prior_work, where, r * truth.scale))
+        before = _measured(pair.prior_work, where, prior_spacing)
+        now = _mm(back.size, spacing) if back.present else None
         predicted = status(before, now) if before is not None or now is not None else "resolved"
         return PairScore(modality, "resolved", predicted, registered, None, None)
-    carried = carry_to_prior(prior_work, BoxPx.around(x, y, 2 * r, 2 * r), transform, None,
-                             contrast_here=lesion_contrast(current_work, (x, y), r))
-    now = _measured(current_work, (x, y), spacing)
-    before = _diameters(carried, prior_spacing) if carried.present else None
+    carried = carry_to_prior(pair.prior_work, BoxPx.around(x, y, 2 * r, 2 * r), transform, None,
+                             contrast_here=lesion_contrast(pair.current_work, (x, y), r))
+    now = _measured(pair.current_work, (x, y), spacing)
+    before = _mm(carried.size, prior_spacing) if carried.present else None
     predicted = status(before, now) if before is not None or now is not None else "new"
     location = None
     if row["status"] != "new":
         found = carried.center_px if carried.present else carried.carried.center
-        location = math.dist(found, truth.apply(x, y)) / math.hypot(*prior.shape) * 100
+        location = math.dist(found, truth.apply(x, y)) / math.hypot(*pair.prior.shape) * 100
     change_error = None
     if row["factor"] and row["status"] != "new" and before is not None and now is not None:
         change_error = abs((now.mean_mm / before.mean_mm) / float(row["factor"]) - 1)
@@ -149,8 +170,9 @@ def run_change_eval(pairs_csv: Path) -> tuple[str, dict[str, Any]]:
     by_modality: dict[str, tuple[list[PairScore], list[PairScore]]] = defaultdict(lambda: ([], []))
     for row in rows:
         scored, baseline = by_modality[row["modality"]]
-        scored.append(score_pair(row, folder, None))
-        baseline.append(score_pair(row, folder, IDENTITY))
+        registered, identity = score_pair(row, folder)
+        scored.append(registered)
+        baseline.append(identity)
     data = {modality: _summary(*pair) for modality, pair in sorted(by_modality.items())}
     everything = ([s for pair in by_modality.values() for s in pair[0]],
                   [s for pair in by_modality.values() for s in pair[1]])

@@ -33,7 +33,7 @@ Status = Literal["new", "grown", "shrunk", "stable", "resolved"]
 
 
 @dataclass(frozen=True)
-class Diameters:
+class LesionSize:
     """A finding's size in one study: its long and short-axis diameters and how sure they are (mm)."""
 
     long_mm: float
@@ -66,7 +66,7 @@ class Change:
     threshold_mm: float
 
 
-def growth_threshold_mm(prior: Diameters, current: Diameters) -> float:
+def growth_threshold_mm(prior: LesionSize, current: LesionSize) -> float:
     return max(CLINICAL_MIN_MM, UNCERTAINTY_K * math.hypot(prior.uncertainty_mm, current.uncertainty_mm))
 
 
@@ -81,7 +81,7 @@ def _pct(before: float, after: float) -> float:
     return (after - before) / before * 100 if before > 0 else math.inf
 
 
-def change(prior: Diameters, current: Diameters, interval_days: float) -> Change:
+def change(prior: LesionSize, current: LesionSize, interval_days: float) -> Change:
     grown = current.mean_mm - prior.mean_mm >= growth_threshold_mm(prior, current)
     return Change(
         mean_diameter_mm=current.mean_mm - prior.mean_mm,
@@ -93,7 +93,7 @@ def change(prior: Diameters, current: Diameters, interval_days: float) -> Change
     )
 
 
-def status(prior: Diameters | None, current: Diameters | None) -> Status:
+def status(prior: LesionSize | None, current: LesionSize | None) -> Status:
     """The finding's status by the rule of the module; at least one of the two must be given."""
     if prior is None and current is None:
         raise ValueError("a finding is in at least one of the two studies")
