@@ -165,15 +165,17 @@ def _turn(conversation: Conversation, job: dict[str, Any], series: StudySeries, 
           shared: SharedSliceSearch) -> dict[str, Any]:
     """The pre-read turn on the opened conversation, and what the ledger records of it."""
     store, session_id, study_uid = conversation.recorder.store, conversation.session_id, job["study_uid"]
-    opened: list[tuple[str, str]] = []  # (study id, the series' description), the largest first
-    for retrieved in [*series.retrieved[1:], series.retrieved[0]]:  # the largest last: the one shown
+    study_ids: dict[int, str] = {}
+    for index in [*range(1, len(series.retrieved)), 0]:  # the largest last: the one shown
+        retrieved = series.retrieved[index]
         conversation.open_study(retrieved.folder)
-        study_id = conversation.ctx.current_study_id
-        shared.folders[study_id] = retrieved.folder
-        opened.insert(0 if retrieved is series.retrieved[0] else len(opened), (study_id, retrieved.description))
+        study_ids[index] = conversation.ctx.current_study_id
+        shared.folders[study_ids[index]] = retrieved.folder
         conversation.recorder.audit("study_retrieved_from_pacs", {
             "instances": retrieved.instances, "fetched": retrieved.fetched, "series": retrieved.description,
             "by": "pre-read"})
+    # (study id, the series' description), the largest first
+    opened = [(study_ids[index], retrieved.description) for index, retrieved in enumerate(series.retrieved)]
     store.rename(session_id, PREREAD_OWNER, f"Pre-read · {session_title(conversation.ctx.view().study)}"[:200])
     backend = PrereadBackend(opened, _model(conversation))
     events = list(conversation.ask(PREREAD_MESSAGE, backend))
