@@ -31,6 +31,7 @@ from agent.tool_calls import ToolOutcome, execute
 from agent.toolbox import detector_for, performance_for
 from tools.context import ToolContext
 from tools.errors import LoupeError
+from tools.study import Study
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,30 @@ class Conversation:
     recorder: SessionRecorder | None = None
     #: Phrases removed from the model's answers (``answer_check``) that it has not been told of.
     untold_corrections: list[str] = field(default_factory=list)
+    #: Studies a tool opened (a prior to compare with, a file the model opened) whose copy is
+    #: kept with the session at the next commit: by study id, the study and where it came from.
+    unsaved_studies: dict[str, tuple[Study, Path]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ctx.on_study_added = self._study_added
+        if self.ctx.resolve_reference is None and self.settings.pacs_configured:
+            self.ctx.resolve_reference = self._retrieved
+
+    def _study_added(self, study: Study, source: Path | None) -> None:
+        """Every study opened, however: its identifying values redacted from what reaches a
+        model, its copy kept with the session."""
+        self.boundary.watch(study)
+        if source is not None:
+            self.unsaved_studies[study.id] = (study, source)
+
+    def _retrieved(self, reference: str) -> Path:
+        """A ``pacs:`` reference retrieved (or its stored copy found): the local folder."""
+        from agent.pacs.reference import PacsReference  # only when asked: the PACS client is not light
+
+        parsed = PacsReference.parse(reference)
+        if parsed is None:
+            raise LoupeError(f"'{reference}' is not a pacs: reference.")
+        return parsed.retrieve(self.settings).folder
 
     @property
     def session_id(self) -> str | None:
@@ -174,6 +199,7 @@ class Conversation:
         if self.recorder is not None:
             self._wait_for_no_turn()
             self.recorder.save_study(study, path, modality)
+            self.unsaved_studies.pop(study.id, None)
             self._commit()
         return outcome
 
@@ -246,6 +272,7 @@ class Conversation:
                                     vision=self.ctx.vision)
         self.ctx.close()
         self.ctx, self.boundary, self.history = fresh.ctx, fresh.boundary, fresh.history
+        self.ctx.on_study_added = self._study_added
         self.usage, self.turns, self.sent_view = fresh.usage, fresh.turns, fresh.sent_view
         self.untold_corrections = fresh.untold_corrections
         recorder.version = fresh.recorder.version
@@ -339,6 +366,10 @@ class Conversation:
         this copy then reloads what is stored (its refused change is not kept) and says why."""
         if self.recorder is None:
             return
+        for study_id, (study, source) in list(self.unsaved_studies.items()):
+            if study_id in self.ctx.views:
+                self.recorder.save_study(study, source, study.safe.modality if study.safe.modality_source == "user" else None)
+            del self.unsaved_studies[study_id]
         try:
             self.recorder.commit(contents or [], self.ctx, self.state())
         except (SessionBusyError, SessionConflictError):

@@ -16,6 +16,7 @@ from typing import Literal, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.checklists.record import SecondReadState
+from tools.compare.record import PriorComparison
 from tools.detection.detector import Detector, SliceSearch
 from tools.detection.performance import PerformanceTable, shipped_table
 from tools.errors import NoStudyOpenError, UnreadableStudyError
@@ -136,6 +137,14 @@ class ToolContext:
     #: Ids of automatic findings a later search did not find again, with the study they were on:
     #: a question naming one is told where it was, never answered with another finding.
     retired_findings: dict[str, str] = field(default_factory=dict)
+    #: Comparisons with a prior (``compare_with_prior``), by the current study's id: the newest one.
+    comparisons: dict[str, PriorComparison] = field(default_factory=dict)
+    #: Resolves a ``pacs:STUDY_UID[/SERIES_UID]`` reference to the local folder it was retrieved
+    #: into; None: no PACS is configured (set by the agent, which owns the PACS client).
+    resolve_reference: Callable[[str], Path] | None = None
+    #: Told of every study opened, with the file or folder it came from (None: a list of files):
+    #: the conversation watches its identifying values and keeps a copy with the session.
+    on_study_added: Callable[[Study, Path | None], None] | None = None
     #: Figures' theme: the app sets it from the page's theme before each turn; exports (the PDF) force light.
     figure_theme: Literal["light", "dark"] = "light"
     _derived: OrderedDict[tuple, object] = field(default_factory=OrderedDict, repr=False)
@@ -201,15 +210,19 @@ class ToolContext:
             return f"There is no finding {finding_id}: no finding has been made in this session yet."
         return f"There is no finding {finding_id} in this session; its ids run from F1 to F{highest}."
 
-    def add_study(self, study: Study) -> StudyView:
-        """Make ``study`` the current one (re-opening the same content keeps one view)."""
+    def add_study(self, study: Study, *, source: Path | None = None, make_current: bool = True) -> StudyView:
+        """Open ``study`` (re-opening the same content keeps one view), the current one unless
+        ``make_current`` is False (a prior opened to compare with)."""
         existing = self.views.get(study.id)
         if existing is not None and existing.study is not study:
             study.close()
             study = existing.study
         view = existing or StudyView(study)
         self.views[study.id] = view
-        self.current_study_id = study.id
+        if make_current or self.current_study_id is None:
+            self.current_study_id = study.id
+        if existing is None and self.on_study_added is not None:
+            self.on_study_added(study, source)
         return view
 
     def view(self, study_id: str | None = None) -> StudyView:

@@ -70,7 +70,7 @@ def load_study(ctx: ToolContext, args: LoadStudyInput) -> ToolResult:
         checked = [ctx.check_path(Path(p)) for p in paths]
         study = open_study(checked if len(checked) > 1 else checked[0], limits=ctx.limits,
                            modality=args.modality)
-        view = ctx.add_study(study)
+        view = ctx.add_study(study, source=checked[0] if len(checked) == 1 else None)
     else:
         view = ctx.view(args.study_id)
     study = view.study

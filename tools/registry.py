@@ -24,6 +24,7 @@ from tools import (
     set_finding_size,
     verify_coordinates,
 )
+from tools.compare_with_prior import compare as compare_with_prior
 from tools.context import ToolContext, ToolResult
 from tools.render.style import figure_theme
 from tools.second_read import flow as second_read
@@ -88,6 +89,8 @@ TOOLS: dict[str, Tool] = {
              second_read.record_assessment),
         Tool("second_read_summary", second_read.SecondReadSummaryInput, second_read.SecondReadSummaryOutput,
              second_read.second_read_summary),
+        Tool("compare_with_prior", compare_with_prior.CompareWithPriorInput, compare_with_prior.CompareWithPriorOutput,
+             compare_with_prior.compare_with_prior),
     )
 }
 

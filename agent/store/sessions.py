@@ -24,6 +24,7 @@ from agent.events import Event, ToolFailed, ToolFinished, ToolStarted
 from agent.store.database import (AuditRow, EventRow, FindingRow, HistoryRow, ImageRow, ReportVersionRow,
                                   SecondReadRow, SessionConflictError, SessionRow, Store, StudyRow, ToolCallRow, _now)
 from tools.checklists.record import restore_second_reads, second_reads_json
+from tools.compare.record import PriorComparison
 from tools.context import ToolContext
 from tools.findings import Finding
 from tools.report.document import ClinicalReport, ReportHistory
@@ -215,6 +216,7 @@ def tool_state(ctx: ToolContext) -> dict[str, Any]:
         "finding_counter": ctx.findings_issued,
         "retired_findings": dict(ctx.retired_findings),
         "finding_samples": {fid: [list(c) for c in centres] for fid, centres in ctx.finding_samples.items()},
+        "comparisons": {sid: comparison.model_dump(mode="json") for sid, comparison in ctx.comparisons.items()},
     }
 
 
@@ -237,6 +239,7 @@ def restore_tool_state(ctx: ToolContext, store: Store, session_id: str, state: d
         ctx.reports.setdefault(row.study_id, ReportHistory()).versions.append(ClinicalReport.model_validate(row.data))
     ctx.findings_issued = int(state.get("finding_counter", len(ctx.findings)))
     ctx.retired_findings = dict(state.get("retired_findings", {}))
+    ctx.comparisons = {sid: PriorComparison.model_validate(data) for sid, data in state.get("comparisons", {}).items()}
     ctx.finding_samples = {fid: tuple(tuple(c) for c in centres)
                            for fid, centres in state.get("finding_samples", {}).items()}
 

@@ -66,8 +66,12 @@ class Change:
     threshold_mm: float
 
 
-def growth_threshold_mm(prior: LesionSize, current: LesionSize) -> float:
-    return max(CLINICAL_MIN_MM, UNCERTAINTY_K * math.hypot(prior.uncertainty_mm, current.uncertainty_mm))
+def growth_threshold_mm(prior: LesionSize, current: LesionSize, minimum: float = CLINICAL_MIN_MM, *,
+                        k: float = UNCERTAINTY_K) -> float:
+    """``minimum``: the clinical minimum in the sizes' unit (0 where sizes are in pixels, without
+    a pixel spacing: a minimum in mm cannot be applied; the measurements' own uncertainty can);
+    ``k``: how many combined uncertainties a change must exceed."""
+    return max(minimum, k * math.hypot(prior.uncertainty_mm, current.uncertainty_mm))
 
 
 def doubling_time_days(prior_volume: float, current_volume: float, interval_days: float) -> float | None:
@@ -81,19 +85,24 @@ def _pct(before: float, after: float) -> float:
     return (after - before) / before * 100 if before > 0 else math.inf
 
 
-def change(prior: LesionSize, current: LesionSize, interval_days: float) -> Change:
-    grown = current.mean_mm - prior.mean_mm >= growth_threshold_mm(prior, current)
+def change(prior: LesionSize, current: LesionSize, interval_days: float | None,
+           minimum: float = CLINICAL_MIN_MM, *, k: float = UNCERTAINTY_K) -> Change:
+    """The change from ``prior`` to ``current``; no doubling time without an interval."""
+    threshold = growth_threshold_mm(prior, current, minimum, k=k)
+    grown = current.mean_mm - prior.mean_mm >= threshold
     return Change(
         mean_diameter_mm=current.mean_mm - prior.mean_mm,
         mean_diameter_pct=_pct(prior.mean_mm, current.mean_mm),
         area_pct=_pct(prior.area_mm2, current.area_mm2),
         volume_pct=_pct(prior.volume_mm3, current.volume_mm3),
-        doubling_time_days=doubling_time_days(prior.volume_mm3, current.volume_mm3, interval_days) if grown else None,
-        threshold_mm=growth_threshold_mm(prior, current),
+        doubling_time_days=(doubling_time_days(prior.volume_mm3, current.volume_mm3, interval_days)
+                            if grown and interval_days is not None else None),
+        threshold_mm=threshold,
     )
 
 
-def status(prior: LesionSize | None, current: LesionSize | None) -> Status:
+def status(prior: LesionSize | None, current: LesionSize | None, minimum: float = CLINICAL_MIN_MM, *,
+           k: float = UNCERTAINTY_K) -> Status:
     """The finding's status by the rule of the module; at least one of the two must be given."""
     if prior is None and current is None:
         raise ValueError("a finding is in at least one of the two studies")
@@ -102,7 +111,7 @@ def status(prior: LesionSize | None, current: LesionSize | None) -> Status:
     if current is None:
         return "resolved"
     difference = current.mean_mm - prior.mean_mm
-    threshold = growth_threshold_mm(prior, current)
+    threshold = growth_threshold_mm(prior, current, minimum, k=k)
     if difference >= threshold:
         return "grown"
     if difference <= -threshold:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tools.compare.change import LesionSize
 from tools.compare.registration import Similarity
 from tools.coordinates import BoxPx
 from tools.detection.working import WorkingImage
@@ -40,6 +41,8 @@ PRESENT_MIN_CONTRAST_RATIO = 0.5
 #: How far (in lesion radii) the verified centre may lie from the carried one and still be the same lesion.
 MAX_SHIFT_RADII = 1.0
 INNER_RADII, RING_RADII = 0.5, (2.0, 3.0)
+#: The centres a size is measured again from (working px around the lesion's centre), for its uncertainty.
+REMEASURE_OFFSETS = ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
 @dataclass(frozen=True)
@@ -80,17 +83,64 @@ def lesion_contrast(work: WorkingImage, centre: tuple[float, float], radius: flo
     return float(image[disc].mean() - image[ring].mean()) / spread if spread > 0 else 0.0
 
 
-def carry_to_prior(prior: WorkingImage, box: BoxPx, transform: Similarity, spacing_mm: tuple[float, float] | None,
-                   *, contrast_here: float) -> CarriedFinding:
-    """Look in the ``prior`` working image for the lesion of ``box`` (whose contrast in its own
-    study is ``contrast_here``, ``lesion_contrast``)."""
+@dataclass(frozen=True)
+class Look:
+    """Where the lesion of a finding would be in the other study, before deciding whether it is there."""
+
+    #: The finding's box mapped into the other study (native px), before verification.
+    carried: BoxPx
+    verification: Verification
+    #: The verified centre when it stays within ``MAX_SHIFT_RADII`` of the carried one, else the carried centre.
+    centre: tuple[float, float]
+    #: The lesion's contrast at ``centre`` (``lesion_contrast``, the carried radius).
+    contrast: float
+
+
+def look_for(prior: WorkingImage, box: BoxPx, transform: Similarity,
+             spacing_mm: tuple[float, float] | None) -> Look:
+    """The lesion of ``box`` carried into ``prior``, verified there, and its contrast at the centre kept."""
     carried = carried_box(box, transform, prior.native_shape)
     found = verify_location(prior, carried, spacing_mm=spacing_mm)
     radius = max(carried.width, carried.height) / 2
     centre = found.center if math.dist(found.center, carried.center) <= MAX_SHIFT_RADII * radius else carried.center
-    there = lesion_contrast(prior, centre, radius)
-    present = contrast_here != 0 and there / contrast_here >= PRESENT_MIN_CONTRAST_RATIO
-    if not present:
-        return CarriedFinding(carried, found.verification, None, None)
-    size = measure_lesion(prior, centre, spacing_mm, settings_for(prior.modality))
-    return CarriedFinding(carried, found.verification, centre, size)
+    return Look(carried, found.verification, centre, lesion_contrast(prior, centre, radius))
+
+
+def is_present(contrast_there: float, contrast_here: float,
+               min_contrast_ratio: float = PRESENT_MIN_CONTRAST_RATIO) -> bool:
+    """The presence rule of the module: the contrast keeps its sign and at least
+    ``min_contrast_ratio`` of its size in the study the finding was found in."""
+    return contrast_here != 0 and contrast_there / contrast_here >= min_contrast_ratio
+
+
+def carry_to_prior(prior: WorkingImage, box: BoxPx, transform: Similarity, spacing_mm: tuple[float, float] | None,
+                   *, contrast_here: float,
+                   min_contrast_ratio: float = PRESENT_MIN_CONTRAST_RATIO) -> CarriedFinding:
+    """Look in the ``prior`` working image for the lesion of ``box`` (whose contrast in its own
+    study is ``contrast_here``, ``lesion_contrast``); present by ``is_present``."""
+    look = look_for(prior, box, transform, spacing_mm)
+    if not is_present(look.contrast, contrast_here, min_contrast_ratio):
+        return CarriedFinding(look.carried, look.verification, None, None)
+    size = measure_lesion(prior, look.centre, spacing_mm, settings_for(prior.modality))
+    return CarriedFinding(look.carried, look.verification, look.centre, size)
+
+
+def lesion_size(work: WorkingImage, centre: tuple[float, float], spacing_mm: tuple[float, float] | None,
+                *, per_px: float = 1.0) -> LesionSize | None:
+    """The lesion at ``centre`` measured as a reader would (long and short axis, mm with
+    ``spacing_mm``, else native px times ``per_px``), with how sure the mean diameter is: its
+    spread when measured again from centres one working pixel away (a segmentation that depends
+    on where it starts is less sure), at least half a working pixel. None when it cannot be
+    segmented."""
+    settings = settings_for(work.modality)
+    size = measure_lesion(work, centre, spacing_mm, settings)
+    if size is None:
+        return None
+    unit = (min(spacing_mm) if spacing_mm else per_px) / work.scale  # one working pixel, in the size's unit
+    means = [(size.long + size.short) / 2]
+    for dx, dy in REMEASURE_OFFSETS:
+        again = measure_lesion(work, (centre[0] + dx / work.scale, centre[1] + dy / work.scale), spacing_mm, settings)
+        if again is not None:
+            means.append((again.long + again.short) / 2)
+    factor = 1.0 if spacing_mm else per_px
+    return LesionSize(size.long * factor, size.short * factor, max(float(np.std(means)) * factor, unit / 2))
