@@ -206,3 +206,22 @@ def analyze(source: str | list[str], out_dir: Path, *, settings: LoupeSettings, 
         return result
     finally:
         ctx.close()
+
+
+def compare_studies(current: str | list[str], prior: str, out_dir: Path, *, settings: LoupeSettings,
+                    modality: str | None = None, interval_days: int | None = None) -> dict[str, Any]:
+    """``loupe compare``: the current study analysed as ``analyze`` does, then compared with
+    ``prior`` (``compare_with_prior``); writes comparison.json, the comparison's figures and the
+    current study's overlay to ``out_dir``. The JSON (returned) has the tool's output; no date."""
+    ctx = _context(settings, "offline")
+    try:
+        run_tool(ctx, "load_study", {"path": current, "modality": modality})
+        _, artifacts = analyse_current(ctx)
+        compared = run_tool(ctx, "compare_with_prior", {"prior": prior, "interval_days": interval_days})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = [_write(out_dir, a) for a in [*artifacts, *compared.artifacts] if a.name.startswith(("overlay", "comparison"))]
+        result = {**compared.output.model_dump(mode="json"), "files": sorted([*files, "comparison.json"])}
+        write_atomically(out_dir / "comparison.json", json.dumps(result, indent=2).encode())
+        return result
+    finally:
+        ctx.close()

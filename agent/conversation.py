@@ -15,6 +15,7 @@ after a reload, a restart or a crash.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ from agent.toolbox import detector_for, performance_for
 from tools.context import ToolContext
 from tools.errors import LoupeError
 from tools.study import Study
+
+#: The prior a model (or the offline planner) names without knowing its UID: the newest earlier
+#: study of the patient on the PACS, the same modality and body part first.
+LATEST_PRIOR = "pacs:latest"
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +107,21 @@ class Conversation:
             self.unsaved_studies[study.id] = (study, source)
 
     def _retrieved(self, reference: str) -> Path:
-        """A ``pacs:`` reference retrieved (or its stored copy found): the local folder."""
-        from agent.pacs.reference import PacsReference  # only when asked: the PACS client is not light
+        """A ``pacs:`` reference retrieved (or its stored copy found): the local folder.
+        ``pacs:latest`` is the current study's newest prior (``agent.pacs.priors``): a model
+        never sees a UID, so it names the prior this way."""
+        from agent.pacs.client import PacsConnection, PacsError  # only when asked: the PACS client is not light
+        from agent.pacs.priors import priors_of
+        from agent.pacs.reference import PacsReference
 
+        if reference.strip().lower() == LATEST_PRIOR:
+            study_uid = self.ctx.view().study.identifying.study_instance_uid
+            if not study_uid:
+                raise PacsError("The current study has no Study Instance UID, so its priors cannot be looked up.")
+            priors = priors_of(PacsConnection(self.settings), study_uid)
+            if not priors:
+                raise PacsError("The PACS holds no earlier study of this patient to compare with.")
+            reference = f"pacs:{priors[0].match.study_uid}"
         parsed = PacsReference.parse(reference)
         if parsed is None:
             raise LoupeError(f"'{reference}' is not a pacs: reference.")
@@ -297,6 +314,7 @@ class Conversation:
         turn = Turn(id=self.turns, message=message)
         started = time.perf_counter()
         ok = True
+        self._allow_named_paths(message)
         yield self._recorded(TurnStarted(turn_id=turn.id, backend=backend.name, message=message), turn)
         try:
             for event in backend.run_turn(self, turn):
@@ -318,6 +336,17 @@ class Conversation:
                                 wall_ms=round((time.perf_counter() - started) * 1000, 1))
         self._commit()  # usage and turn count
         yield self._recorded(finished, turn)
+
+    def _allow_named_paths(self, message: str) -> None:
+        """A study the clinician names by its path in a message ("compare with /data/prior") may be
+        opened by the tools in this turn, as one the clinician opened: the confinement keeps a
+        model from reaching files nobody named, not from the clinician's own."""
+        if self.ctx.allowed_roots is None:
+            return
+        for token in re.findall(r"(?<!\S)/\S+", message):
+            path = Path(token.rstrip(".,;:!?)\"'"))
+            if path.exists():
+                self.ctx.allowed_roots = (*self.ctx.allowed_roots, path.resolve() if path.is_dir() else path.resolve().parent)
 
     def _checked(self, event: AssistantText, backend: Backend) -> AssistantText:
         """An answer as it may be shown, whichever backend wrote it: wording that reads as a

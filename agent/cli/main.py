@@ -22,6 +22,10 @@ Commands (a contract other issues and checks rely on):
   [--date YYYYMMDD[-YYYYMMDD]] [--json]`` — studies on the PACS (``LOUPE_DICOMWEB_URL``); JSON
   objects with at least ``study_uid, study_date, modalities, description, series, instances``.
   Every command taking a study also takes ``pacs:STUDY_UID`` or ``pacs:STUDY_UID/SERIES_UID``.
+- ``loupe compare CURRENT PRIOR [--out DIR] [--json] [--interval-days N]`` — the current study compared
+  with a prior (either may be ``pacs:UID``); JSON with at least ``interval_days``, ``registration``
+  (``method``, ``transform``, ``residual``) and ``findings`` (``id``, ``status``, ``current``, ``prior``,
+  ``change``).
 - ``loupe deid IN OUT [--map FILE] [--json]`` — a PS3.15 basic-profile de-identified copy.
 - ``loupe audit OUT.jsonl [--session ID]`` — the audit trail as JSON lines.
 - ``loupe serve [--port N]`` — the app on 127.0.0.1.
@@ -44,14 +48,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from agent.cli import (analyze, ask, audit, chat, deid, evaluate, info, pacs, preread, report, second_read, serve,
+from agent.cli import (analyze, ask, audit, chat, compare, deid, evaluate, info, pacs, preread, report, second_read, serve,
                        sessions, verify, view, worker)
 from agent.cli.parsing import Parser, fail
 from agent.settings import LoupeSettings
 from tools.errors import LoupeError
 
 #: In the order ``loupe --help`` lists them.
-COMMANDS = (info, view, analyze, verify, evaluate, ask, chat, sessions, report, second_read, pacs, preread, deid, audit,
+COMMANDS = (info, view, analyze, compare, verify, evaluate, ask, chat, sessions, report, second_read, pacs, preread, deid, audit,
             serve, worker)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from functools import partialmethod
 from typing import Any
 
-from agent.conversation import Conversation, Turn
+from agent.conversation import LATEST_PRIOR, Conversation, Turn
 from agent.events import AssistantText, Event, ToolStarted
 from agent.tool_calls import ToolOutcome, execute
 from prompts import load_table
@@ -23,7 +24,7 @@ from tools.findings import Finding
 from tools.report.location import location_in_words, slice_words
 
 #: Intents in the order their tools run and their answers are written.
-INTENT_ORDER = ("window", "frame", "recap", "analyse", "where", "size", "heatmap", "crops", "statistics",
+INTENT_ORDER = ("window", "frame", "recap", "analyse", "compare", "where", "size", "heatmap", "crops", "statistics",
                 "revise", "report", "second_read", "differential")
 
 
@@ -58,6 +59,8 @@ def classify(message: str) -> list[str]:
     intents = [intent for intent in INTENT_ORDER if any(k in text for k in keywords.get(intent, ()))]
     if "recap" in intents and "analyse" in intents:
         intents.remove("analyse")  # "what did you find?" asks for the search made, not a new one
+    if "compare" in intents:  # "has F1 grown?", "what is new since last time?" ask for the comparison only
+        intents = [i for i in intents if i not in ("analyse", "size", "where", "recap")]
     if "revise" in intents and "report" in intents:
         intents.remove("report")  # "remove F2 from the report" revises the report; it is not a new draft
     if not intents and any(k in text for k in keywords["subject"]):
@@ -330,6 +333,37 @@ class _Plan:
     _crops = partialmethod(_figure, "crops")
     _statistics = partialmethod(_figure, "statistics")
 
+    def _compare(self) -> Generator[Event, None, None]:
+        """Compare with the prior the message or the session names (``_prior``); the current
+        findings searched first when no search has been made."""
+        prior = self._prior()
+        if prior is None:
+            self.lines.append(_templates()["compare_which_prior"])
+            return
+        if not self.ctx.study_findings(self.ctx.current_study_id or ""):
+            yield from self._findings()
+        named = [f"F{number}" for number in self._named_ids()]
+        args: dict[str, Any] = {"prior": prior, **({"finding_ids": named} if named else {})}
+        outcome = yield from self._run("compare_with_prior", args)
+        if outcome.ok:
+            self.lines += comparison_lines(outcome.output)
+
+    def _prior(self) -> str | None:
+        """The prior to compare with: a path or pacs: reference in the message, the prior of an
+        earlier comparison, another study open in the session, or the newest prior on the PACS."""
+        for token in re.findall(r"(?:pacs:\S+|\S*[/\\]\S+)", self.turn.message):
+            token = token.rstrip(".,;:!?)")
+            if token.startswith("pacs:") or Path(token).exists():
+                return token
+        current = self.ctx.current_study_id
+        earlier = self.ctx.comparisons.get(current or "")
+        if earlier is not None and earlier.output.prior_study_id in self.ctx.views:
+            return earlier.output.prior_study_id
+        others = [study_id for study_id in self.ctx.views if study_id != current]
+        if others:
+            return others[-1]
+        return LATEST_PRIOR if self.conversation.settings.pacs_configured else None
+
     def _report(self) -> Generator[Event, None, None]:
         """Draft, then say so in a few lines: the report panel is the one full copy."""
         yield from self._findings()
@@ -520,3 +554,30 @@ def _verification_words(finding: Finding) -> str:
 
 def _describe_brief(finding: Finding) -> str:
     return f"{finding.id} ({finding.label}, confidence {finding.confidence:.2f})"
+
+
+def comparison_lines(output: dict[str, Any]) -> list[str]:
+    """``compare_with_prior``'s output in the answer's words: the summary, then a line per finding."""
+    t = _templates()
+    lines = [output["summary"]]
+    for item in output["findings"]:
+        template = t["compare_line"] if item.get("change") else t[f"compare_{item['status']}"]
+        lines.append(template.format(**_comparison_facts(item)))
+    if output.get("message"):
+        lines.append(output["message"])
+    return lines
+
+
+def _comparison_facts(item: dict[str, Any]) -> dict[str, Any]:
+    def size(where: dict[str, Any] | None) -> str:
+        axes = where and (where.get("size_mm") or where.get("size_px"))
+        unit = "mm" if where and where.get("size_mm") else "px"
+        return f"{axes[0]:.1f} × {axes[1]:.1f} {unit}" if axes else "not measured"
+
+    change = item.get("change") or {}
+    doubling = change.get("doubling_time_days")
+    return {"id": item["id"], "status": item["status"], "prior": size(item.get("prior")),
+            "current": size(item.get("current")), "pct": round(change.get("mean_diameter_pct", 0.0)) + 0.0,
+            "threshold": change.get("threshold", 0.0), "unit": change.get("unit", "mm"),
+            "doubling": f"; volume doubling time {doubling:.0f} days" if doubling else "",
+            "note": item.get("note", "")}

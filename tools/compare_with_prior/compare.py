@@ -63,8 +63,9 @@ class CompareWithPriorInput(BaseModel):
     """Arguments of ``compare_with_prior``."""
 
     prior: str = Field(description=(
-        "The prior study: the id of a study open in this session, a file, folder or .zip path, or "
-        "pacs:STUDY_UID (pacs:STUDY_UID/SERIES_UID for one series) on the configured PACS."))
+        "The prior study: the id of a study open in this session, a file, folder or .zip path, "
+        "'pacs:latest' for the patient's newest earlier study on the configured PACS, or "
+        "pacs:STUDY_UID (pacs:STUDY_UID/SERIES_UID for one series)."))
     finding_ids: list[FindingId] | None = Field(default=None, description=(
         "Current findings to compare, e.g. ['F1']. Omit for every finding at the anomaly threshold "
         "(the strongest one when none reaches it)."))
@@ -159,11 +160,23 @@ def compare_with_prior(ctx: ToolContext, args: CompareWithPriorInput) -> ToolRes
         study_id=current.id, prior_study_id=prior.id, interval_days=interval,
         registration=_registration_summary(pairs), findings=compared,
         summary=_summary(compared, interval), message=_message(chosen, args.finding_ids, units))
-    ctx.comparisons[current.id] = PriorComparison(
+    ctx.comparisons[current.id] = _kept(ctx.comparisons.get(current.id), PriorComparison(
         output=output, prior_date=iso_date(prior.identifying.study_date), prior_modality=prior.safe.modality,
-        prior_frames=sorted({pair.prior_frame for pair in pairs}))
+        prior_frames=sorted({pair.prior_frame for pair in pairs})), partial=args.finding_ids is not None)
     figures = comparison_figures(current, prior, pairs, compared, window=view.window)
     return ToolResult(output=output, artifacts=figures)
+
+
+def _kept(earlier: PriorComparison | None, new: PriorComparison, *, partial: bool) -> PriorComparison:
+    """What the session keeps: a comparison of some findings only ("has F1 grown?") updates those
+    in the earlier comparison with the same prior, so the report still lists the others."""
+    if not partial or earlier is None or earlier.output.prior_study_id != new.output.prior_study_id:
+        return new
+    fresh = {item.id: item for item in new.output.findings}
+    merged = [fresh.pop(item.id, item) for item in earlier.output.findings] + list(fresh.values())
+    output = new.output.model_copy(update={"findings": merged, "summary": _summary(merged, new.output.interval_days)})
+    frames = sorted(set(earlier.prior_frames) | set(new.prior_frames))
+    return new.model_copy(update={"output": output, "prior_frames": frames})
 
 
 # -- the prior and the interval ---------------------------------------------------------------
@@ -340,7 +353,8 @@ def _summary(compared: list[ComparedFinding], interval: int | None) -> str:
     for item in compared:
         if item.change is not None:
             c = item.change
-            size = (f"{c.mean_diameter_mm:+.1f} mm" if c.mean_diameter_mm is not None else f"{c.mean_diameter_pct:+.0f} %")
+            size = (f"{round(c.mean_diameter_mm, 1) + 0.0:+.1f} mm" if c.mean_diameter_mm is not None
+                    else f"{round(c.mean_diameter_pct) + 0.0:+.0f} %")
             parts.append(f"{item.id} {item.status} ({size} mean diameter)")
         else:
             parts.append(f"{item.id} {item.status}")

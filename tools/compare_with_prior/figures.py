@@ -3,12 +3,13 @@ difference, and the whole slice's difference.
 
 Both studies are shown in the current image's frame: the prior is sampled at the registration's
 place of every current pixel (``tools.compare.registration.resampled``), so the two crops cover
-the same anatomy at one scale and orientation, and in one window (the current view's, see
-``display_window``) applied to each study's physical values. The difference is current − prior
-of the two windowed images (0–1), in 'RdBu_r' centred on 0: red where the current image is
-brighter, blue where it is darker, full colour at half the window (``DIFFERENCE_LIMIT``), grey
-where the prior does not reach. A different exposure or contrast phase shows in it too: it is a
-guide to where to look, not a measurement.
+the same anatomy at one scale and orientation. One window shows both: the current view's (see
+``display_window``) on each study's physical values, the prior's first put on the current's
+scale where the two are not calibrated alike (``prior_levels``). The difference is current −
+prior of the two windowed images (0–1), in 'RdBu_r' centred on 0: red where the current image
+is brighter, blue where it is darker, full colour at half the window (``DIFFERENCE_LIMIT``),
+grey where the prior does not reach. A different exposure or contrast phase shows in it too: it
+is a guide to where to look, not a measurement.
 
 Coordinates follow ``tools.coordinates`` (x = column, y = row, the centre of the top-left pixel
 at (0, 0)); every place drawn is in the current image's native pixels.
@@ -17,9 +18,9 @@ at (0, 0)); every place drawn is in the current image's native pixels.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from matplotlib import colormaps
@@ -28,7 +29,8 @@ from matplotlib.patches import Circle
 from scipy import ndimage as ndi
 
 from tools.compare.record import ComparedFinding, LesionThere
-from tools.compare.registration import resampled
+from tools.compare.registration import Registration, resampled
+from tools.compare.slices import SliceMatch
 from tools.context import Artifact
 from tools.render.annotated import place_label
 from tools.render.geometry import LesionShape, clamp
@@ -46,9 +48,6 @@ from tools.render.style import (
 from tools.study import Study, Window
 from tools.study.windowing import apply_window, percentile_window, to_uint8
 
-if TYPE_CHECKING:
-    from tools.compare_with_prior.compare import FramePair
-
 #: Findings with a figure of their own (the first ones, in the tool's order).
 MAX_FINDINGS = 6
 #: A difference of this part of the window (or more) shows at full colour.
@@ -61,11 +60,32 @@ UNSIZED_RADIUS_PX = 8.0
 #: Panel sides in figure px: a finding's crops, and the whole slice (three of them ≤ 1600 px wide).
 CROP_PANEL_PX = 300
 SLICE_PANEL_PX = 500
+#: The grid (longest side, px) on which the two studies' grey levels are ranked against each other.
+MATCH_SIDE_PX = 256
 GAP_PX = 20
 #: Not a finding source: white, on a dark rim, so the outline reads on the image and on the difference.
 OUTLINE = outline_colour("comparison")
 _DIVERGING = colormaps["RdBu_r"](np.linspace(0.0, 1.0, 256), bytes=True)[:, :3]
 _NO_PRIOR_GREY = 128
+#: Puts the prior's values on the current study's scale (see ``prior_levels``).
+Levels = Callable[[np.ndarray], np.ndarray]
+
+
+class PairedFrames(Protocol):
+    """What the figures read of ``compare.FramePair``. Named here rather than imported: compare.py
+    imports this module, and the import graph counts a ``TYPE_CHECKING`` import as an arrow too."""
+
+    @property
+    def current_frame(self) -> int: ...
+
+    @property
+    def prior_frame(self) -> int: ...
+
+    @property
+    def registration(self) -> Registration: ...
+
+    @property
+    def match(self) -> SliceMatch | None: ...
 
 
 # == the two images in the current frame =========================================================
@@ -113,38 +133,76 @@ def _sampled(values: np.ndarray, matrix: np.ndarray, bounds: tuple[int, int, int
     places them), blurred first where a cell spans more than one of their pixels."""
     x0, y0 = bounds[:2]
     offset = (step - 1.0) / 2.0
-    grid = np.array([[step, 0.0, x0 + offset], [0.0, step, y0 + offset], [0.0, 0.0, 1.0]])
-    place = matrix @ grid
+    place = matrix @ np.array([[step, 0.0, x0 + offset], [0.0, step, y0 + offset], [0.0, 0.0, 1.0]])
     # As skimage's anti-aliasing: a cell covering n source pixels is averaged with σ = (n − 1) / 2.
     sigma = (math.hypot(place[0, 0], place[1, 0]) - 1.0) / 2.0
-    source = ndi.gaussian_filter(values, sigma) if sigma > 0.25 else values
-    return resampled(source, place, shape)
+    # Only the part the grid reaches is read and blurred: a crop needs a corner of a large image.
+    rows, cols = shape
+    xs, ys, _ = place @ np.array([[0, cols - 1, 0, cols - 1], [0, 0, rows - 1, rows - 1], [1, 1, 1, 1]])
+    pad = 4 * max(sigma, 0.0) + 2
+    h, w = values.shape[:2]
+    c0, c1 = (int(clamp(v, 0, w)) for v in (math.floor(xs.min() - pad), math.ceil(xs.max() + pad) + 1))
+    r0, r1 = (int(clamp(v, 0, h)) for v in (math.floor(ys.min() - pad), math.ceil(ys.max() + pad) + 1))
+    if c1 - c0 < 2 or r1 - r0 < 2:  # the grid lies wholly outside
+        return np.zeros(shape, np.float32), np.zeros(shape, bool)
+    source = values[r0:r1, c0:c1]
+    if sigma > 0.25:
+        source = ndi.gaussian_filter(source, sigma)
+    return resampled(source, np.array([[1.0, 0.0, -c0], [0.0, 1.0, -r0], [0.0, 0.0, 1.0]]) @ place, shape)
 
 
-def _windowed(study: Study, values: np.ndarray, window: Window) -> np.ndarray:
+def _windowed(current: Study, values: np.ndarray, window: Window) -> np.ndarray:
     unit = apply_window(values, window)
-    # MONOCHROME1 is inverted after the window, as the study's own display does.
-    return 1.0 - unit if study.safe.photometric == "MONOCHROME1" else unit
+    # MONOCHROME1 is inverted after the window, as the current study's own display does.
+    return 1.0 - unit if current.safe.photometric == "MONOCHROME1" else unit
 
 
-def _prior_window(current: Study, prior: Study, pair: FramePair, window: Window) -> Window:
-    """The current window, unless the prior's values are in another unit (HU against a PNG's
-    grey levels, say), where that window would show nothing: then the prior's own."""
-    same_kind = (current.safe.kind, current.safe.physical_unit) == (prior.safe.kind, prior.safe.physical_unit)
-    return window if same_kind else display_window(prior, pair.prior_frame, None)
+def calibrated(current: Study, prior: Study) -> bool:
+    """Both DICOM in one physical unit (HU): a value means the same tissue in both studies."""
+    unit = current.safe.physical_unit
+    return current.safe.kind == prior.safe.kind == "dicom" and unit is not None and unit == prior.safe.physical_unit
 
 
-def aligned(current: Study, prior: Study, pair: FramePair, bounds: tuple[int, int, int, int], *,
-            window: Window, step: float = 1.0) -> Aligned:
+def prior_levels(current: Study, prior: Study, pair: PairedFrames) -> Levels:
+    """How the prior's values are put on the current's scale, so that one window shows both.
+
+    Calibrated values (``calibrated``) stay as they are. Others (two PNGs, two MR scans, an
+    exposure apart) are matched by rank over the part of the slice both show: the prior's
+    percentiles onto the current's, as the registration ranks grey levels; without that the
+    current's window can show the prior all white or all black.
+    """
+    if calibrated(current, prior):
+        return lambda values: values
+    h, w = current.physical(pair.current_frame).shape[:2]
+    step = max(1.0, max(h, w) / MATCH_SIDE_PX)
+    shape = (max(1, round(h / step)), max(1, round(w / step)))
+    # A MONOCHROME1 study shows high values dark: its values turn round before they are ranked.
+    sign = -1.0 if (current.safe.photometric == "MONOCHROME1") != (prior.safe.photometric == "MONOCHROME1") else 1.0
+    now, _ = _sampled(np.asarray(current.physical(pair.current_frame), np.float32), np.eye(3), (0, 0, w, h), step,
+                      shape)
+    before, covered = _sampled(sign * np.asarray(prior.physical(pair.prior_frame), np.float32),
+                               pair.registration.transform.matrix, (0, 0, w, h), step, shape)
+    if not covered.any():
+        return lambda values: values
+    ranks = np.linspace(0.0, 100.0, 101)
+    source, target = np.percentile(before[covered], ranks), np.percentile(now[covered], ranks)
+    return lambda values: np.interp(sign * values, source, target).astype(np.float32)
+
+
+def aligned(current: Study, prior: Study, pair: PairedFrames, bounds: tuple[int, int, int, int], *,
+            window: Window, levels: Levels | None = None, step: float = 1.0) -> Aligned:
     """The current image over ``bounds`` and the prior registered onto it, at ``step`` current
-    pixels a cell, both in ``window`` (see ``_prior_window``)."""
+    pixels a cell, both in ``window``, the prior's values put on the current's scale by ``levels``
+    (``prior_levels`` when not given)."""
     x0, y0, x1, y1 = bounds
     shape = (max(1, round((y1 - y0) / step)), max(1, round((x1 - x0) / step)))
     now, _ = _sampled(np.asarray(current.physical(pair.current_frame), np.float32), np.eye(3), bounds, step, shape)
     before, covered = _sampled(np.asarray(prior.physical(pair.prior_frame), np.float32),
                                pair.registration.transform.matrix, bounds, step, shape)
-    prior_window = _prior_window(current, prior, pair, window)
-    return Aligned(_windowed(current, now, window), _windowed(prior, before, prior_window), covered, bounds)
+    levels = levels or prior_levels(current, prior, pair)
+    before = _windowed(current, levels(before), window)
+    # Black where the prior does not reach: its edge values, repeated, would look like anatomy.
+    return Aligned(_windowed(current, now, window), np.where(covered, before, 0.0), covered, bounds)
 
 
 # == where each lesion is, in the current image ==================================================
@@ -170,7 +228,7 @@ def _radius(there: LesionThere, spacing_mm: tuple[float, float] | None) -> float
     return UNSIZED_RADIUS_PX
 
 
-def places(item: ComparedFinding, pair: FramePair,
+def places(item: ComparedFinding, pair: PairedFrames,
            spacing_mm: tuple[float, float] | None) -> tuple[Place | None, Place | None]:
     """(prior, current) places of a finding in the current image; the prior's centre brought
     back with the registration's inverse. None where the lesion is not there."""
@@ -185,15 +243,15 @@ def places(item: ComparedFinding, pair: FramePair,
 def crop_bounds(image_shape: tuple[int, ...], centre: Place, radius: float) -> tuple[int, int, int, int]:
     """The square crop (x1, y1 exclusive) around ``centre``, ``CROP_RADII`` radii a side, kept inside."""
     h, w = image_shape[:2]
-    side = int(math.ceil(max(CROP_RADII * radius, MIN_CROP_PX)))
+    side = math.ceil(max(CROP_RADII * radius, MIN_CROP_PX))
     side_x, side_y = min(side, w), min(side, h)
     x0 = int(clamp(round(centre.x - side_x / 2), 0, w - side_x))
     y0 = int(clamp(round(centre.y - side_y / 2), 0, h - side_y))
     return x0, y0, x0 + side_x, y0 + side_y
 
 
-def finding_crop(current: Study, prior: Study, pair: FramePair, item: ComparedFinding, *,
-                 window: Window) -> Aligned:
+def finding_crop(current: Study, prior: Study, pair: PairedFrames, item: ComparedFinding, *,
+                 window: Window, levels: Levels | None = None) -> Aligned:
     """The crop of a finding: centred on it now (on its prior place brought back, once resolved),
     wide enough for the larger of the two lesions."""
     before, now = places(item, pair, current.pixel_spacing_mm(pair.current_frame))
@@ -202,7 +260,7 @@ def finding_crop(current: Study, prior: Study, pair: FramePair, item: ComparedFi
         raise ValueError(f"{item.id} has a place in neither study")
     radius = max(p.radius for p in (before, now) if p is not None)
     shape = current.physical(pair.current_frame).shape
-    return aligned(current, prior, pair, crop_bounds(shape, centre, radius), window=window)
+    return aligned(current, prior, pair, crop_bounds(shape, centre, radius), window=window, levels=levels)
 
 
 # == captions ====================================================================================
@@ -304,20 +362,20 @@ def _finding_png(crop: Aligned, item: ComparedFinding, before: Place | None, now
     return figure_png(figure)
 
 
-def _slice_png(crop: Aligned, pair: FramePair, marks: Sequence[tuple[str, Place]]) -> bytes:
+def _slice_png(crop: Aligned, pair: PairedFrames, marks: Sequence[tuple[str, Place, bool]]) -> bytes:
     x0, y0, x1, y1 = crop.bounds
     size = fit_px((y1 - y0) / (x1 - x0), SLICE_PANEL_PX, SLICE_PANEL_PX)
     top, bottom = 70, 45
     figure = new_figure(3 * size[0] + 4 * GAP_PX, top + size[1] + bottom)
     titles = ("Prior, registered to the current image", "Current", "Difference (current − prior)")
     panels = _panels(figure, crop, titles, size, bottom, nearest=False)
-    for name, place in marks:
-        _outline(panels[1], place, name, absent=False, gid=f"slice-{name}")
+    for name, place, absent in marks:  # a resolved finding: dashed at its prior place
+        _outline(panels[1], place, name, absent=absent, gid=f"slice-{name}")
     suptitle(figure, _slice_title(pair))
     return figure_png(figure)
 
 
-def _slice_title(pair: FramePair) -> str:
+def _slice_title(pair: PairedFrames) -> str:
     if pair.match is None:
         return "The prior registered to the current image, and their difference"
     return (f"Current slice {pair.current_frame + 1} and prior slice {pair.prior_frame + 1}, registered, "
@@ -325,7 +383,7 @@ def _slice_title(pair: FramePair) -> str:
 
 
 # == the tool's figures ==========================================================================
-def _pair_of(item: ComparedFinding, pairs: Sequence[FramePair]) -> FramePair | None:
+def _pair_of(item: ComparedFinding, pairs: Sequence[PairedFrames]) -> PairedFrames | None:
     """The frame pair a finding was compared on: its current frame's, or (resolved) its prior frame's."""
     for pair in pairs:
         if (item.current is not None and pair.current_frame == item.current.frame) or (
@@ -334,37 +392,44 @@ def _pair_of(item: ComparedFinding, pairs: Sequence[FramePair]) -> FramePair | N
     return None
 
 
-def comparison_figures(current: Study, prior: Study, pairs: Sequence[FramePair], compared: Sequence[ComparedFinding],
+def comparison_figures(current: Study, prior: Study, pairs: Sequence[PairedFrames],
+                       compared: Sequence[ComparedFinding],
                        *, window: Window | None) -> list[Artifact]:
     """'comparison-<ID>.png' for each of the first ``MAX_FINDINGS`` findings (prior, current and
     difference crops) and 'comparison-difference.png' for the first frame pair (the whole slice)."""
     artifacts = []
+    levels: dict[tuple[int, int], Levels] = {}  # ranking the grey levels reads both whole slices: once a pair
     for item in compared[:MAX_FINDINGS]:
         pair = _pair_of(item, pairs)
         if pair is None:
             continue
+        key = (pair.current_frame, pair.prior_frame)
+        if key not in levels:
+            levels[key] = prior_levels(current, prior, pair)
         shown = display_window(current, pair.current_frame, window)
-        crop = finding_crop(current, prior, pair, item, window=shown)
+        crop = finding_crop(current, prior, pair, item, window=shown, levels=levels[key])
         before, now = places(item, pair, current.pixel_spacing_mm(pair.current_frame))
         artifacts.append(Artifact(name=f"comparison-{item.id}.png", data=_finding_png(crop, item, before, now),
                                   caption=caption(item), for_model=False))
     if pairs:
-        artifacts.append(_slice_artifact(current, prior, pairs[0], compared, window))
+        first = pairs[0]
+        artifacts.append(_slice_artifact(current, prior, first, compared, window,
+                                         levels.get((first.current_frame, first.prior_frame))))
     return artifacts
 
 
-def _slice_artifact(current: Study, prior: Study, pair: FramePair, compared: Sequence[ComparedFinding],
-                    window: Window | None) -> Artifact:
+def _slice_artifact(current: Study, prior: Study, pair: PairedFrames, compared: Sequence[ComparedFinding],
+                    window: Window | None, levels: Levels | None) -> Artifact:
     h, w = current.physical(pair.current_frame).shape[:2]
     step = max(1.0, max(h, w) / SLICE_PANEL_PX)  # the panels are no larger: sample no finer
     crop = aligned(current, prior, pair, (0, 0, w, h), window=display_window(current, pair.current_frame, window),
-                   step=step)
+                   levels=levels, step=step)
     spacing = current.pixel_spacing_mm(pair.current_frame)
     marks = []
     for item in compared:
-        now = places(item, pair, spacing)[1] if item.current and item.current.frame == pair.current_frame else None
-        if now is not None:
-            marks.append((item.id, now))
+        if _pair_of(item, [pair]) is not None:
+            before, now = places(item, pair, spacing)
+            marks.append((item.id, now or before, now is None))
     caption_text = "The prior registered to the current image, and their difference (red: brighter now)."
     return Artifact(name="comparison-difference.png", data=_slice_png(crop, pair, marks), caption=caption_text,
                     for_model=False)
