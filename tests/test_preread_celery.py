@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 LEASE_S = 4
 #: How often each worker's sweeper looks for lost jobs.
 SWEEP_S = "0.5"
+#: A worker whose pool stopped starting jobs ends after this long (``loupe worker --stuck-after``).
+STUCK_AFTER_S = "8"
 PREREAD_OWNER = "loupe-preread"
 
 
@@ -377,25 +379,50 @@ def test_a_pacs_down_then_up_is_retried_one_lease_later(orthanc, celery_env, led
 
 def test_a_job_that_kills_its_worker_every_time_is_failed_after_three_attempts(
         orthanc, workers, ledger, dispatcher, tmp_path):
-    worker = workers("--concurrency", "1")
+    supervised = Supervised(workers, "--concurrency", "1", "--stuck-after", STUCK_AFTER_S)
     job_id = enqueue(ledger, dispatcher, long_study(orthanc, tmp_path))
     for attempt in (1, 2, 3):
-        running = wait_for(f"attempt {attempt} to start",
-                           lambda: (job := ledger.job(job_id))["state"] == "running" and job["attempts"] == attempt
-                           and job, timeout_s=60, every_s=0.01)
+        running = wait_for(f"attempt {attempt} to start", supervised.watching(
+            lambda: (job := ledger.job(job_id))["state"] == "running" and job["attempts"] == attempt and job),
+            timeout_s=90, every_s=0.01)
         child = int(running["worker"].rsplit(":", 1)[1])
-        assert worker.owns(child) and child != worker.pid
+        assert supervised.worker.owns(child) and child != supervised.worker.pid
         os.kill(child, signal.SIGKILL)  # the job's pool process dies, as on a crash in native code
 
-    failed = wait_for("the job to be failed", state_is(ledger, job_id, "failed", "done"), timeout_s=30)
+    failed = wait_for("the job to be failed", supervised.watching(state_is(ledger, job_id, "failed", "done")),
+                      timeout_s=60)
     assert failed["state"] == "failed" and failed["attempts"] == 3
     assert "3 times" in failed["error"]
     # The message Celery put back at once after each death found the job held and was skipped:
     # only the ledger's lease and the sweeper gave it another attempt.
-    assert f"pre-read job {job_id}: skipped" in worker.text()
-    assert worker.process.poll() is None  # the worker itself lives on and takes the next job
+    assert any(f"pre-read job {job_id}: skipped" in worker.text() for worker in supervised.started)
     after = enqueue(ledger, dispatcher, small_study(orthanc, tmp_path))
-    assert wait_for("the next job", state_is(ledger, after, "done", "failed"))["state"] == "done"
+    assert wait_for("the next job", supervised.watching(state_is(ledger, after, "done", "failed")),
+                    timeout_s=60)["state"] == "done"
+    assert supervised.worker.process.poll() is None  # a worker lives on and took the next job
+
+
+class Supervised:
+    """A worker kept running as a supervisor (systemd ``Restart=always``) keeps it: Celery's pool
+    can stop after a pool process is killed (celery/celery#2011), and the worker's watchdog then
+    ends it (``--stuck-after``); a new one is started and the job comes back by its lease."""
+
+    def __init__(self, workers, *args: str):
+        self.start, self.args = workers, args
+        self.started = [workers(*args)]
+
+    @property
+    def worker(self):
+        return self.started[-1]
+
+    def watching(self, condition):
+        def check():
+            if self.worker.process.poll() is not None:
+                assert self.worker.process.returncode != 0, "the worker stopped without its pool being stuck"
+                assert "the pool is stuck" in self.worker.text()
+                self.started.append(self.start(*self.args))
+            return condition()
+        return check
 
 
 def test_sweep_once_submits_again_a_job_whose_message_was_lost(celery_env, ledger, isolated_cli, capsys):

@@ -1,4 +1,4 @@
-"""``loupe worker [--queues stat,routine] [--concurrency N] [--sweep-every S] [--sweep-once]``: a
+"""``loupe worker [--queues stat,routine] [--concurrency N] [--sweep-every S] [--stuck-after S] [--sweep-once]``: a
 Celery worker of pre-read jobs on this machine (``LOUPE_BROKER_URL``), with the sweeper that
 submits again the ledger's jobs a lost worker or an emptied broker left behind.
 
@@ -28,6 +28,10 @@ def add_parser(commands) -> None:
     worker.add_argument("--sweep-every", type=float, default=None, metavar="SECONDS",
                         help="How often to submit again jobs left behind by a lost worker or broker (default 15; "
                              "0 turns the sweeper off).")
+    worker.add_argument("--stuck-after", type=float, default=None, metavar="SECONDS", dest="stuck_after",
+                        help="Stop this worker when a received job has not started for this long while a pool "
+                             "process is free: Celery's pool can stop after a process is killed (default 120; "
+                             "0 turns this off). Run the worker under a supervisor that restarts it.")
     worker.add_argument("--sweep-once", action="store_true",
                         help="Only submit again the jobs left behind, then exit (for cron).")
     worker.set_defaults(run=run)
@@ -72,18 +76,23 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
     from celery import signals
 
     every = celery_app.SWEEP_EVERY_S if args.sweep_every is None else args.sweep_every
-    sweeper = celery_app.Sweeper(settings, every) if every > 0 else None
+    stuck_after = celery_app.POOL_STUCK_AFTER_S if args.stuck_after is None else args.stuck_after
+    threads = [thread for thread in (
+        celery_app.Sweeper(settings, every) if every > 0 else None,
+        celery_app.PoolWatchdog(args.concurrency or os.cpu_count() or 1, stuck_after) if stuck_after > 0 else None,
+    ) if thread is not None]
 
-    def start_sweeper(**_kwargs) -> None:  # after the pool's processes are forked: they never inherit it
-        if sweeper is not None and not sweeper.is_alive():
-            sweeper.start()
+    def start_threads(**_kwargs) -> None:  # after the pool's processes are forked: they never inherit them
+        for thread in threads:
+            if not thread.is_alive():
+                thread.start()
 
-    def stop_sweeper(**_kwargs) -> None:
-        if sweeper is not None:
-            sweeper.stop()
+    def stop_threads(**_kwargs) -> None:
+        for thread in threads:
+            thread.stop()
 
-    signals.worker_ready.connect(start_sweeper, weak=False)
-    signals.worker_shutdown.connect(stop_sweeper, weak=False)
+    signals.worker_ready.connect(start_threads, weak=False)
+    signals.worker_shutdown.connect(stop_threads, weak=False)
     argv = ["worker", "--queues", ",".join(queues), "--pool", "prefork", "-O", "fair",
             "--hostname", f"loupe-{os.getpid()}@%h", "--loglevel", "INFO",
             # Loupe's ledger, not Celery's cluster chatter, coordinates workers: start at once.

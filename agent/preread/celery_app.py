@@ -32,7 +32,10 @@ Delivery (facts checked in ``../shared/docs/preread.md``):
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -51,6 +54,10 @@ QUEUES = ("stat", "routine")
 VISIBILITY_TIMEOUT_S = 2 * 60 * 60
 #: How often the sweeper of a ``loupe worker`` looks for jobs to submit again.
 SWEEP_EVERY_S = 15.0
+#: A job received but not begun this long while a pool process is free: the pool is stuck.
+POOL_STUCK_AFTER_S = 120.0
+#: The exit status of a worker that stopped because its pool was stuck.
+EXIT_POOL_STUCK = 75
 
 log = logging.getLogger("loupe.preread")
 
@@ -213,6 +220,43 @@ class Sweeper(threading.Thread):
             if ledger is not None:
                 ledger.close()
             dispatcher.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class PoolWatchdog(threading.Thread):
+    """Ends this worker when its pool has stopped starting jobs: a job received that no pool
+    process has begun for ``stuck_after_s`` while a process is free. Celery's prefork pool can
+    stop handing out work after a pool process is killed (celery/celery#2011; seen here about
+    once in fifteen kills); a worker that only looks alive would keep its share of the queue
+    forever. Run ``loupe worker`` under a supervisor that restarts it (systemd ``Restart=always``):
+    the jobs it held come back through the ledger's lease, as from any lost worker."""
+
+    def __init__(self, concurrency: int, stuck_after_s: float, every_s: float = 1.0):
+        super().__init__(name="loupe-pool-watchdog", daemon=True)
+        self.concurrency, self.stuck_after_s, self.every_s = concurrency, stuck_after_s, every_s
+        self.stopped = threading.Event()
+        self._waiting_since: dict[str, float] = {}
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            if self.stuck(time.monotonic()):
+                log.error("pre-read worker: a received job has not started for %.0f s with a pool process free; "
+                          "the pool is stuck, so this worker stops (its jobs come back by the ledger's lease)",
+                          self.stuck_after_s)
+                os.kill(os.getpid(), signal.SIGQUIT)  # Celery's cold shutdown: the pool is not waited for
+                self.stopped.wait(10.0)
+                os._exit(EXIT_POOL_STUCK)  # the shutdown hung on the stuck pool itself
+
+    def stuck(self, now: float) -> bool:
+        from celery.worker import state
+
+        active = {request.id for request in list(state.active_requests)}
+        waiting = {request.id for request in list(state.reserved_requests)} - active
+        self._waiting_since = {rid: self._waiting_since.get(rid, now) for rid in waiting}
+        free = len(active) < self.concurrency
+        return free and any(now - since > self.stuck_after_s for since in self._waiting_since.values())
 
     def stop(self) -> None:
         self.stopped.set()
