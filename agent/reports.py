@@ -26,6 +26,7 @@ _EDITS = TypeAdapter(list[RevisionEdit])
 
 if TYPE_CHECKING:
     from agent.pacs.send import StoredInstance
+    from tools.study import Study
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def export(conversation: Conversation, formats: list[ExportFormat], *, version: 
             files += _exported(conversation, report, fmt, stem)
         except ReportError as error:
             notes.append(str(error))
+    notes += _prior_note(conversation, report, formats)
     if conversation.recorder is not None:
         conversation.recorder.audit("report_exported", {"version": report.version, "status": report.status,
                                                         "formats": [f.name.rsplit(".", 1)[-1] for f in files]})
@@ -146,11 +148,28 @@ def _exported(conversation: Conversation, report: ClinicalReport, fmt: ExportFor
     from tools.report.sr import report_sr
 
     study = conversation.ctx.view(report.study_id).study
-    measurements, narrative = report_sr(report, study, conversation.ctx.findings)
+    measurements, narrative = report_sr(report, study, conversation.ctx.findings,
+                                        prior=_prior_study(conversation, report))
     files = [ExportFile(f"{stem}-narrative-sr.dcm", "application/dicom", _dicom_bytes(narrative))]
     if measurements is not None:  # a report without findings has nothing to measure
         files.insert(0, ExportFile(f"{stem}-measurements-sr.dcm", "application/dicom", _dicom_bytes(measurements)))
     return files
+
+
+def _prior_study(conversation: Conversation, report: ClinicalReport) -> Study | None:
+    """The prior the report's comparison names, if it is still open in the session."""
+    if report.comparison is None:
+        return None
+    view = conversation.ctx.views.get(report.comparison.prior_study_id)
+    return None if view is None else view.study
+
+
+def _prior_note(conversation: Conversation, report: ClinicalReport, formats: list[ExportFormat]) -> list[str]:
+    """Why a DICOM SR names the prior but cannot reference its images."""
+    if "sr" not in formats or report.comparison is None or _prior_study(conversation, report) is not None:
+        return []
+    return ["The prior this report was compared with is no longer open, so the DICOM SR names it but does not "
+            "reference its images; open the prior again to include them."]
 
 
 def _key_image(conversation: Conversation, report: ClinicalReport) -> tuple[bytes | None, str]:

@@ -10,15 +10,20 @@ A draft that lists no finding is never a normal study: its Findings say what the
 worth on this kind of image (``detect_anomalies.study_assessment``), its Impression is left to
 the reading physician (``IMPRESSION_PENDING``), and every draft's limitations give the
 detector's measured sensitivity.
+
+A draft of a study compared with a prior (``compare_with_prior``) carries that comparison
+(``report_comparison``): the prior's date for the clinician, and the change of each finding it
+lists and of each prior finding gone now. The report writer is never sent it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from pydantic import BaseModel, Field
 
 from prompts import load_table
+from tools.compare.record import ComparedFinding, LesionThere, PriorComparison
 from tools.context import ToolContext, ToolResult
 from tools.detect_anomalies import study_assessment
 from tools.detection.performance import Assessment
@@ -26,8 +31,9 @@ from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import ModelUnavailableError
 from tools.findings import Finding, FindingId
 from tools.fit_gaussian import FitGaussianInput, fit_gaussian
-from tools.report.document import (AI_LIMITATION, IMPRESSION_PENDING, ClinicalReport, ReportError, ReportFinding,
-                                   ReportHistory, StudySummary, guard_normal_wording, guard_numbers, measured_size)
+from tools.report.document import (AI_LIMITATION, IMPRESSION_PENDING, ClinicalReport, ComparedLine, ReportComparison,
+                                   ReportError, ReportFinding, ReportHistory, StudySummary, guard_normal_wording,
+                                   guard_numbers, measured_size)
 from tools.report.location import location_in_words, table_position_mm
 from tools.report.markdown import report_markdown
 from tools.study import Study
@@ -67,7 +73,8 @@ def draft_report(ctx: ToolContext, args: DraftReportInput) -> ToolResult:
     findings = [ctx.findings[f.id] for f in findings]
     assessment = study_assessment(ctx, study, view.frame, anomaly=bool(findings))
     statement = None if findings else _search_statement(ctx, study, assessment)
-    report = template_report(study, findings, assessment, statement)
+    report = template_report(study, findings, assessment, statement).model_copy(update={
+        "comparison": report_comparison(ctx.comparisons.get(study.id), findings)})
     notes: list[str] = []
     author = "loupe"
     if args.use_model_wording and ctx.report_writer is not None:
@@ -77,6 +84,50 @@ def draft_report(ctx: ToolContext, args: DraftReportInput) -> ToolResult:
     version = history.add(report, author=author, reason="drafted")
     return ToolResult(output=ReportOutput(study_id=study.id, version=version.version, status=version.status,
                                           markdown=report_markdown(version), notes=notes))
+
+
+def report_comparison(comparison: PriorComparison | None, listed: Iterable[Finding]) -> ReportComparison | None:
+    """What the report states of a comparison with a prior: the lines of the findings it lists
+    (``listed``, the session's), and of the prior's findings gone now (``resolved``)."""
+    if comparison is None:
+        return None
+    by_id = {finding.id: finding for finding in listed}
+    output = comparison.output
+    return ReportComparison(
+        prior_study_id=output.prior_study_id, prior_date=comparison.prior_date,
+        prior_modality=comparison.prior_modality, interval_days=output.interval_days,
+        prior_frames=comparison.prior_frames,
+        lines=[_compared_line(item, by_id.get(item.id)) for item in output.findings
+               if item.id in by_id or item.status == "resolved"])
+
+
+def _compared_line(item: ComparedFinding, finding: Finding | None) -> ComparedLine:
+    there = [place for place in (item.prior, item.current) if place is not None]
+    in_mm = any(place.size_mm is not None for place in there)  # both studies have a pixel spacing
+
+    def size(place: LesionThere | None) -> tuple[float, float] | None:
+        return None if place is None else (place.size_mm if in_mm else place.size_px)
+
+    line = ComparedLine(finding_id=item.id, status=item.status, size_then=size(item.prior),
+                        size_now=_unrounded(size(item.current), finding, in_mm), unit="mm" if in_mm else "px")
+    change = item.change
+    if change is None:
+        return line
+    # Without pixel spacing the change is in pixels: the mean of the two axes' changes.
+    amount = (change.mean_diameter_mm if change.mean_diameter_mm is not None
+              else (change.long_axis + change.short_axis) / 2)
+    return line.model_copy(update={"unit": change.unit, "mean_diameter_change": amount,
+                                   "mean_diameter_pct": change.mean_diameter_pct,
+                                   "doubling_time_days": change.doubling_time_days})
+
+
+def _unrounded(size: tuple[float, float] | None, finding: Finding | None, in_mm: bool) -> tuple[float, float] | None:
+    """The finding's own size when the comparison's is the same measurement rounded to 0.01, so
+    that the Comparison and the findings table never differ by a rounding (6.745 mm: 6.7, not 6.8)."""
+    own = None if finding is None else (finding.size_mm if in_mm else finding.size_px)
+    if size is None or own is None or any(abs(a - b) > 0.0051 for a, b in zip(size, own)):
+        return size
+    return (own[0], own[1])
 
 
 def _chosen(ctx: ToolContext, study: Study, ids: list[str] | None) -> list[Finding]:

@@ -6,6 +6,7 @@ reason. All edits of one call apply together or not at all. A model's edit that 
 measurement no tool produced, or word a normal study, is rejected with the reason; with no
 finding listed, the Impression is the physician's alone. The clinician's own edits (through the
 app, ``revise(..., author="clinician")``) may set sizes they measured and say what they read.
+A revision keeps the report's comparison with a prior; its lines follow the findings listed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from tools.context import ToolContext, ToolResult
-from tools.draft_report import ReportOutput, report_finding, template_narrative
+from tools.draft_report import ReportOutput, report_comparison, report_finding, template_narrative
 from tools.errors import ModelUnavailableError
 from tools.report.document import (IMPRESSION_PENDING, AddFinding, AddRecommendation, Author, ClinicalReport,
                                    EditFinding, RemoveFinding, ReorderFindings, ReportError, ReportHistory, SetSection,
@@ -71,6 +72,7 @@ def revise(ctx: ToolContext, edits: list, *, author: Author, reason: str, study_
         except ReportError as error:
             raise ReportError(f"Edit {index} ({edit.op}) was not applied, so nothing changed: {error}") from error
     report = _narrative_follows_findings(ctx, study, history.current, report, edits)
+    report = _comparison_follows_findings(ctx, history.current, report)
     report.check_findings_exist(ctx.findings)
     current = history.current
     if report.same_content(current):
@@ -114,6 +116,23 @@ def _narrative_follows_findings(ctx: ToolContext, study, before: ClinicalReport,
     if after.recommendations == old_recommendations:
         update["recommendations"] = recommendations
     return after.model_copy(update=update)
+
+
+def _comparison_follows_findings(ctx: ToolContext, before: ClinicalReport, after: ClinicalReport) -> ClinicalReport:
+    """The Comparison section states the change of the findings listed: when they change, its
+    lines are taken again from the same comparison in the session (a finding added back gets its
+    line back), or else only those of findings still listed are kept. The prior stays as it was."""
+    listed = [f.finding_id for f in after.findings]
+    if after.comparison is None or {f.finding_id for f in before.findings} == set(listed):
+        return after
+    stored = ctx.comparisons.get(after.study_id)
+    if stored is not None and stored.output.prior_study_id == after.comparison.prior_study_id:
+        comparison = report_comparison(stored, [ctx.findings[i] for i in listed if i in ctx.findings])
+    else:
+        kept = set(listed)
+        comparison = after.comparison.model_copy(update={"lines": [
+            line for line in after.comparison.lines if line.finding_id in kept or line.status == "resolved"]})
+    return after.model_copy(update={"comparison": comparison})
 
 
 def _restyled(ctx: ToolContext, report: ClinicalReport, style: str) -> ClinicalReport:

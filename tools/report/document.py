@@ -6,7 +6,9 @@ is overwritten. Edits are explicit operations (``ReportEdit``) rather than free 
 changed is always clear, and the rule that guards measurements can be enforced: sizes and
 positions change only when a tool measured them or the clinician typed them. Neither Loupe nor
 a model ever words a normal study (``tools.normal_wording``): a report that lists no finding
-says what the search was worth and leaves the Impression to the reading physician.
+says what the search was worth and leaves the Impression to the reading physician. A report
+compared with a prior (``ReportComparison``) names it with its date, for the clinician only,
+and states each finding's change; one without says "Comparison: None.".
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from prompts import load_table
+from tools.compare.record import ComparisonStatus
 from tools.errors import LoupeError
 from tools.findings import Finding, FindingId, ToolSizeMethod
 from tools.normal_wording import normal_study_phrases
@@ -106,6 +110,39 @@ class StudySummary(BaseModel):
     frames: int = Field(default=1, ge=1, description="Frames or slices of the study (a series lists each finding's slice).")
 
 
+class ComparedLine(BaseModel):
+    """One finding as the Comparison section states it: its sizes on the prior and now (long and
+    short axis), and how its mean diameter changed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    finding_id: str = Field(pattern=r"^[FP][1-9][0-9]*$",
+                            description="F1, ... for a current finding; P1, ... for a prior one gone now.")
+    status: ComparisonStatus
+    size_then: tuple[float, float] | None = None
+    size_now: tuple[float, float] | None = None
+    unit: Literal["mm", "px"] = "mm"
+    mean_diameter_change: float | None = Field(default=None, description="In ``unit``.")
+    mean_diameter_pct: float | None = None
+    doubling_time_days: float | None = None
+
+
+class ReportComparison(BaseModel):
+    """The prior a report compares with (from ``compare_with_prior``), and each finding's change.
+
+    ``prior_date`` identifies the patient's history: it is for the clinician's report and the
+    PACS, never sent to a model (report writers get the interval at most)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    prior_study_id: str = Field(description="The session's id of the prior, for the SR's references to its images.")
+    prior_date: str | None = Field(default=None, description="YYYY-MM-DD.")
+    prior_modality: str | None = None
+    interval_days: int | None = Field(default=None, ge=0)
+    prior_frames: list[int] = Field(default_factory=list, description="Frames of the prior the comparison used.")
+    lines: list[ComparedLine] = Field(default_factory=list)
+
+
 class ClinicalReport(BaseModel):
     """One immutable version of a study's report."""
 
@@ -119,6 +156,8 @@ class ClinicalReport(BaseModel):
     limitations: list[str] = Field(default_factory=lambda: [AI_LIMITATION])
     search_statement: str | None = Field(
         default=None, description="What the search was worth, shown in Findings when the report lists none.")
+    comparison: ReportComparison | None = Field(
+        default=None, description="The prior compared with; None: no comparison (or a report saved before).")
     status: ReportStatus = "draft"
     version: int = Field(default=1, ge=1)
     author: Author = "loupe"
@@ -156,10 +195,67 @@ class ClinicalReport(BaseModel):
         """What the Findings section says when the report lists no finding."""
         return self.search_statement or NO_FINDINGS_TEXT
 
+    @property
+    def comparison_sentences(self) -> list[str]:
+        """The Comparison section: which prior (or "None."), then each finding's change."""
+        return comparison_sentences(self.comparison)
+
     def check_findings_exist(self, known: Iterable[str]) -> None:
         missing = sorted({f.finding_id for f in self.findings} - set(known))
         if missing:
             raise ReportError(f"The report refers to {', '.join(missing)}, which the session does not have.")
+
+
+def comparison_sentences(comparison: ReportComparison | None) -> list[str]:
+    """The Comparison section as sentences, worded by ``prompts/report_templates.toml``: the
+    prior with its date and the interval, then one sentence per finding; "None." without one."""
+    table = load_table("report_templates.toml")["comparison"]
+    if comparison is None:
+        return [table["none"]]
+    return [_prior_sentence(comparison, table), *(_line_sentence(line, table) for line in comparison.lines)]
+
+
+def _prior_sentence(comparison: ReportComparison, table: dict) -> str:
+    days = comparison.interval_days
+    interval = "" if days is None else table["interval"].format(days=f"{days} day{'s' if days != 1 else ''}")
+    if comparison.prior_date is None:
+        return table["prior_undated"].format(modality=comparison.prior_modality or "study", interval=interval)
+    return table["prior"].format(modality=comparison.prior_modality or "Study", date=comparison.prior_date,
+                                 interval=interval)
+
+
+def _line_sentence(line: ComparedLine, table: dict) -> str:
+    then, now = _size_text(line.size_then, line.unit), _size_text(line.size_now, line.unit)
+    if line.status == "resolved":
+        return table["resolved"].format(id=line.finding_id, then=f" ({then})" if then else "")
+    if line.status == "new":
+        return table["new"].format(id=line.finding_id)
+    if line.status == "present" or then is None or now is None:  # a size is missing: no change to state
+        return table["present"].format(id=line.finding_id, where="on the prior" if then is None else "now")
+    doubling = ("" if line.status != "grown" or line.doubling_time_days is None
+                else table["doubling"].format(days=f"{line.doubling_time_days:.0f}"))
+    return table[line.status].format(id=line.finding_id, then=then, now=now, change=_change_text(line, table),
+                                     doubling=doubling)
+
+
+def _size_text(size: tuple[float, float] | None, unit: str) -> str | None:
+    """Long × short axis as the findings table writes a size (``Measurement.text``)."""
+    if size is None:
+        return None
+    digits = 1 if unit == "mm" else 0
+    return f"{size[0]:.{digits}f} × {size[1]:.{digits}f} {unit}"
+
+
+def _change_text(line: ComparedLine, table: dict) -> str:
+    digits = 1 if line.unit == "mm" else 0
+    amount = "—" if line.mean_diameter_change is None else f"{_signed(line.mean_diameter_change, digits)} {line.unit}"
+    percent = "—" if line.mean_diameter_pct is None else f"{_signed(line.mean_diameter_pct, 0)} %"
+    return table["change"].format(amount=amount, percent=percent)
+
+
+def _signed(value: float, digits: int) -> str:
+    """``value`` with its sign, never "-0.0" (a rounded-away change reads as +0.0)."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
 
 
 class ReportNarrative(BaseModel):
@@ -345,9 +441,21 @@ def _stated_measurements(report: ClinicalReport) -> set[tuple[str, str]]:
         if finding.size is not None:
             values = [v for v in (finding.size.major, finding.size.minor) if v is not None]
             stated |= _variants(values, finding.size.unit)
+    stated |= _compared_measurements(report.comparison)
     texts = [report.impression, *report.recommendations, *(f.characteristics for f in report.findings)]
     for value, unit in _NUMBER_WITH_UNIT.findall(" ".join(texts)):
         stated.add((_normalise(value), unit.lower()))
+    return stated
+
+
+def _compared_measurements(comparison: ReportComparison | None) -> set[tuple[str, str]]:
+    """The Comparison section's sizes and changes, which a model may quote (a tool measured them)."""
+    stated: set[tuple[str, str]] = set()
+    for line in comparison.lines if comparison else ():
+        values = [*(line.size_then or ()), *(line.size_now or ())]
+        if line.mean_diameter_change is not None:
+            values.append(abs(line.mean_diameter_change))
+        stated |= _variants(values, line.unit)
     return stated
 
 

@@ -11,7 +11,9 @@ def report_markdown(report: ClinicalReport) -> str:
     modality = report.study.modality or "Imaging"
     lines = [f"# {modality} report — {status}", "",
              f"*Version {report.version}, {_author(report)}{': ' + report.reason if report.reason else ''}.*", "",
-             "## Technique", "", report.study.technique, "", "## Findings", ""]
+             "## Technique", "", report.study.technique, "",
+             # Radiology reports name the prior between the technique and the findings.
+             "## Comparison", "", " ".join(report.comparison_sentences), "", "## Findings", ""]
     if report.findings:
         lines += _findings_table(report)
     else:

@@ -1,13 +1,14 @@
 """A report version as PDF: A4 portrait, one continuous flow, real (extractable) text.
 
 Order, as a reader looks for it: title with version and authorship; the **Impression** first;
-the findings table (id, on a series slice and table position, location, size with unit and who
-measured it, characteristics, confidence, verification); recommendations; the key overlay image
-with its caption (or a line saying that there is none); study and technique; limitations. A
-report with a finding or two fits on one page: the key image takes the room the text leaves,
-down to ``MIN_IMAGE_ROOM`` (below that it starts a page of its own). Longer sections flow on to
-further pages: a table broken across pages repeats its column titles under "Findings
-(continued)", long cells wrap and a cell taller than a page continues in a "(cont.)" row.
+the comparison with a prior (or "None."); the findings table (id, on a series slice and table
+position, location, size with unit and who measured it, characteristics, confidence,
+verification); recommendations; the key overlay image with its caption (or a line saying that
+there is none); study and technique; limitations. A report with a finding or two fits on one
+page: the key image takes the room the text leaves, down to ``MIN_IMAGE_ROOM`` (below that it
+starts a page of its own). Longer sections flow on to further pages: a table broken across pages
+repeats its column titles under "Findings (continued)", long cells wrap and a cell taller than a
+page continues in a "(cont.)" row.
 
 Every page carries a header with the status ("DRAFT — not signed" until signed, then "SIGNED by
 <name> on <date>") and "Version N", and a footer "AI-assisted report — requires physician review"
@@ -142,7 +143,8 @@ def _wrap_paragraph(paragraph: str, width: float, style: _Style) -> list[str]:
     mean = _width(paragraph, style) / len(paragraph)
     chars = max(1, int(width / mean))
     while True:
-        lines = textwrap.wrap(paragraph, chars)
+        # Only at spaces: a date (2023-12-03) or a negative change (-3.5 mm) never splits at its hyphen.
+        lines = textwrap.wrap(paragraph, chars, break_on_hyphens=False)
         if chars == 1 or all(_width(line, style) <= width for line in lines):
             return lines
         chars = max(1, chars - max(1, chars // 20))
@@ -371,7 +373,10 @@ def _document_blocks(report: ClinicalReport, pixels: np.ndarray | None, caption:
                                  "Recommendations")
     after = _continued(_study_blocks(report), "Study and technique") + _continued(
         _heading("Limitations") + _bullets(report.shown_limitations, SMALL), "Limitations")
-    before = _title_blocks(report) + impression + _findings_blocks(report) + recommendations
+    # The prior compared with, right before the findings whose change it states.
+    comparison = _continued(_heading("Comparison") + _text_blocks(" ".join(report.comparison_sentences), BODY),
+                            "Comparison")
+    before = _title_blocks(report) + impression + comparison + _findings_blocks(report) + recommendations
     # The image takes the room the text before and after it leaves on one page, if that is
     # enough to read it; else the rest of the page after the findings (the study and limitations
     # then go on to the next); else a page of its own.
@@ -441,9 +446,9 @@ def _decode_png(data: bytes) -> np.ndarray:
 
 
 def report_pdf(report: ClinicalReport, *, key_image_png: bytes | None = None, key_image_caption: str = "") -> bytes:
-    """The report as PDF bytes: the impression first, the findings, recommendations, the key image,
-    the study and limitations on as few A4 pages as they fit, with the status and version in every
-    page's header.
+    """The report as PDF bytes: the impression first, the comparison, the findings, recommendations,
+    the key image, the study and limitations on as few A4 pages as they fit, with the status and
+    version in every page's header.
 
     Parameters
     ----------

@@ -9,8 +9,13 @@ PACS expect of results about a study:
   (or in pixels where the study has no spacing), finding type and site codes, Loupe's
   algorithm identification, the finding id as tracking identifier, and a reference to the
   source image (and frame);
-- a **narrative SR** (Enhanced SR, TID 2000 layout): technique, findings, impression,
-  recommendations and limitations as text, because TID 1500 takes only coded evaluations.
+- a **narrative SR** (Enhanced SR, TID 2000 layout): technique, comparison, findings,
+  impression, recommendations and limitations as text, because TID 1500 takes only coded
+  evaluations.
+
+A report compared with a prior names the prior's images it used: both documents list them as
+Pertinent Other Evidence (they belong to another study), and the measurement SR's image library
+(TID 1600) lists them beside the current images, so a viewer can open the prior slices.
 
 Drafts are PARTIAL / UNVERIFIED / PRELIMINARY; a signed version is COMPLETE / VERIFIED / FINAL
 with the signer as verifying observer. PNG/JPEG studies have no source DICOM to reference and
@@ -343,6 +348,7 @@ def narrative_content(report: ClinicalReport, observation: hd.sr.ObservationCont
     technique = _text(codes.DCM.ProcedureDescription, report.study.technique)
     sections = [
         _section(codes.LN.CurrentProcedureDescriptions, [technique]),
+        _comparison_section(report),
         _section(codes.LN.Findings, [_text(codes.DCM.Finding, text) for text in findings]),
         # Limitations have no heading of their own in CID 7001; they qualify the impression.
         _section(codes.LN.Impressions, [_text(codes.DCM.Impression, report.impression),
@@ -354,6 +360,15 @@ def narrative_content(report: ClinicalReport, observation: hd.sr.ObservationCont
     root = hd.sr.ContainerContentItem(name=codes.LN.DiagnosticImagingReport, template_id="2000")
     root.ContentSequence = hd.sr.ContentSequence([*observation, *sections])
     return root
+
+
+def _comparison_section(report: ClinicalReport) -> hd.sr.ContainerContentItem:
+    """The Comparison section: LOINC 18834-2 (LOINC's "Radiology Comparison study", "Previous
+    Findings" in CID 7001), the prior named in a Procedure Description item ("Comparison: None."
+    without one), each finding's change in a Previous Finding item (CID 7002)."""
+    opening, *changes = report.comparison_sentences
+    return _section(codes.LN.PreviousFindings, [_text(codes.DCM.ProcedureDescription, f"Comparison: {opening}"),
+                                                *(_text(codes.DCM.PreviousFinding, text) for text in changes)])
 
 
 # -- documents -----------------------------------------------------------------------------------
@@ -369,7 +384,7 @@ class _Placement:
     organisation: str
 
 
-def report_sr(report: ClinicalReport, study: Study, findings: Mapping[str, Finding], *,
+def report_sr(report: ClinicalReport, study: Study, findings: Mapping[str, Finding], *, prior: Study | None = None,
               series_number: int = DEFAULT_SERIES_NUMBER, instance_number: int = 1,
               series_instance_uid: str | None = None,
               verifying_organization: str = DEFAULT_VERIFYING_ORGANIZATION) -> tuple[Dataset | None, Dataset]:
@@ -378,7 +393,10 @@ def report_sr(report: ClinicalReport, study: Study, findings: Mapping[str, Findi
     The measurement SR (Comprehensive 3D SR, TID 1500) is ``None`` when the report lists no
     findings: TID 1500 as highdicom builds it needs at least one measurement group. The
     narrative SR (Enhanced SR) takes ``instance_number + 1``. Pass ``series_instance_uid`` to
-    add a later version to an earlier export's series.
+    add a later version to an earlier export's series. ``prior`` is the study the report's
+    comparison names (``report.comparison.prior_study_id``): both documents then reference the
+    prior's images it used; without it (or for a PNG/JPEG prior) they reference the current
+    study's only, and the narrative still names the prior.
 
     Raises ``ReportError`` for PNG/JPEG studies, for findings the session does not have, and for
     source headers an SR cannot reference.
@@ -387,10 +405,26 @@ def report_sr(report: ClinicalReport, study: Study, findings: Mapping[str, Findi
     listed = [(item, findings[item.finding_id]) for item in report.findings]
     _check_same_study(report, study, [finding for _, finding in listed])
     images = source_images(study, {finding.frame for _, finding in listed} or {0})
+    prior_images = _prior_images(report, prior)
     placement = _Placement(series_instance_uid or hd.UID(), series_number, instance_number, verifying_organization)
-    measurements = _measurement_sr(report, listed, images, placement) if listed else None
-    narrative = _narrative_sr(report, images, replace(placement, instance_number=instance_number + 1))
+    measurements = _measurement_sr(report, listed, images, prior_images, placement) if listed else None
+    narrative = _narrative_sr(report, images, prior_images, replace(placement, instance_number=instance_number + 1))
     return measurements, narrative
+
+
+def _prior_images(report: ClinicalReport, prior: Study | None) -> list[Dataset]:
+    """The prior's instances the comparison used; none without a comparison, or for a prior that
+    has no DICOM to reference (a PNG/JPEG, a header without UIDs): the SR is still made."""
+    comparison = report.comparison
+    if prior is None or comparison is None:
+        return []
+    if prior.id != comparison.prior_study_id:
+        raise ReportError("The prior given is not the study this report was compared with; open that prior to "
+                          "export the DICOM SR.")
+    try:
+        return _evidence(source_images(prior, set(comparison.prior_frames) or {0}))
+    except ReportError:
+        return []
 
 
 def _check_same_study(report: ClinicalReport, study: Study, findings: Sequence[Finding]) -> None:
@@ -405,21 +439,25 @@ def _check_same_study(report: ClinicalReport, study: Study, findings: Sequence[F
 
 
 def _measurement_sr(report: ClinicalReport, listed: Sequence[tuple[ReportFinding, Finding]],
-                   images: Mapping[int, SourceImage], placement: _Placement) -> hd.sr.Comprehensive3DSR:
-    """TID 1500: one planar ROI group per (report finding, session finding) pair."""
+                    images: Mapping[int, SourceImage], prior_images: Sequence[Dataset],
+                    placement: _Placement) -> hd.sr.Comprehensive3DSR:
+    """TID 1500: one planar ROI group per (report finding, session finding) pair; with a prior,
+    an image library of the current and prior images compared."""
+    evidence = _evidence(images) + list(prior_images)  # the current study first: the SR joins it
     content = hd.sr.MeasurementReport(
         observation_context=_observation_context(report, placement.organisation),
         procedure_reported=procedure_reported(report.study.modality),
         imaging_measurements=[_roi_group(item, finding, images[finding.frame], report) for item, finding in listed],
+        referenced_images=evidence if prior_images else None,
     )
-    return _signed_at(report, hd.sr.Comprehensive3DSR(evidence=_evidence(images), content=content[0],
+    return _signed_at(report, hd.sr.Comprehensive3DSR(evidence=evidence, content=content[0],
                                                       **_document(report, placement)))
 
 
-def _narrative_sr(report: ClinicalReport, images: Mapping[int, SourceImage],
+def _narrative_sr(report: ClinicalReport, images: Mapping[int, SourceImage], prior_images: Sequence[Dataset],
                   placement: _Placement) -> hd.sr.EnhancedSR:
     content = narrative_content(report, _observation_context(report, placement.organisation))
-    return _signed_at(report, hd.sr.EnhancedSR(evidence=_evidence(images), content=content,
+    return _signed_at(report, hd.sr.EnhancedSR(evidence=_evidence(images) + list(prior_images), content=content,
                                                **_document(report, placement)))
 
 
