@@ -53,10 +53,12 @@ class Request:
     def images(self) -> list[dict[str, Any]]:
         return [p.get("inlineData") or p.get("inline_data") for p in self.parts() if "inlineData" in p or "inline_data" in p]
 
-    def text(self) -> str:
+    def text(self, *, tools: bool = True) -> str:
         """Everything the request carries except image bytes (contents, system instruction,
-        tools, config), for PHI checks; base64 image data would match short strings by chance."""
-        return json.dumps(_without_image_data(self.body), ensure_ascii=False)
+        tools, config), for PHI checks; base64 image data would match short strings by chance.
+        ``tools=False`` leaves the tool declarations out (Loupe's own words, not the session's)."""
+        body = self.body if tools else {k: v for k, v in self.body.items() if k != "tools"}
+        return json.dumps(_without_image_data(body), ensure_ascii=False)
 
 
 def _without_image_data(value: Any) -> Any:

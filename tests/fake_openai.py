@@ -94,6 +94,13 @@ class Request:
                     texts.append(arguments)
         return "\n".join(texts)
 
+    def body_text(self, *, tools: bool = True) -> str:
+        """The whole request body as JSON (every field, not only the texts ``text`` collects),
+        with each ``data:`` URL's bytes left out, for PHI checks; ``tools=False`` also leaves out
+        the tool declarations (Loupe's own words, not the session's)."""
+        body = self.body if tools else {k: v for k, v in self.body.items() if k != "tools"}
+        return json.dumps(_without_image_data(body), ensure_ascii=False)
+
     def images(self) -> list[bytes]:
         """The decoded bytes of every ``image_url`` part sent as a ``data:image/...;base64,`` URL."""
         found = []
@@ -106,6 +113,15 @@ class Request:
             if head.startswith("data:image/") and head.endswith(";base64"):
                 found.append(base64.b64decode(data + "=" * (-len(data) % 4)))
         return found
+
+
+def _without_image_data(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: ("<image bytes>" if k == "url" and isinstance(v, str) and v.startswith("data:")
+                    else _without_image_data(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_image_data(v) for v in value]
+    return value
 
 
 def error_reply(status: int, message: str = "scripted failure", *, retry_after: float | None = None) -> dict[str, Any]:

@@ -207,6 +207,10 @@ class PrivacyBoundary:
             if digest in self.onsite_images and not self.on_premises:
                 return {"text": ONSITE_ONLY_NOTE}  # the history may be resent by a cloud backend
             return part
+        for key in ("function_response", "functionResponse"):
+            if key in part:  # its id and name pair it with the model's call: only what the tool said is text
+                answer = part[key]
+                return {**part, key: {**answer, "response": _map_strings(answer.get("response"), self.redact)}}
         return _map_strings(part, self.redact, skip=("thought_signature", "thoughtSignature", "function_call", "functionCall"))
 
 
