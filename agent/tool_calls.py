@@ -74,7 +74,7 @@ def summarise(name: str, output: dict[str, Any]) -> str:
         window = output.get("window")
         text = f"{summary.get('modality') or 'image'} {summary.get('columns')}×{summary.get('rows')}, frame {output.get('frame', 0) + 1} of {summary.get('frames')}"
         return text + (f", window {window['center']:g}/{window['width']:g}" if window else "")
-    if name == "detect_anomalies":
+    if name in ("detect_anomalies", "compare_with_prior"):
         return str(output.get("summary", ""))
     if name == "verify_coordinates":
         x, y = output.get("center_px", (0, 0))

@@ -3,7 +3,8 @@ model see it (``StudyView``: frame and window), with the findings' outlines, zoo
 on request; window/level and slice changes; and the clinician's own marks, which become verified
 findings with source ``clinician``; and the clinician's caliper: lines dragged on the image,
 measured as ``set_finding_size`` measures them (mm with the frame's pixel spacing, px without),
-drawn with their lengths.
+drawn with their lengths. The same drawing (``shown_region``, ``draw_outlines``) shows a prior
+beside the current view (``agent.comparison``).
 
 Drawn with Pillow (no figure machinery): a slice change must reach the screen in well under
 300 ms on a 512² CT series.
@@ -76,23 +77,16 @@ def viewer_image(conversation: Conversation, *, outlines: bool = True, zoom: str
     view = ctx.view()
     study = view.study
     rendered = study.render(view.frame, view.window)
-    image = Image.fromarray(rendered.pixels).convert("RGB")
     shown = [f for f in ctx.study_findings(study.id) if f.frame == view.frame]
-    left, top, right, bottom = _region(image.size, ctx.findings.get(zoom) if zoom else None)
-    image = image.crop((left, top, right, bottom))
-    long_side = max(image.size)
-    target = ZOOM_MIN_SIDE if zoom and long_side < ZOOM_MIN_SIDE else min(long_side, MAX_SIDE)
-    scale = target / long_side
-    if scale != 1.0:
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR)
+    finding = ctx.findings.get(zoom) if zoom else None
+    image, (left, top), scale = shown_region(
+        rendered.pixels, None if finding is None else (finding.center_px, max(finding.bbox_px.width,
+                                                                               finding.bbox_px.height)))
     if outlines:
-        _draw_outlines(image, shown, (left, top), scale)
+        draw_outlines(image, [finding_outline(f) for f in shown], (left, top), scale)
     if calipers:
         lengths, unit = caliper_lengths(conversation, view.frame, calipers)
         _draw_calipers(image, calipers, [caliper_text([length], unit) for length in lengths], (left, top), scale)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # speed over size: this is redrawn per slice
     window = rendered.window
     parts = [f"frame {view.frame + 1} of {study.frame_count}"]
     position = slice_position_mm(conversation)
@@ -102,27 +96,79 @@ def viewer_image(conversation: Conversation, *, outlines: bool = True, zoom: str
         parts.append(f"window {window.center:g}/{window.width:g}")
     if zoom:
         parts.append(f"zoomed to {zoom}")
-    return ViewerImage(png=buffer.getvalue(), width=image.width, height=image.height, origin=(left, top), scale=scale,
+    return ViewerImage(png=png_bytes(image), width=image.width, height=image.height, origin=(left, top), scale=scale,
                        frame=view.frame, frames=study.frame_count, caption=" · ".join(parts),
                        findings=tuple((f.id, f.label) for f in shown))
 
 
-def _region(size: tuple[int, int], finding: Finding | None) -> tuple[int, int, int, int]:
-    """The native crop shown: the whole frame, or a square around ``finding`` with context."""
+def shown_region(pixels, zoom: tuple[tuple[float, float], float] | None = None
+                 ) -> tuple[Image.Image, tuple[int, int], float]:
+    """A rendered frame (uint8 array) as the viewer shows it: the whole frame, or with ``zoom``
+    (a centre and a size in native px) a square around it with context, scaled for the screen.
+    The image, the native pixel-edge coordinates of its top-left corner, and PNG px per native px."""
+    image = Image.fromarray(pixels).convert("RGB")
+    left, top, right, bottom = _region(image.size, zoom)
+    image = image.crop((left, top, right, bottom))
+    long_side = max(image.size)
+    target = ZOOM_MIN_SIDE if zoom and long_side < ZOOM_MIN_SIDE else min(long_side, MAX_SIDE)
+    scale = target / long_side
+    if scale != 1.0:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR)
+    return image, (left, top), scale
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)  # speed over size: this is redrawn per slice
+    return buffer.getvalue()
+
+
+def _region(size: tuple[int, int], zoom: tuple[tuple[float, float], float] | None) -> tuple[int, int, int, int]:
+    """The native crop shown: the whole frame, or a square around ``zoom`` (centre, size) with context."""
     width, height = size
-    if finding is None:
+    if zoom is None:
         return 0, 0, width, height
-    box = finding.bbox_px
-    side = min(max(width, height), max(64, round(ZOOM_CONTEXT * max(box.width, box.height))))
-    cx, cy = finding.center_px
+    (cx, cy), extent = zoom
+    side = min(max(width, height), max(64, round(ZOOM_CONTEXT * extent)))
     left = int(min(max(0, round(cx - side / 2)), max(0, width - side)))
     top = int(min(max(0, round(cy - side / 2)), max(0, height - side)))
     return left, top, min(width, left + side), min(height, top + side)
 
 
-def _draw_outlines(image: Image.Image, findings: list[Finding], origin: tuple[int, int], scale: float) -> None:
-    """Each finding in the figures' scheme (tools/render/style.py): its source's colour, dashed
-    when rejected, dotted when never checked, with its id above it."""
+@dataclass(frozen=True)
+class Outline:
+    """One outline to draw: a closed contour in native pixel-centre coordinates, its colour, its
+    line (``tools/render/style.py``'s STATUS_LINES: solid, dashed, dotted) and its label."""
+
+    label: str
+    points: tuple[tuple[float, float], ...]
+    colour: tuple[int, int, int]
+    line: str = "solid"
+
+
+def finding_outline(finding: Finding) -> Outline:
+    """A finding in the figures' scheme: its source's colour, dashed when rejected, dotted when
+    never checked; its Gaussian's FWHM contour, else its box."""
+    if finding.gaussian is not None and finding.gaussian.converged:
+        points = _ellipse(finding)
+    else:
+        box = finding.bbox_px  # its edges run around the corner pixels, not through their centres
+        x0, y0, x1, y1 = box.x0 - 0.5, box.y0 - 0.5, box.x1 + 0.5, box.y1 + 0.5
+        points = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    return Outline(finding.id, tuple(points), outline_rgb(finding.source), STATUS_LINES[status_of(finding)])
+
+
+def circle_outline(label: str, centre: tuple[float, float], radius: float, colour: tuple[int, int, int],
+                   line: str = "solid", points: int = 48) -> Outline:
+    """A circle of ``radius`` native px about ``centre`` (a lesion's place known by its size only)."""
+    cx, cy = centre
+    return Outline(label, tuple((cx + radius * math.cos(t), cy + radius * math.sin(t))
+                                for t in (2 * math.pi * i / points for i in range(points))), colour, line)
+
+
+def draw_outlines(image: Image.Image, outlines: Sequence[Outline], origin: tuple[float, float], scale: float) -> None:
+    """Each outline on ``image`` (shown from native ``origin`` at ``scale``), its label above it."""
     draw = ImageDraw.Draw(image)
     line = max(1, round(max(image.size) / 340))
     font = ImageFont.load_default(size=max(12, round(max(image.size) / 36)))
@@ -130,17 +176,11 @@ def _draw_outlines(image: Image.Image, findings: list[Finding], origin: tuple[in
     def to_png(x: float, y: float) -> tuple[float, float]:
         return (x + 0.5 - origin[0]) * scale, (y + 0.5 - origin[1]) * scale
 
-    for finding in findings:
-        colour = outline_rgb(finding.source)
-        if finding.gaussian is not None and finding.gaussian.converged:
-            points = [to_png(*p) for p in _ellipse(finding)]
-        else:
-            box = finding.bbox_px
-            (x0, y0), (x1, y1) = to_png(box.x0 - 0.5, box.y0 - 0.5), to_png(box.x1 + 0.5, box.y1 + 0.5)
-            points = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-        _outline(draw, [*points, points[0]], colour, line, STATUS_LINES[status_of(finding)])
+    for outline in outlines:
+        points = [to_png(*p) for p in outline.points]
+        _outline(draw, [*points, points[0]], outline.colour, line, outline.line)
         left, top = min(p[0] for p in points), min(p[1] for p in points)
-        draw.text((left, max(0, top - line - 2)), finding.id, fill=colour, font=font, anchor="lb",
+        draw.text((left, max(0, top - line - 2)), outline.label, fill=outline.colour, font=font, anchor="lb",
                   stroke_width=2, stroke_fill=(0, 0, 0))  # a dark rim: legible on bright bone too
 
 

@@ -93,10 +93,10 @@ def open_uploads(conversation: Conversation, files: list[tuple[str, bytes]], mod
     """Store uploaded files under the data folder and open them: one file (DICOM, .zip, PNG,
     JPEG — recognised by content, extension or not), or several files of one series together."""
     refuse_while_answering(conversation)
-    conversation.open_study(_stored_uploads(conversation.settings, files), modality=modality)
+    conversation.open_study(stored_uploads(conversation.settings, files), modality=modality)
 
 
-def _stored_uploads(settings: LoupeSettings, files: list[tuple[str, bytes]]) -> Path:
+def stored_uploads(settings: LoupeSettings, files: list[tuple[str, bytes]]) -> Path:
     """The uploaded files kept under the data folder: one file's path, or a series' folder."""
     uploads = settings.data_dir / "uploads"
     if len(files) == 1:
@@ -127,7 +127,7 @@ def open_uploads_to_read(conversation: Conversation, files: list[tuple[str, byte
                          modality: str | None = None) -> Conversation:
     """``open_uploads`` for the app: the conversation the files are now open in (see above)."""
     refuse_while_answering(conversation)
-    return open_to_read(conversation, _stored_uploads(conversation.settings, files), modality)
+    return open_to_read(conversation, stored_uploads(conversation.settings, files), modality)
 
 
 def open_sample_to_read(conversation: Conversation, name: str) -> Conversation:

@@ -21,7 +21,7 @@ LAYERS = (
     ("ui", ("ui",)),
     ("commands", ("agent.cli",)),
     ("services", ("agent.workspace", "agent.analysis", "agent.reports", "agent.samples", "agent.pacs_studies",
-                  "agent.viewer", "agent.preread")),
+                  "agent.viewer", "agent.comparison", "agent.preread")),
     ("model backends", ("agent.models",)),
     ("conversation", ("agent.conversation", "agent.tool_calls", "agent.toolbox", "agent.answer_check")),
     ("storage, privacy, evaluation, PACS", ("agent.store", "agent.privacy", "agent.evaluation", "agent.pacs")),

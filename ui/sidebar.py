@@ -1,6 +1,6 @@
 """The sidebar: the open study's summary (its image, slice and window are in the viewer,
-ui/viewer.py), the backend, the privacy state with its confirm button, and the clinician's
-sessions."""
+ui/viewer.py), the backend, opening a study (files, samples, the PACS), comparing it with a prior
+(ui/compare_panel.py), the privacy state with its confirm button, and the clinician's sessions."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from agent.store.database import Store
 from agent.workspace import (MODALITY_CHOICES, confirm_images, modality_choice, name_modality, open_sample_to_read,
                              open_uploads_to_read, owned_sessions, privacy_status, study_facts)
 from tools.errors import LoupeError
+from ui.compare_panel import compare_panel
 from ui.opened import opened_note, show_opened
 from ui.pacs_panel import pacs_panel
 from ui.sections import drawn_when_open
@@ -29,6 +30,7 @@ def sidebar(conversation: Conversation, store: Store, owner: str) -> None:
         _backend()
         _open_study(conversation)
         pacs_panel(conversation)
+        compare_panel(conversation)
         worklist_panel(conversation, store, owner)
         _study(conversation)
         _privacy(conversation)

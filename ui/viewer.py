@@ -7,6 +7,10 @@ point) or a drag (a box) becoming a verified finding with source ``clinician``, 
 can then name ("what is F6?"); or the caliper, a drag drawing a line with its length (a second
 line across it: long × short), which becomes a finding's size, measured by the clinician.
 
+After a comparison with a prior (the sidebar's "Compare with prior": ui/compare_panel.py), the
+prior is drawn beside the current view: its slice at the current slice's table position, in the
+same window, the compared findings outlined there too; the slice and window controls move both.
+
 Every control acts in a callback, before the script draws anything: one rerun per action, and
 the picture drawn is always the view after it. The widgets' values are set from the view on
 every run, so a slice or window a tool chose in the chat shows here as it is.
@@ -30,6 +34,7 @@ from agent.viewer import (ViewerImage, caliper_finding, caliper_lengths, caliper
 from agent.workspace import (ANSWERING, answer_in_progress, findings_table, set_size_by_caliper, set_view,
                              window_presets)
 from tools.errors import LoupeError
+from ui.compare_panel import compared_findings, draw_prior, prior_beside
 from ui.sections import drawn_when_open
 
 #: Presets in the order radiologists reach for them (CT); any others follow alphabetically.
@@ -69,6 +74,7 @@ def viewer_panel(conversation: Conversation) -> None:
         if level is not None:  # greyscale: presets (CT) and a free window (any)
             _window_controls(conversation, keys, presets, level)
         image = _image(conversation, keys, rows)
+        prior = prior_beside(conversation, study_id, outlines=state.get(keys.outlines, True), zoom=state[keys.zoom])
         # The component sizes its frame once, when an image loads: held to the image's proportions,
         # the frame follows the column when the window or the sidebar changes its width. Narrower
         # buttons keep the presets and the window popover, and the mouse modes and the popovers
@@ -77,12 +83,15 @@ def viewer_panel(conversation: Conversation) -> None:
                 "height: auto !important;} .st-key-viewer [data-testid^=stBaseButton] "
                 "{padding-left: 0.55rem !important; padding-right: 0.55rem !important;} .st-key-viewer "
                 "[data-variant=segmented_control] {padding-left: 0.5rem; padding-right: 0.5rem;}</style>")
-        with st.container(width=MAX_WIDTH_PX):
-            streamlit_image_coordinates(_Encoded(image.png), width="stretch", key=keys.click,
-                                        click_and_drag=_mode(keys) != "point", cursor="crosshair",
-                                        on_click=lambda: _clicked(conversation, keys))
-        st.caption(image.caption, help="Exactly the view the tools and the model get: \"this slice\" in the "
-                                       "chat is this one.")
+        if prior is None:
+            _current(conversation, keys, image)
+        else:  # the prior beside it, its slice following this one (by table position)
+            before, now = st.columns(2, gap="small")
+            with before:
+                draw_prior(prior)
+            with now:
+                st.markdown("**Current**")
+                _current(conversation, keys, image)
         _answer_view_note(conversation, image)
         error = state.pop("viewer_error", None)
         if error:
@@ -91,7 +100,18 @@ def viewer_panel(conversation: Conversation) -> None:
         _findings_controls(conversation, keys, rows, lambda: _shortcuts_help(frames, windows))
         _caliper_panel(conversation, keys, rows)
         _last_mark(keys, rows)
+        compared_findings(conversation, study_id)
         _mark_by_coordinates(conversation, keys, image)
+
+
+def _current(conversation: Conversation, keys: _Keys, image: ViewerImage) -> None:
+    """The current view: the image the mouse acts on, and its caption."""
+    with st.container(width=MAX_WIDTH_PX):
+        streamlit_image_coordinates(_Encoded(image.png), width="stretch", key=keys.click,
+                                    click_and_drag=_mode(keys) != "point", cursor="crosshair",
+                                    on_click=lambda: _clicked(conversation, keys))
+    st.caption(image.caption, help="Exactly the view the tools and the model get: \"this slice\" in the "
+                                   "chat is this one.")
 
 
 def _image(conversation: Conversation, keys: _Keys, rows: dict[str, dict]) -> ViewerImage:
