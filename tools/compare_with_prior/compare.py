@@ -151,7 +151,9 @@ def compare_with_prior(ctx: ToolContext, args: CompareWithPriorInput) -> ToolRes
         raise RegistrationError("The prior given is the current study itself; give the earlier study.")
     interval = interval_days(current, prior, args.interval_days)
     chosen = _chosen(ctx, current, args.finding_ids)
-    pairing, units = Pairing(current, prior), Units.of(current, prior)
+    # Kept for the session's follow-ups ("has F1 grown?"): the registration is most of the work.
+    pairing = ctx.derived(("pairing", current.id, prior.id), lambda: Pairing(current, prior))
+    units = Units.of(current, prior)
     compared = [_compared(ctx, pairing, units, finding, interval) for finding in chosen]
     frames = sorted({f.frame for f in chosen} or {view.frame})
     compared += _resolved(ctx, pairing, units, frames, compared)
