@@ -301,13 +301,7 @@ def compared_rows(conversation: Conversation) -> list[dict[str, Any]]:
 
 
 def _size(there: LesionThere | None) -> str:
-    if there is None:
-        return "—"
-    if there.size_mm is not None:
-        return f"{there.size_mm[0]:.1f} × {there.size_mm[1]:.1f} mm"
-    if there.size_px is not None:
-        return f"{there.size_px[0]:.0f} × {there.size_px[1]:.0f} px"
-    return "not measured"
+    return "—" if there is None else there.size_text()
 
 
 def _change(item: ComparedFinding) -> str:

@@ -53,11 +53,9 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
 
 
 def _size(where: dict | None) -> str:
-    if where is None:
-        return "—"
-    axes = where.get("size_mm") or where.get("size_px")
-    unit = "mm" if where.get("size_mm") else "px"
-    return f"{axes[0]:.1f} x {axes[1]:.1f} {unit}" if axes else "not measured"
+    from tools.compare.record import LesionThere
+
+    return "—" if where is None else LesionThere.model_validate(where).size_text()
 
 
 def _change(change: dict | None) -> str:

@@ -18,6 +18,7 @@ from agent.conversation import LATEST_PRIOR, Conversation, Turn
 from agent.events import AssistantText, Event, ToolStarted
 from agent.tool_calls import ToolOutcome, execute
 from prompts import load_table
+from tools.compare.record import LesionThere
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.detection.working import COMPETENCE
 from tools.findings import Finding
@@ -570,9 +571,7 @@ def comparison_lines(output: dict[str, Any]) -> list[str]:
 
 def _comparison_facts(item: dict[str, Any]) -> dict[str, Any]:
     def size(where: dict[str, Any] | None) -> str:
-        axes = where and (where.get("size_mm") or where.get("size_px"))
-        unit = "mm" if where and where.get("size_mm") else "px"
-        return f"{axes[0]:.1f} × {axes[1]:.1f} {unit}" if axes else "not measured"
+        return LesionThere.model_validate(where).size_text() if where else "not measured"
 
     change = item.get("change") or {}
     doubling = change.get("doubling_time_days")

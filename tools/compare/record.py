@@ -32,6 +32,11 @@ class LesionThere(BaseModel):
         default=None, description="How sure the mean diameter is, in the size's unit (its spread when re-measured "
                                   "from centres one working pixel away).")
 
+    def size_text(self) -> str:
+        """'18.9 × 15.6 mm', '12.0 × 9.0 px' or 'not measured'."""
+        axes, unit = (self.size_mm, "mm") if self.size_mm is not None else (self.size_px, "px")
+        return f"{axes[0]:.1f} × {axes[1]:.1f} {unit}" if axes is not None else "not measured"
+
 
 class FindingChange(BaseModel):
     """How a finding seen in both studies changed, prior to current."""
