@@ -124,6 +124,14 @@ def test_the_draft_carries_the_comparison_of_the_findings_it_lists(compared):
     assert grown.status == "grown" and grown.doubling_time_days is not None
 
 
+def test_the_impression_says_each_findings_change_and_the_advice_is_not_to_compare_again(compared):
+    report = compared.report
+    assert "F1 " in report.impression and "(grown since the prior)" in report.impression
+    assert not any("Compare with prior imaging" in r for r in report.recommendations)
+    assert any("interval change" in r for r in report.recommendations)
+    assert normal_study_phrases(report.impression) == []
+
+
 def test_markdown_names_the_prior_between_technique_and_findings(compared):
     markdown = report_markdown(compared.report)
     sections = re.findall(r"^## (.+)$", markdown, flags=re.MULTILINE)

@@ -73,8 +73,9 @@ def draft_report(ctx: ToolContext, args: DraftReportInput) -> ToolResult:
     findings = [ctx.findings[f.id] for f in findings]
     assessment = study_assessment(ctx, study, view.frame, anomaly=bool(findings))
     statement = None if findings else _search_statement(ctx, study, assessment)
-    report = template_report(study, findings, assessment, statement).model_copy(update={
-        "comparison": report_comparison(ctx.comparisons.get(study.id), findings)})
+    comparison = report_comparison(ctx.comparisons.get(study.id), findings)
+    report = template_report(study, findings, assessment, statement, comparison).model_copy(
+        update={"comparison": comparison})
     notes: list[str] = []
     author = "loupe"
     if args.use_model_wording and ctx.report_writer is not None:
@@ -158,12 +159,13 @@ def _measure(ctx: ToolContext, study: Study, findings: list[Finding]) -> None:
 
 
 def template_report(study: Study, findings: list[Finding], assessment: Assessment,
-                    search_statement: str | None = None) -> ClinicalReport:
+                    search_statement: str | None = None, comparison: ReportComparison | None = None) -> ClinicalReport:
     """The report as the offline template words it; ``assessment`` is what the detector's search is
-    worth on this kind of image, ``search_statement`` what Findings say when none is listed."""
+    worth on this kind of image, ``search_statement`` what Findings say when none is listed,
+    ``comparison`` what changed since a prior (said in the Impression too)."""
     table = load_table("report_templates.toml")
     reported = [_report_finding(study, f, table) for f in findings]
-    impression, recommendations = template_narrative(study, reported, {f.id: f for f in findings})
+    impression, recommendations = template_narrative(study, reported, {f.id: f for f in findings}, comparison)
     limitations = [AI_LIMITATION, table["limitations"]["offline"],
                    table["limitations"]["sensitivity"].format(sensitivity=assessment.sensitivity)]
     if any(f.confidence is not None for f in reported):
@@ -177,19 +179,23 @@ def template_report(study: Study, findings: list[Finding], assessment: Assessmen
                           search_statement=search_statement)
 
 
-def template_narrative(study: Study, reported: list[ReportFinding],
-                       findings: Mapping[str, Finding]) -> tuple[str, list[str]]:
+def template_narrative(study: Study, reported: list[ReportFinding], findings: Mapping[str, Finding],
+                       comparison: ReportComparison | None = None) -> tuple[str, list[str]]:
     """The template's Impression and recommendations for the findings a report lists (the
-    physician's Impression pending when it lists none); ``findings`` are the session's, for labels."""
+    physician's Impression pending when it lists none); ``findings`` are the session's, for labels;
+    with a ``comparison``, each finding's status since the prior, and no advice to compare."""
     table = load_table("report_templates.toml")
     if not reported:
         return IMPRESSION_PENDING, list(table["recommendations"]["none"])
+    since = {} if comparison is None else {line.finding_id: line.status for line in comparison.lines}
     listing = "; ".join(table["impression"]["finding"].format(
         id=f.finding_id, label=_label(findings, f), location=f.location,
-        size=f", {f.size.text()}" if f.size else "") for f in reported)
+        size=f", {f.size.text()}" if f.size else "",
+        since=table["impression"]["since"][since[f.finding_id]] if f.finding_id in since else "") for f in reported)
     modality = (study.safe.modality or "").upper()
+    advice = table["recommendations_compared" if comparison is not None else "recommendations"]
     return (table["impression"]["findings"].format(count=len(reported), listing=listing),
-            list(table["recommendations"].get(modality, table["recommendations"]["default"])))
+            list(advice.get(modality, advice["default"])))
 
 
 def study_summary(study: Study) -> StudySummary:

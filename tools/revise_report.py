@@ -108,10 +108,10 @@ def _narrative_follows_findings(ctx: ToolContext, study, before: ClinicalReport,
         return after  # the same findings (perhaps reordered): the Impression's wording stays
     if any(isinstance(e, SetSection) and e.section == "impression" for e in edits):
         return after
-    old_impression, old_recommendations = template_narrative(study, before.findings, ctx.findings)
+    old_impression, old_recommendations = template_narrative(study, before.findings, ctx.findings, before.comparison)
     if after.impression.strip() not in ("", IMPRESSION_PENDING, old_impression):
         return after
-    impression, recommendations = template_narrative(study, after.findings, ctx.findings)
+    impression, recommendations = template_narrative(study, after.findings, ctx.findings, after.comparison)
     update: dict = {"impression": impression}
     if after.recommendations == old_recommendations:
         update["recommendations"] = recommendations
