@@ -4,9 +4,11 @@ marked lesions' sizes against the readers' boxes; with ``--cv K`` also K-fold cr
 (the detector's rules and calibration, and the segmentation's settings, chosen without the
 images they are scored on).
 
-``loupe eval --change PAIRS.csv [--json OUT]``: the comparison with a prior on (prior, current)
-pairs with a known truth (``bench/make_longitudinal.py``), beside the identity-transform and
-"always stable" baselines (``agent.evaluation.change``)."""
+``loupe eval --change PAIRS.csv [--json OUT] [--cv K]``: the comparison with a prior on (prior,
+current) pairs with a known truth (``bench/make_longitudinal.py``), beside the identity-transform
+and "always stable" baselines (``agent.evaluation.change``); with ``--cv K`` also the in-sample
+and K-fold cross-validated tables (the presence and growth rules' parameters chosen on the other
+folds, folds grouped by source image) and the parameters each fold chose."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def add_parser(commands) -> None:
                           help="MANIFEST is a pairs.csv of bench/make_longitudinal.py: score the comparison with a prior.")
     evaluate.add_argument("--cv", type=int, metavar="K",
                           help=("Also score the detector's tuned rules and calibration, and the size "
-                                "segmentation's settings, by K-fold cross-validation."))
+                                "segmentation's settings, by K-fold cross-validation; with --change, the "
+                                "comparison's presence and growth parameters (folds grouped by source image)."))
     evaluate.set_defaults(run=run)
 
 
@@ -66,11 +69,13 @@ def run(args: argparse.Namespace, settings: LoupeSettings) -> None:
 def _change(args: argparse.Namespace) -> None:
     from agent.evaluation.change import run_change_eval
 
-    if args.cv is not None or args.simulate_proposals is not None:
-        fail("--change scores the comparison as it is: without --cv or --simulate-proposals")
+    if args.simulate_proposals is not None:
+        fail("--change scores the comparison as it is: without --simulate-proposals")
+    if args.cv is not None and args.cv < 2:
+        fail("--cv takes at least 2 folds")
     if not args.manifest.is_file():
         fail(f"no pairs manifest at {args.manifest}; make one with bench/make_longitudinal.py")
-    text, data = run_change_eval(args.manifest)
+    text, data = run_change_eval(args.manifest, cv=args.cv)
     print(text)
     if args.json_out:
         args.json_out.write_text(json.dumps(data, indent=2))
