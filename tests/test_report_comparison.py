@@ -129,6 +129,7 @@ def test_the_impression_says_each_findings_change_and_the_advice_is_not_to_compa
     assert "F1 " in report.impression and "(grown since the prior)" in report.impression
     assert not any("Compare with prior imaging" in r for r in report.recommendations)
     assert any("interval change" in r for r in report.recommendations)
+    assert any("change status was right on" in limitation for limitation in report.limitations)
     assert normal_study_phrases(report.impression) == []
 
 

@@ -31,6 +31,7 @@ from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import ModelUnavailableError
 from tools.findings import Finding, FindingId
 from tools.fit_gaussian import FitGaussianInput, fit_gaussian
+from tools.compare.change import status_reliability
 from tools.report.document import (AI_LIMITATION, IMPRESSION_PENDING, ClinicalReport, ComparedLine, ReportComparison,
                                    ReportError, ReportFinding, ReportHistory, StudySummary, guard_normal_wording,
                                    guard_numbers, measured_size)
@@ -174,6 +175,8 @@ def template_report(study: Study, findings: list[Finding], assessment: Assessmen
         limitations.append(table["limitations"]["sizes"])
     if study.pixel_spacing_mm(0) is None:
         limitations.append(table["limitations"]["no_spacing"])
+    if comparison is not None:
+        limitations.append(status_reliability(study.safe.modality))
     return ClinicalReport(study_id=study.id, study=study_summary(study), findings=reported, impression=impression,
                           recommendations=list(recommendations), limitations=limitations,
                           search_statement=search_statement)

@@ -48,6 +48,22 @@ RELATIVE_MIN = 0.15
 
 Status = Literal["new", "grown", "shrunk", "stable", "resolved"]
 
+#: How often the status was right on the dev set's (prior, current) pairs with a known truth,
+#: cross-validated (``loupe eval --change PAIRS.csv --cv 5``, 136 pairs, ``make_longitudinal.py
+#: --seed 0``), by modality: what a status is worth, said wherever one is given.
+MEASURED_STATUS_ACCURACY = {"CT": 0.83, "MR": 0.80, "US": 0.63, "DX": 0.51, "CR": 0.51}
+#: Over all the pairs, for a modality not measured on its own.
+MEASURED_STATUS_ACCURACY_ALL = 0.69
+
+
+def status_reliability(modality: str | None) -> str:
+    """One sentence: how often Loupe's change status was right on test pairs of this kind of image."""
+    accuracy = MEASURED_STATUS_ACCURACY.get((modality or "").upper())
+    where = f"{modality} pairs" if accuracy is not None else "pairs of all kinds"
+    measured = accuracy if accuracy is not None else MEASURED_STATUS_ACCURACY_ALL
+    return (f"The change status was right on {measured:.0%} of Loupe's test {where} with a known truth; "
+            "check each change against the images.")
+
 
 @dataclass(frozen=True)
 class LesionSize:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from tools.compare.change import CLINICAL_MIN_MM, LesionSize, change, status
+from tools.compare.change import CLINICAL_MIN_MM, LesionSize, change, status, status_reliability
 from tools.compare.registration import Registration, register_images
 from tools.compare.slices import SliceMatch, matching_slice
 from tools.compare_with_prior.carry import carry_to_prior, lesion_contrast, lesion_size
@@ -161,7 +161,8 @@ def compare_with_prior(ctx: ToolContext, args: CompareWithPriorInput) -> ToolRes
     output = CompareWithPriorOutput(
         study_id=current.id, prior_study_id=prior.id, interval_days=interval,
         registration=_registration_summary(pairs), findings=compared,
-        summary=_summary(compared, interval), message=_message(chosen, args.finding_ids, units))
+        summary=_summary(compared, interval),
+        message=_message(chosen, args.finding_ids, units, status_reliability(current.modality)))
     ctx.comparisons[current.id] = _kept(ctx.comparisons.get(current.id), PriorComparison(
         output=output, prior_date=iso_date(prior.identifying.study_date), prior_modality=prior.safe.modality,
         prior_frames=sorted({pair.prior_frame for pair in pairs})), partial=args.finding_ids is not None)
@@ -363,8 +364,8 @@ def _summary(compared: list[ComparedFinding], interval: int | None) -> str:
     return f"Compared with the prior {when}: " + "; ".join(parts) + "."
 
 
-def _message(chosen: list[Finding], ids: list[str] | None, units: Units) -> str:
-    notes = []
+def _message(chosen: list[Finding], ids: list[str] | None, units: Units, reliability: str) -> str:
+    notes = [reliability]
     if not chosen:
         notes.append("The current study has no finding to compare; run detect_anomalies first to look for new ones.")
     elif ids is None and chosen[0].confidence < ANOMALY_THRESHOLD:
