@@ -35,7 +35,7 @@ from tools.compare.record import ComparedFinding, LesionThere, PriorComparison
 from tools.compare.slices import matching_slice
 from tools.errors import LoupeError
 from tools.render.style import STATUS_LINES, outline_rgb
-from tools.study import Study
+from tools.study import Study, iso_date
 
 TOOL = "compare_with_prior"
 PACS_PREFIX = "pacs:"
@@ -70,16 +70,12 @@ def prior_choices(settings: LoupeSettings, conversation: Conversation) -> list[d
     for prior in priors:
         row = prior.as_json()
         days = row["interval_days"]
-        parts = [_date(row["study_date"]), ", ".join(row["modalities"]), row["description"] or "(no description)",
+        parts = [iso_date(row["study_date"]) or row["study_date"], ", ".join(row["modalities"]),
+                 row["description"] or "(no description)",
                  f"{days} day{'' if days == 1 else 's'} earlier"]
         rows.append({**row, "reference": f"{PACS_PREFIX}{row['study_uid']}",
                      "label": " · ".join(part for part in parts if part)})
     return rows
-
-
-def _date(yyyymmdd: str | None) -> str:
-    text = (yyyymmdd or "").strip()
-    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
 
 
 # -- comparing: the clinician's action ----------------------------------------------------------
@@ -115,7 +111,7 @@ def compare(conversation: Conversation, prior: str | Path | Uploads,
         path = Path(reference)
         if not path.exists():
             raise LoupeError(f"There is no file or folder {reference} to compare with.")
-        _allow(conversation, path)
+        conversation.allow_beside(path)  # the clinician may compare with any file (the model only near it)
     args: dict[str, Any] = {"prior": reference}
     if finding_ids:
         args["finding_ids"] = list(finding_ids)
@@ -131,14 +127,6 @@ def compare(conversation: Conversation, prior: str | Path | Uploads,
                                                        "by": "clinician"})
     figures = [(a.caption, a.data) for a in outcome.artifacts if a.mime_type == "image/png"]
     return CompareOutcome(outcome.ok, backend.answer, figures)
-
-
-def _allow(conversation: Conversation, path: Path) -> None:
-    """The clinician may compare with any file of theirs (the model only with those near it)."""
-    ctx = conversation.ctx
-    if ctx.allowed_roots is not None:
-        folder = path.resolve() if path.is_dir() else path.resolve().parent
-        ctx.allowed_roots = (*ctx.allowed_roots, folder)
 
 
 class ClinicianCompare:

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydicom.data import get_testdata_file
 
 from tools.errors import UnreadableStudyError
-from tools.study import Study
+from tools.study import Study, iso_date
 
 #: The folder of the bundled sample series.
 SAMPLE_DATA = Path(__file__).resolve().parent / "sample_data"
@@ -50,9 +50,7 @@ def session_title(study: Study) -> str:
     2000-01-01"): what a clinician recognises in the list of sessions, never a name or an id."""
     identifying = study.identifying
     description = identifying.series_description or identifying.study_description or study.safe.body_part
-    date = identifying.study_date
-    when = f"{date[:4]}-{date[4:6]}-{date[6:8]}" if date and len(date) == 8 and date.isdigit() else None
-    parts = [study.safe.modality or "Image", _short(description), when]
+    parts = [study.safe.modality or "Image", _short(description), iso_date(identifying.study_date)]
     return " · ".join(p for p in parts if p)[:200]
 
 

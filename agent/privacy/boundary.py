@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tools.errors import ImageWithheldError, PrivacyError
-from tools.study import Study
+from tools.study import Study, iso_date
 
 BURNED_IN_RISK_MODALITIES = frozenset({"US", "SC", "OT", "XA", "ES"})
 REDACTED = "[redacted]"
@@ -136,7 +136,7 @@ class PrivacyBoundary:
             values += list(value) if isinstance(value, tuple) else [value] if value else []
         if identifying.patient_name:
             values += re.split(r"[\^=\s,]+", identifying.patient_name)  # each name component alone
-        values += [iso for iso in map(_iso, (identifying.study_date, identifying.patient_birth_date)) if iso]
+        values += [iso for iso in map(iso_date, (identifying.study_date, identifying.patient_birth_date)) if iso]
         self._identifying_values.update(v.strip() for v in values if v and len(v.strip()) >= _MIN_REDACTED_LENGTH)
 
     def technical_facts(self, study: Study, frame: int) -> dict[str, str]:
@@ -221,12 +221,6 @@ def _blank_outside(pixels: np.ndarray, regions) -> np.ndarray:
     masked = pixels.copy()
     masked[~keep] = 0
     return masked
-
-
-def _iso(dicom_date: str | None) -> str | None:
-    """A DICOM date (YYYYMMDD) as a report writes it (YYYY-MM-DD), so that it is redacted in that form too."""
-    text = (dicom_date or "").strip()
-    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else None
 
 
 def _raw(data: bytes | str | None) -> bytes:

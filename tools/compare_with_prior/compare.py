@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -52,7 +51,7 @@ from tools.detection.detector import frame_analysis
 from tools.detection.scoring import ANOMALY_THRESHOLD
 from tools.errors import InvalidCoordinatesError, RegistrationError, UnreadableStudyError
 from tools.findings import Finding, FindingId
-from tools.study import Study, open_study
+from tools.study import Study, dicom_date, iso_date, open_study
 
 PACS_PREFIX = "pacs:"
 #: How many prior candidates (at the threshold, per slice compared) are looked for now.
@@ -200,23 +199,9 @@ def _open_prior(ctx: ToolContext, reference: str) -> Study:
     return ctx.add_study(study, source=path, make_current=False).study
 
 
-def iso_date(dicom_date: str | None) -> str | None:
-    """YYYYMMDD as YYYY-MM-DD; None when absent or not a date."""
-    parsed = _date(dicom_date)
-    return None if parsed is None else parsed.isoformat()
-
-
-def _date(dicom_date: str | None) -> date | None:
-    text = (dicom_date or "").strip()
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 and text.isdigit() else None
-    except ValueError:
-        return None
-
-
 def interval_days(current: Study, prior: Study, given: int | None) -> int | None:
     """Days from the prior's Study Date to the current one's; ``given`` when either has none."""
-    now, before = _date(current.identifying.study_date), _date(prior.identifying.study_date)
+    now, before = dicom_date(current.identifying.study_date), dicom_date(prior.identifying.study_date)
     if now is None or before is None:
         return given
     days = (now - before).days

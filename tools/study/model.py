@@ -7,6 +7,7 @@ patient or an institution; it is kept apart so that nothing serialises it by acc
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -136,3 +137,18 @@ class IdentifyingMetadata(BaseModel):
     source_names: tuple[str, ...] = Field(
         default=(), description="File names as opened; they may carry patient names."
     )
+
+
+def dicom_date(value: str | None) -> date | None:
+    """A DICOM date (DA, YYYYMMDD) as a date; None when absent or not a date."""
+    text = (value or "").strip()
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) == 8 and text.isdigit() else None
+    except ValueError:
+        return None
+
+
+def iso_date(value: str | None) -> str | None:
+    """A DICOM date as a report or a screen writes it (YYYY-MM-DD); None when absent or not a date."""
+    day = dicom_date(value)
+    return None if day is None else day.isoformat()
