@@ -203,16 +203,14 @@ class Conversation:
 
     def open_study(self, path: Path, *, modality: str | None = None) -> ToolOutcome:
         """Open a study on the clinician's behalf; the model may then open files beside it only."""
-        if self.ctx.allowed_roots is not None:  # the clinician may open anything; the model only near it
-            folder = path.resolve() if path.is_dir() else path.resolve().parent
-            self.ctx.allowed_roots = (*self.ctx.allowed_roots, folder)
+        self.allow_beside(path)  # the clinician may open anything; the model only near it
         outcome = execute(self.ctx, "load_study", {"path": str(path), "modality": modality})
         if not outcome.ok:
             raise LoupeError(outcome.error or "The study could not be opened.")
         study = self.ctx.view().study
         self.boundary.watch(study)
-        folder = path.resolve() if path.is_dir() else path.resolve().parent
-        self.ctx.allowed_roots = (*(self.ctx.allowed_roots or ()), folder)
+        self.ctx.allowed_roots = self.ctx.allowed_roots or ()  # from now on the model is confined
+        self.allow_beside(path)
         if self.recorder is not None:
             self._wait_for_no_turn()
             self.recorder.save_study(study, path, modality)
@@ -346,7 +344,16 @@ class Conversation:
         for token in re.findall(r"(?<!\S)/\S+", message):
             path = Path(token.rstrip(".,;:!?)\"'"))
             if path.exists():
-                self.ctx.allowed_roots = (*self.ctx.allowed_roots, path.resolve() if path.is_dir() else path.resolve().parent)
+                self.allow_beside(path)
+
+    def allow_beside(self, path: Path) -> None:
+        """The model may open files beside ``path`` (a file's folder, or the folder itself), which
+        the clinician chose; nothing while the model is not confined at all."""
+        if self.ctx.allowed_roots is None:
+            return
+        folder = path.resolve() if path.is_dir() else path.resolve().parent
+        if folder not in self.ctx.allowed_roots:
+            self.ctx.allowed_roots = (*self.ctx.allowed_roots, folder)
 
     def _checked(self, event: AssistantText, backend: Backend) -> AssistantText:
         """An answer as it may be shown, whichever backend wrote it: wording that reads as a
