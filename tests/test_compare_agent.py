@@ -35,6 +35,7 @@ from agent.models.openai_compatible import OpenAIBackend
 from agent.settings import LoupeSettings
 from tests import fake_gemini, fake_openai
 from tests.prior_studies import write_prior_pair
+from tests.test_sessions import assert_consistent  # user and model alternate, every call answered by id
 
 #: Both Study Dates, as DICOM writes them and as a report does; the patient's name and id.
 DATES = ("20231203", "2023-12-03", "20240601", "2024-06-01")
@@ -111,20 +112,6 @@ def assert_no_phi_openai(pair: Pair, fake: fake_openai.FakeOpenAI) -> None:
 def assert_one_sentence(message: str) -> None:
     assert message and "\n" not in message and message.endswith("."), message
     assert not re.search(r"[.!?]\s+[A-Z]", message), f"more than one sentence: {message!r}"
-
-
-def assert_alternates(history: list[dict]) -> None:
-    """User and model alternate, and every call of a model turn is answered, by id, in the next."""
-    roles = [c["role"] for c in history]
-    assert all(a != b for a, b in zip(roles, roles[1:], strict=False)), roles
-    for index, content in enumerate(history):
-        calls = [p.get("function_call") or p.get("functionCall") for p in content["parts"]
-                 if "function_call" in p or "functionCall" in p]
-        if calls:
-            answer = history[index + 1]["parts"]
-            responses = [p.get("function_response") or p.get("functionResponse") for p in answer
-                         if "function_response" in p or "functionResponse" in p]
-            assert [c["id"] for c in calls] == [r["id"] for r in responses]
 
 
 def tool_events(events: Iterable[Event], name: str = "compare_with_prior") -> list[ToolFinished | ToolFailed]:
@@ -246,7 +233,7 @@ def test_gemini_a_path_nobody_named_is_refused_then_the_prior_the_clinician_name
     [sent] = gemini_responses(fake.calls()[-1])
     assert statuses(sent["output"]) == statuses(again.output) and sent["output"]["interval_days"] == 181
     assert len(fake.calls()) == 7 and fake.remaining == 0
-    assert_alternates(conversation.history)
+    assert_consistent(conversation.history)
     assert_no_phi_gemini(pair, fake)
 
 
@@ -267,7 +254,7 @@ def test_gemini_a_prior_the_clinician_opened_is_compared_by_its_id(fake, pair):
     [sent] = gemini_responses(fake.calls()[-1])
     assert sent["output"]["interval_days"] == 181 and statuses(sent["output"])["F1"] == "grown"
     assert conversation.ctx.comparisons[current_id].output.prior_study_id == prior_id
-    assert_alternates(conversation.history)
+    assert_consistent(conversation.history)
     assert_no_phi_gemini(pair, fake)
 
 
@@ -320,7 +307,7 @@ def test_openai_the_same_comparison_and_nothing_identifying_reaches_the_server(o
     calls = [c["id"] for m in request.messages if m["role"] == "assistant" for c in m.get("tool_calls") or []]
     answered = [m["tool_call_id"] for m in request.messages if m["role"] == "tool"]
     assert calls == answered and len(calls) == 3
-    assert_alternates(conversation.history)
+    assert_consistent(conversation.history)
     assert_no_phi_openai(pair, openai_fake)
 
 
@@ -376,7 +363,7 @@ def test_wrong_calls_come_back_to_the_model_as_one_sentence_and_the_session_goes
 
     events = list(conversation.ask("thanks", backend))  # the session goes on
     assert answer(events) == "You are welcome." and events[-1].ok
-    assert_alternates(conversation.history)
+    assert_consistent(conversation.history)
     assert_no_phi_gemini(pair, fake)
 
 
@@ -404,7 +391,7 @@ def test_a_prior_of_another_region_is_refused_in_one_sentence(fake, pair, eval_d
     assert events[-1].ok and not conversation.ctx.comparisons
     fake.script(fake_gemini.text_reply("Still here."))
     assert list(conversation.ask("ok", backend))[-1].ok
-    assert_alternates(conversation.history)
+    assert_consistent(conversation.history)
     assert_no_phi_gemini(pair, fake)
 
 
@@ -441,7 +428,7 @@ def test_a_resumed_session_reopens_the_prior_from_its_own_copy_with_the_comparis
     events = list(resumed.ask("has F1 grown since 2023-12-03?", GeminiBackend(config)))
     again = finished(events)
     assert statuses(again.output)["F1"] == "grown" and again.output["interval_days"] == 181
-    assert_alternates(resumed.history)
+    assert_consistent(resumed.history)
     assert_no_phi_gemini(own, fake)  # the reopened prior's values are redacted too
 
 
